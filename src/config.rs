@@ -4,12 +4,12 @@
 //! `--config`, and a command-line flag; flags win over the file, the file over the defaults.
 //! Unknown keys and bad values are errors that name the key.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything `roomcast serve` needs to run.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Worker threads; 0 means one per available core.
@@ -31,7 +31,7 @@ pub struct Config {
 }
 
 /// `[ws]`: the plain viewer listener.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WsConfig {
     /// Address to listen on.
@@ -41,7 +41,7 @@ pub struct WsConfig {
 }
 
 /// `[wss]`: the TLS viewer listener.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WssConfig {
     /// Address to listen on once a certificate and key are configured.
@@ -53,7 +53,7 @@ pub struct WssConfig {
 }
 
 /// `[ingest]`: the upstream publishing socket.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// TCP address to listen on.
@@ -67,7 +67,7 @@ pub struct IngestConfig {
 }
 
 /// `[admin]`: the operators' HTTP port.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address to listen on.
@@ -75,7 +75,7 @@ pub struct AdminConfig {
 }
 
 /// `[limits]`: what one viewer connection may cost.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest client message in bytes (after reassembly); larger closes with 1009.
@@ -93,7 +93,7 @@ pub struct LimitsConfig {
 }
 
 /// `[presence]`: heartbeats and the coalesced presence messages.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PresenceConfig {
     /// How often clients should ping (sent in `hello.heartbeat_ms`).
@@ -107,7 +107,7 @@ pub struct PresenceConfig {
 }
 
 /// `[history]`: the per-room ring used for recovery, and room lifetime.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
     /// Sequenced messages kept per room.
@@ -118,56 +118,27 @@ pub struct HistoryConfig {
     pub room_idle_ms: u64,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            workers: 0,
-            ws: WsConfig::default(),
-            wss: WssConfig::default(),
-            ingest: IngestConfig::default(),
-            admin: AdminConfig::default(),
-            limits: LimitsConfig::default(),
-            presence: PresenceConfig::default(),
-            history: HistoryConfig::default(),
-        }
-    }
-}
-
 impl Default for WsConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            path: "/ws".to_owned(),
-        }
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8080)), path: "/ws".to_owned() }
     }
 }
 
 impl Default for WssConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
-            cert: None,
-            key: None,
-        }
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8443)), cert: None, key: None }
     }
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
-            unix: None,
-            max_line: 64 * 1024,
-            tokens: Vec::new(),
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 7070)), unix: None, max_line: 64 * 1024, tokens: Vec::new() }
     }
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
     }
 }
 
@@ -186,22 +157,13 @@ impl Default for LimitsConfig {
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        Self {
-            heartbeat_ms: 25_000,
-            timeout_ms: 0,
-            interval_ms: 1_000,
-            large_room: 100,
-        }
+        Self { heartbeat_ms: 25_000, timeout_ms: 0, interval_ms: 1_000, large_room: 100 }
     }
 }
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        Self {
-            size: 512,
-            max_age_ms: 300_000,
-            room_idle_ms: 60_000,
-        }
+        Self { size: 512, max_age_ms: 300_000, room_idle_ms: 60_000 }
     }
 }
 
@@ -213,5 +175,288 @@ impl PresenceConfig {
         } else {
             self.timeout_ms
         }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file (`<inline>` for a string).
+        path: PathBuf,
+        /// toml's message, which names the key and the line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key, e.g. `limits.max_message`.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+impl Config {
+    /// Parse a TOML document (every key optional).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, Path::new("<inline>"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+    }
+
+    /// Read and parse a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Check ranges and combinations a TOML type cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if !(125..=16 << 20).contains(&l.max_message) {
+            return Err(invalid("limits.max_message", format!("must be 125..=16777216 bytes (got {})", l.max_message)));
+        }
+        if l.max_comment_chars == 0 {
+            return Err(invalid("limits.max_comment_chars", "must be at least 1"));
+        }
+        if l.outbound_budget < 4096 {
+            return Err(invalid(
+                "limits.outbound_budget",
+                format!("must be at least 4096 bytes (got {})", l.outbound_budget),
+            ));
+        }
+        if l.max_rooms_per_conn == 0 {
+            return Err(invalid("limits.max_rooms_per_conn", "must be at least 1"));
+        }
+        if self.presence.heartbeat_ms == 0 {
+            return Err(invalid("presence.heartbeat_ms", "must be positive"));
+        }
+        if self.presence.interval_ms == 0 {
+            return Err(invalid("presence.interval_ms", "must be positive"));
+        }
+        if self.history.size == 0 {
+            return Err(invalid("history.size", "must be at least 1"));
+        }
+        if !self.ws.path.starts_with('/') {
+            return Err(invalid("ws.path", format!("must start with '/' (got {:?})", self.ws.path)));
+        }
+        if self.wss.cert.is_some() != self.wss.key.is_some() {
+            return Err(invalid("wss.cert", "wss.cert and wss.key must be given together"));
+        }
+        if self.workers > 256 {
+            return Err(invalid("workers", format!("at most 256 (got {})", self.workers)));
+        }
+        if self.ingest.max_line < 1024 {
+            return Err(invalid(
+                "ingest.max_line",
+                format!("must be at least 1024 bytes (got {})", self.ingest.max_line),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Worker threads to run: `workers`, or one per available core when 0.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+
+    /// Whether the TLS listener is on.
+    pub fn tls_enabled(&self) -> bool {
+        self.wss.cert.is_some() && self.wss.key.is_some()
+    }
+}
+
+/// `roomcast serve` flags: one per setting, each overriding its TOML key.
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// `workers`: worker threads, 0 = one per core [default: 0].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// `ws.listen`: plain WebSocket address [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub ws_listen: Option<SocketAddr>,
+    /// `ws.path`: upgrade path [default: /ws].
+    #[arg(long, value_name = "PATH")]
+    pub ws_path: Option<String>,
+    /// `wss.listen`: TLS WebSocket address [default: 0.0.0.0:8443].
+    #[arg(long, value_name = "ADDR")]
+    pub wss_listen: Option<SocketAddr>,
+    /// `wss.cert`: PEM certificate chain (turns wss on with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// `wss.key`: PEM private key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// `ingest.listen`: ingest TCP address [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    pub ingest_listen: Option<SocketAddr>,
+    /// `ingest.unix`: ingest Unix socket path.
+    #[arg(long, value_name = "PATH")]
+    pub ingest_unix: Option<PathBuf>,
+    /// `ingest.max_line`: longest ingest line in bytes [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub ingest_max_line: Option<usize>,
+    /// `ingest.tokens`: an accepted ingest token (repeatable).
+    #[arg(long = "ingest-token", value_name = "TOKEN")]
+    pub ingest_tokens: Vec<String>,
+    /// `admin.listen`: admin HTTP address [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// `limits.max_message`: largest client message [default: 4096].
+    #[arg(long, value_name = "BYTES")]
+    pub max_message: Option<usize>,
+    /// `limits.max_comment_chars`: longest comment [default: 500].
+    #[arg(long, value_name = "CHARS")]
+    pub max_comment_chars: Option<usize>,
+    /// `limits.outbound_budget`: queued bytes before 4009 [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub outbound_budget: Option<usize>,
+    /// `limits.handshake_timeout_ms` [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// `limits.close_timeout_ms` [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub close_timeout_ms: Option<u64>,
+    /// `limits.max_rooms_per_conn` [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_rooms_per_conn: Option<usize>,
+    /// `presence.heartbeat_ms`: announced ping interval [default: 25000].
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// `presence.timeout_ms`: silence before close, 0 = 2.5 x heartbeat [default: 0].
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// `presence.interval_ms`: presence/reactions coalescing interval [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub presence_interval_ms: Option<u64>,
+    /// `presence.large_room`: viewers above which lists are left out [default: 100].
+    #[arg(long, value_name = "N")]
+    pub large_room: Option<usize>,
+    /// `history.size`: messages kept per room [default: 512].
+    #[arg(long, value_name = "N")]
+    pub history_size: Option<usize>,
+    /// `history.max_age_ms`: oldest message kept [default: 300000].
+    #[arg(long, value_name = "MS")]
+    pub history_max_age_ms: Option<u64>,
+    /// `history.room_idle_ms`: empty quiet rooms are freed after this [default: 60000].
+    #[arg(long, value_name = "MS")]
+    pub room_idle_ms: Option<u64>,
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+impl ServeArgs {
+    /// Defaults, then the file, then the flags; validated.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        set(&mut c.workers, self.workers);
+        set(&mut c.ws.listen, self.ws_listen);
+        set(&mut c.ws.path, self.ws_path);
+        set(&mut c.wss.listen, self.wss_listen);
+        set(&mut c.wss.cert, self.tls_cert.map(Some));
+        set(&mut c.wss.key, self.tls_key.map(Some));
+        set(&mut c.ingest.listen, self.ingest_listen);
+        set(&mut c.ingest.unix, self.ingest_unix.map(Some));
+        set(&mut c.ingest.max_line, self.ingest_max_line);
+        if !self.ingest_tokens.is_empty() {
+            c.ingest.tokens = self.ingest_tokens;
+        }
+        set(&mut c.admin.listen, self.admin_listen);
+        set(&mut c.limits.max_message, self.max_message);
+        set(&mut c.limits.max_comment_chars, self.max_comment_chars);
+        set(&mut c.limits.outbound_budget, self.outbound_budget);
+        set(&mut c.limits.handshake_timeout_ms, self.handshake_timeout_ms);
+        set(&mut c.limits.close_timeout_ms, self.close_timeout_ms);
+        set(&mut c.limits.max_rooms_per_conn, self.max_rooms_per_conn);
+        set(&mut c.presence.heartbeat_ms, self.heartbeat_ms);
+        set(&mut c.presence.timeout_ms, self.heartbeat_timeout_ms);
+        set(&mut c.presence.interval_ms, self.presence_interval_ms);
+        set(&mut c.presence.large_room, self.large_room);
+        set(&mut c.history.size, self.history_size);
+        set(&mut c.history.max_age_ms, self.history_max_age_ms);
+        set(&mut c.history.room_idle_ms, self.room_idle_ms);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_protocol_ports() {
+        let c = Config::default();
+        assert_eq!(c.ws.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.wss.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.ingest.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.limits.max_message, 4096);
+        assert!(!c.tls_enabled());
+        assert_eq!(c.presence.effective_timeout_ms(), 62_500);
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn the_example_file_lists_the_defaults() {
+        let c = Config::from_toml_str(include_str!("../roomcast.example.toml")).expect("example parses");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml_str("[limits]\nmax_mesage = 5\n").expect_err("unknown key");
+        assert!(e.to_string().contains("max_mesage"), "{e}");
+        let e = Config::from_toml_str("[limits]\nmax_message = \"big\"\n").expect_err("wrong type");
+        assert!(e.to_string().contains("max_message"), "{e}");
+        let e = Config::from_toml_str("[limits]\nmax_message = 10\n").expect("parses").validate().expect_err("range");
+        assert!(e.to_string().starts_with("limits.max_message"), "{e}");
+        let mut c = Config::default();
+        c.wss.cert = Some("c.pem".into());
+        assert!(c.validate().expect_err("pair").to_string().contains("wss.key"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("roomcast-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "workers = 3\n[limits]\nmax_message = 1000\n").expect("write");
+        let args = ServeArgs { config: Some(path), max_message: Some(2000), ..ServeArgs::default() };
+        let c = args.into_config().expect("valid");
+        assert_eq!((c.workers, c.limits.max_message), (3, 2000));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

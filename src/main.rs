@@ -1,1 +1,104 @@
-fn main() {}
+//! The `roomcast` command: `serve` runs the server, `gen-cert` makes a self-signed TLS
+//! certificate for local use and tests, `check-config` validates a configuration file.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use roomcast::config::ServeArgs;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A thread-per-core WebSocket push engine for live rooms.
+#[derive(Parser, Debug)]
+#[command(name = "roomcast", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (embedded defaults; see --help for every setting).
+    Serve(Box<ServeArgs>),
+    /// Write a self-signed certificate (cert.pem) and key (key.pem) for wss.
+    GenCert {
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Host names and addresses the certificate is valid for.
+        #[arg(long = "host", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])]
+        hosts: Vec<String>,
+    },
+    /// Validate a configuration file and print the effective configuration.
+    CheckConfig {
+        /// The TOML file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => match args.into_config() {
+            Ok(config) => {
+                tracing::debug!(?config, "effective configuration");
+                roomcast::runtime::run(config).map_err(anyhow::Error::from)
+            }
+            Err(e) => {
+                eprintln!("roomcast: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Command::GenCert { out, hosts } => gen_cert(&out, &hosts),
+        Command::CheckConfig { config } => {
+            let args = ServeArgs { config: Some(config), ..ServeArgs::default() };
+            match args.into_config() {
+                Ok(config) => match toml::to_string_pretty(&config) {
+                    Ok(text) => {
+                        print!("{text}");
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => {
+                    eprintln!("roomcast: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roomcast: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn gen_cert(out: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
+    let (cert, key) = roomcast::tls::generate_self_signed(hosts)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (cert_path, key_path) = (out.join("cert.pem"), out.join("key.pem"));
+    std::fs::write(&cert_path, cert).with_context(|| format!("writing {}", cert_path.display()))?;
+    write_private(&key_path, key.as_bytes()).with_context(|| format!("writing {}", key_path.display()))?;
+    println!("wrote {} and {}", cert_path.display(), key_path.display());
+    println!("serve with: roomcast serve --tls-cert {} --tls-key {}", cert_path.display(), key_path.display());
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(bytes)
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! roomcast load generator (scenarios land with the loadgen issue).
+
+fn main() {
+    eprintln!("loadgen: no scenario yet");
+}

@@ -1,1 +1,222 @@
-//! runtime
+//! The IO shell: threads, sockets, mailboxes and signals around the pure core.
+//!
+//! [`run`] raises the open-files limit, binds one `SO_REUSEPORT` listener per worker (and per
+//! TLS worker), builds every `mio::Poll` and waker on the main thread so the mesh is complete
+//! before any thread starts, starts the workers and the ingest loop, prints the ready line and
+//! then waits for SIGINT/SIGTERM. On a signal every worker closes its connections with 1001;
+//! the process exits once they are gone or a grace period passed.
+
+pub mod ingest;
+pub mod mesh;
+pub mod transport;
+pub mod worker;
+
+use crate::config::Config;
+use crate::ids::WorkerId;
+use crate::shard::ShardConfig;
+use mesh::{IngestMail, Mailbox, Mesh, WorkerMail};
+use mio::Poll;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use worker::{Worker, WorkerSettings};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The listener's role.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// TLS could not be set up from the configured files.
+    #[error("TLS setup: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// A poll, waker, thread or signal handler could not be created.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+    move |source| RunError::Io { what, source }
+}
+
+/// A listening socket owned by one worker.
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket.
+    pub socket: mio::net::TcpListener,
+    /// Whether connections accepted here speak TLS.
+    pub tls: bool,
+}
+
+/// Milliseconds since the Unix epoch: the only clock the shell reads; the core is handed it.
+pub fn clock_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Bind a non-blocking listener with `SO_REUSEPORT`, so every worker has its own accept queue
+/// on the same port and the kernel spreads connections over them.
+fn bind_reuseport(addr: SocketAddr, what: &'static str) -> Result<mio::net::TcpListener, RunError> {
+    let err = |source| RunError::Bind { what, addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_reuse_port(true).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(4096).map_err(err)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+/// Bind `workers` listeners on `addr`; with port 0 the first picks the port, the rest share it.
+fn bind_group(
+    addr: SocketAddr,
+    workers: usize,
+    what: &'static str,
+) -> Result<(SocketAddr, Vec<mio::net::TcpListener>), RunError> {
+    let first = bind_reuseport(addr, what)?;
+    let bound = first.local_addr().map_err(|source| RunError::Bind { what, addr, source })?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(bind_reuseport(bound, what)?);
+    }
+    Ok((bound, all))
+}
+
+/// Raise the soft open-files limit to the hard limit; returns the new soft limit.
+fn raise_open_files() -> u64 {
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Run the server until SIGINT or SIGTERM.
+pub fn run(config: Config) -> Result<(), RunError> {
+    let workers = config.worker_count();
+    let files = raise_open_files();
+    // Each process needs a few descriptors for listeners, epoll, eventfds and logs.
+    let reserved = 16 + 4 * workers as u64;
+    tracing::info!(open_files = files, max_connections = files.saturating_sub(reserved), workers, "roomcast starting");
+
+    let tls = match (&config.wss.cert, &config.wss.key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
+
+    let (ws_addr, ws_listeners) = bind_group(config.ws.listen, workers, "ws")?;
+    let (wss_addr, mut wss_listeners) = match &tls {
+        Some(_) => {
+            let (addr, l) = bind_group(config.wss.listen, workers, "wss")?;
+            (Some(addr), l.into_iter().map(Some).collect())
+        }
+        None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
+    };
+    let ingest_listener = bind_reuseport(config.ingest.listen, "ingest")?;
+    let ingest_addr = ingest_listener.local_addr().map_err(|source| RunError::Bind {
+        what: "ingest",
+        addr: config.ingest.listen,
+        source,
+    })?;
+
+    // Polls and wakers first: the mesh must be complete before any thread starts.
+    let mut polls = Vec::with_capacity(workers);
+    let mut worker_boxes = Vec::with_capacity(workers);
+    let mut inboxes = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let poll = Poll::new().map_err(io_err("epoll"))?;
+        let waker = mio::Waker::new(poll.registry(), Worker::WAKER_TOKEN).map_err(io_err("waker"))?;
+        let (mailbox, inbox) = Mailbox::new(Arc::new(waker));
+        polls.push(poll);
+        worker_boxes.push(mailbox);
+        inboxes.push(inbox);
+    }
+    let ingest_poll = Poll::new().map_err(io_err("epoll"))?;
+    let ingest_waker =
+        mio::Waker::new(ingest_poll.registry(), ingest::IngestLoop::WAKER_TOKEN).map_err(io_err("waker"))?;
+    let (ingest_box, ingest_inbox) = Mailbox::new(Arc::new(ingest_waker));
+    let mesh = Arc::new(Mesh { workers: worker_boxes, ingest: ingest_box });
+
+    let epoch_seed = clock_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let settings = WorkerSettings {
+        path: config.ws.path.clone(),
+        max_message: config.limits.max_message,
+        handshake_timeout_ms: config.limits.handshake_timeout_ms,
+        tls,
+    };
+    let mut threads = Vec::new();
+    for (i, ((poll, inbox), ws)) in polls.into_iter().zip(inboxes).zip(ws_listeners).enumerate() {
+        let id = WorkerId(i as u16);
+        let mut listeners = vec![Listener { socket: ws, tls: false }];
+        if let Some(wss) = wss_listeners.get_mut(i).and_then(Option::take) {
+            listeners.push(Listener { socket: wss, tls: true });
+        }
+        let shard_cfg = ShardConfig::new(&config, workers, epoch_seed);
+        let worker = Worker::new(id, poll, inbox, Arc::clone(&mesh), listeners, shard_cfg, settings.clone())
+            .map_err(io_err("worker setup"))?;
+        let handle = std::thread::Builder::new()
+            .name(format!("roomcast-w{i}"))
+            .spawn(move || {
+                if let Err(e) = worker.run() {
+                    tracing::error!(worker = i, error = %e, "worker stopped with an error");
+                }
+            })
+            .map_err(io_err("spawn worker"))?;
+        threads.push(handle);
+    }
+    let ingest_settings =
+        ingest::IngestSettings { max_line: config.ingest.max_line, tokens: config.ingest.tokens, workers };
+    let ingest_loop =
+        ingest::IngestLoop::new(ingest_poll, ingest_listener, ingest_inbox, Arc::clone(&mesh), ingest_settings)
+            .map_err(io_err("ingest setup"))?;
+    let ingest_thread = std::thread::Builder::new()
+        .name("roomcast-ingest".into())
+        .spawn(move || {
+            if let Err(e) = ingest_loop.run() {
+                tracing::error!(error = %e, "ingest loop stopped with an error");
+            }
+        })
+        .map_err(io_err("spawn ingest"))?;
+
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .map_err(io_err("signal handler"))?;
+
+    let wss_text = wss_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(ws = %ws_addr, wss = %wss_text, ingest = %ingest_addr, "roomcast ready");
+    let mut stdout = io::stdout().lock();
+    let _ = writeln!(stdout, "roomcast ready ws={ws_addr} wss={wss_text} ingest={ingest_addr} admin=off");
+    let _ = stdout.flush();
+    drop(stdout);
+
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "shutting down: closing every connection with 1001");
+    }
+    for mailbox in &mesh.workers {
+        mailbox.send(WorkerMail::Shutdown);
+    }
+    mesh.ingest.send(IngestMail::Shutdown);
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = ingest_thread.join();
+    tracing::info!("roomcast stopped");
+    Ok(())
+}

@@ -1,1 +1,798 @@
-//! shard
+//! Everything one worker owns, as pure state: its connections, its local room index and the
+//! rooms it is home to.
+//!
+//! The IO shell feeds a [`Shard`] with `open`, `handle_incoming`, `handle_mail` and `end_turn`
+//! and then drains it: frames wait in each connection's [`Session::outbound`] (the keys of
+//! those with new frames in [`Shard::take_dirty`]), mail for other workers in
+//! [`Shard::take_outbox`], ingest replies in [`Shard::take_ingest_replies`]. Mail a worker
+//! sends to itself never leaves the shard: it is handled before the entry point returns, in
+//! order, exactly as if it had travelled.
+//!
+//! Order: a room's frames reach a worker only through [`Mail::Deliver`] from the room's home,
+//! over one FIFO mailbox. A join is confirmed by the home ([`Mail::Joined`]) on that same
+//! mailbox, after the home flushed everything sequenced before it; so a new member gets every
+//! frame after its `joined.seq`, none before, none twice. This module never names a socket,
+//! a thread or a clock.
+
+pub mod mail;
+
+use crate::config::Config;
+use crate::ids::{ConnId, ConnKey, WorkerId};
+use crate::room::{HomeRoom, RoomLimits};
+use crate::session::{MemberState, Session};
+use crate::wheel::TimerWheel;
+use crate::wire::frame::{self, close_code, Incoming};
+use crate::wire::{self, server_msg, ClientOp, ErrorCode, Ref};
+use bytes::Bytes;
+use mail::{IngestReply, Mail, Origin};
+use slab::Slab;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+/// Prefix of every connection's private room, `user:<id>`.
+pub const PRIVATE_ROOM_PREFIX: &str = "user:";
+
+/// Resolution of connection deadlines (heartbeat expiry, close timeout).
+const DEADLINE_TICK_MS: u64 = 100;
+
+/// The home worker of `room`: a fixed hash, the same in every thread and every run.
+pub fn home_of(room: &str, workers: usize) -> WorkerId {
+    // DefaultHasher::new() is SipHash with fixed keys: stable across threads of one process.
+    let mut h = DefaultHasher::new();
+    room.hash(&mut h);
+    WorkerId((h.finish() % workers.max(1) as u64) as u16)
+}
+
+/// The settings a shard needs, copied out of [`Config`].
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// Number of workers (homes are spread over all of them).
+    pub workers: usize,
+    /// Largest client message, for `hello`.
+    pub max_message: usize,
+    /// Longest comment in characters.
+    pub max_comment_chars: usize,
+    /// Outbound byte budget per connection.
+    pub outbound_budget: usize,
+    /// Heartbeat interval announced in `hello`.
+    pub heartbeat_ms: u64,
+    /// Rooms a connection may join at once.
+    pub max_rooms_per_conn: usize,
+    /// History limits of new rooms.
+    pub room_limits: RoomLimits,
+    /// Seed for room epochs; differs between runs of the process.
+    pub epoch_seed: u64,
+    /// Presence and reactions are announced at most once per room per this interval.
+    pub presence_interval_ms: u64,
+    /// An empty room with no events for this long is freed.
+    pub room_idle_ms: u64,
+    /// Silence after which a connection is closed.
+    pub heartbeat_timeout_ms: u64,
+    /// Time a closing connection has to finish the close handshake.
+    pub close_timeout_ms: u64,
+}
+
+impl ShardConfig {
+    /// The shard settings of `config` for a process of `workers` workers.
+    pub fn new(config: &Config, workers: usize, epoch_seed: u64) -> Self {
+        Self {
+            workers,
+            max_message: config.limits.max_message,
+            max_comment_chars: config.limits.max_comment_chars,
+            outbound_budget: config.limits.outbound_budget,
+            heartbeat_ms: config.presence.heartbeat_ms,
+            max_rooms_per_conn: config.limits.max_rooms_per_conn,
+            room_limits: RoomLimits {
+                history_len: config.history.size,
+                history_max_age_ms: config.history.max_age_ms,
+                large_room: config.presence.large_room,
+            },
+            epoch_seed,
+            presence_interval_ms: config.presence.interval_ms,
+            room_idle_ms: config.history.room_idle_ms,
+            heartbeat_timeout_ms: config.presence.effective_timeout_ms(),
+            close_timeout_ms: config.limits.close_timeout_ms,
+        }
+    }
+}
+
+/// A connection as the shard holds it: protocol state plus the shell's IO handle.
+#[derive(Debug)]
+pub struct Conn<Io> {
+    /// Protocol state.
+    pub session: Session,
+    /// Whatever the shell needs to move bytes (a socket; `()` in tests).
+    pub io: Io,
+    dirty: bool,
+}
+
+/// Counters a shard keeps for operators.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShardStats {
+    /// Connections opened.
+    pub opened: u64,
+    /// Connections closed as slow consumers (4009).
+    pub slow_consumers: u64,
+    /// Messages sequenced by rooms homed here.
+    pub sequenced: u64,
+    /// Frames (or batches) appended to connections' queues.
+    pub deliveries: u64,
+    /// Error replies sent to viewers.
+    pub errors: u64,
+}
+
+/// What one worker owns. See the module doc for the call contract.
+#[derive(Debug)]
+pub struct Shard<Io> {
+    id: WorkerId,
+    cfg: ShardConfig,
+    conns: Slab<Conn<Io>>,
+    /// Room -> local confirmed members; a member's index is kept in its `MemberState::Joined`.
+    local: HashMap<Arc<str>, Vec<ConnKey>>,
+    homes: HashMap<Arc<str>, HomeRoom>,
+    /// Homed rooms with frames waiting in their batch.
+    batched: Vec<Arc<str>>,
+    loopback: VecDeque<Mail>,
+    outbox: Vec<Vec<Mail>>,
+    ingest: Vec<IngestReply>,
+    dirty: Vec<ConnKey>,
+    next_conn: u64,
+    next_epoch: u64,
+    stats: ShardStats,
+    /// Homed rooms whose presence or reactions changed since the last tick.
+    announce: Vec<Arc<str>>,
+    /// Homed rooms that lost their last member or never had one: eviction candidates.
+    empty_rooms: Vec<Arc<str>>,
+    next_tick_ms: u64,
+    /// One deadline per connection: heartbeat expiry while open, the close timeout while
+    /// closing. Re-armed lazily: a frame only updates `last_seen_ms`, the wheel entry is moved
+    /// when it fires early.
+    deadlines: TimerWheel,
+    fired: Vec<usize>,
+    /// Closing connections whose close handshake timed out: the shell drops their sockets.
+    timed_out: Vec<ConnKey>,
+    /// The time of the entry point being served.
+    now_ms: u64,
+}
+
+impl<Io> Shard<Io> {
+    /// An empty shard for worker `id`.
+    pub fn new(id: WorkerId, cfg: ShardConfig) -> Self {
+        let workers = cfg.workers;
+        Self {
+            id,
+            cfg,
+            conns: Slab::new(),
+            local: HashMap::new(),
+            homes: HashMap::new(),
+            batched: Vec::new(),
+            loopback: VecDeque::new(),
+            outbox: (0..workers).map(|_| Vec::new()).collect(),
+            ingest: Vec::new(),
+            dirty: Vec::new(),
+            next_conn: 1,
+            next_epoch: 0,
+            stats: ShardStats::default(),
+            announce: Vec::new(),
+            empty_rooms: Vec::new(),
+            next_tick_ms: 0,
+            deadlines: TimerWheel::new(DEADLINE_TICK_MS, 0),
+            fired: Vec::new(),
+            timed_out: Vec::new(),
+            now_ms: 0,
+        }
+    }
+
+    /// The earliest time [`Shard::tick`] or [`Shard::expire`] has work.
+    pub fn next_wake_ms(&self) -> u64 {
+        self.deadlines.next_deadline().map_or(self.next_tick_ms, |d| d.min(self.next_tick_ms))
+    }
+
+    /// Fire due deadlines: close connections silent for longer than the heartbeat timeout
+    /// (1001), and report closing connections whose close handshake timed out through
+    /// [`Shard::take_timed_out`].
+    pub fn expire(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        let mut fired = std::mem::take(&mut self.fired);
+        self.deadlines.poll(now_ms, &mut fired);
+        for key in fired.drain(..) {
+            let Some(conn) = self.conns.get(key) else { continue };
+            if !conn.session.is_open() {
+                self.timed_out.push(ConnKey(key));
+                continue;
+            }
+            let due = conn.session.last_seen_ms + self.cfg.heartbeat_timeout_ms;
+            if due <= now_ms {
+                self.close(ConnKey(key), close_code::GOING_AWAY, false);
+            } else {
+                self.deadlines.arm(key, due);
+            }
+        }
+        self.fired = fired;
+        self.settle(now_ms);
+    }
+
+    /// Closing connections whose close handshake timed out; the shell drops them.
+    pub fn take_timed_out(&mut self) -> Vec<ConnKey> {
+        std::mem::take(&mut self.timed_out)
+    }
+
+    /// When [`Shard::tick`] next has work: the end of the current presence interval.
+    pub fn next_tick_ms(&self) -> u64 {
+        self.next_tick_ms
+    }
+
+    /// The end of a presence interval: announce presence and reactions of the rooms that
+    /// changed (at most one message of each per room per interval) and free rooms that have
+    /// been empty and quiet for `room_idle_ms`. Cost is proportional to the rooms that changed
+    /// or emptied, never to all rooms or connections. Calling it early does nothing.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        if now_ms < self.next_tick_ms {
+            return;
+        }
+        self.next_tick_ms = now_ms + self.cfg.presence_interval_ms;
+        for room in std::mem::take(&mut self.announce) {
+            let Some(home) = self.homes.get_mut(&room) else { continue };
+            let frames: Vec<Bytes> = [home.take_presence(), home.take_reactions()].into_iter().flatten().collect();
+            if frames.is_empty() {
+                continue;
+            }
+            self.flush_batch(&room);
+            let targets: Vec<WorkerId> = self.homes.get(&room).map(|h| h.subscribers().collect()).unwrap_or_default();
+            for frame in frames {
+                for &worker in &targets {
+                    self.post(worker, Mail::Deliver { room: Arc::clone(&room), frames: frame.clone() });
+                }
+            }
+        }
+        let idle_ms = self.cfg.room_idle_ms;
+        let mut keep = Vec::new();
+        for room in std::mem::take(&mut self.empty_rooms) {
+            let Some(home) = self.homes.get(&room) else { continue };
+            if !home.is_empty() {
+                continue;
+            }
+            if home.last_active_ms() + idle_ms <= now_ms && !home.has_batch() {
+                self.homes.remove(&room);
+            } else {
+                keep.push(room);
+            }
+        }
+        self.empty_rooms = keep;
+        self.settle(now_ms);
+    }
+
+    /// This shard's worker id.
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ShardStats {
+        self.stats
+    }
+
+    /// Open connections (closing ones included).
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Rooms this shard is home to.
+    pub fn home_count(&self) -> usize {
+        self.homes.len()
+    }
+
+    /// The connection under `key`.
+    pub fn conn(&self, key: ConnKey) -> Option<&Conn<Io>> {
+        self.conns.get(key.0)
+    }
+
+    /// The connection under `key`, mutably (the shell writes from its outbound queue).
+    pub fn conn_mut(&mut self, key: ConnKey) -> Option<&mut Conn<Io>> {
+        self.conns.get_mut(key.0)
+    }
+
+    /// Keys of every connection, for shutdown.
+    pub fn keys(&self) -> Vec<ConnKey> {
+        self.conns.iter().map(|(k, _)| ConnKey(k)).collect()
+    }
+
+    /// A home room, for queries and tests.
+    pub fn home(&self, room: &str) -> Option<&HomeRoom> {
+        self.homes.get(room)
+    }
+
+    /// Move the keys of connections with new outbound frames into `out` (cleared first).
+    pub fn take_dirty(&mut self, out: &mut Vec<ConnKey>) {
+        out.clear();
+        std::mem::swap(out, &mut self.dirty);
+        for key in out.iter() {
+            if let Some(conn) = self.conns.get_mut(key.0) {
+                conn.dirty = false;
+            }
+        }
+    }
+
+    /// Take the mail for worker `to` (never this shard's own id: that mail is already handled).
+    pub fn take_outbox(&mut self, to: WorkerId) -> Vec<Mail> {
+        self.outbox.get_mut(usize::from(to.0)).map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Take the replies for the ingest loop.
+    pub fn take_ingest_replies(&mut self) -> Vec<IngestReply> {
+        std::mem::take(&mut self.ingest)
+    }
+
+    /// Accept an upgraded connection: queue `hello` and join its private room `user:<id>`.
+    /// `user` is the identity from the handshake (an anonymous id is made up when `None`).
+    pub fn open(&mut self, io: Io, user: Option<&str>, now_ms: u64) -> ConnKey {
+        let id = ConnId((u64::from(self.id.0) << 48) | self.next_conn);
+        self.next_conn += 1;
+        let user: Arc<str> = match user {
+            Some(u) => Arc::from(u),
+            None => Arc::from(format!("anon-{id}")),
+        };
+        let session = Session::new(id, Arc::clone(&user), Arc::clone(&user), now_ms);
+        let key = ConnKey(self.conns.insert(Conn { session, io, dirty: false }));
+        self.now_ms = now_ms;
+        self.deadlines.arm(key.0, now_ms + self.cfg.heartbeat_timeout_ms);
+        self.stats.opened += 1;
+        let hello = frame::text_frame_with(|out| {
+            server_msg::hello(out, id.0, &user, self.cfg.heartbeat_ms, self.cfg.max_message)
+        });
+        self.send_to(key, hello);
+        let private: Arc<str> = Arc::from(format!("{PRIVATE_ROOM_PREFIX}{user}"));
+        self.request_join(key, private, None);
+        self.settle(now_ms);
+        key
+    }
+
+    /// A complete message from the connection's frame reader.
+    pub fn handle_incoming(&mut self, key: ConnKey, msg: Incoming<'_>, now_ms: u64) {
+        self.now_ms = now_ms;
+        let Some(conn) = self.conns.get_mut(key.0) else { return };
+        conn.session.last_seen_ms = now_ms;
+        if !conn.session.is_open() {
+            // After a close only the peer's close reply matters; the shell handles the socket.
+            return;
+        }
+        match msg {
+            Incoming::Text(buf) => self.handle_text(key, buf),
+            Incoming::Binary(_) => {
+                self.reply_error(key, None, ErrorCode::BadRequest, "binary messages are not supported")
+            }
+            Incoming::Ping(payload) => self.send_to(key, frame::pong_frame(payload)),
+            Incoming::Pong(_) => {}
+            Incoming::Close(code, _) => {
+                // RFC 6455 5.5.1: "the endpoint typically echos the status code it received".
+                let echo = code.unwrap_or(close_code::NORMAL);
+                self.close(key, echo, true);
+            }
+        }
+        self.settle(now_ms);
+    }
+
+    /// The connection broke a framing rule (or the shell decided to close it): close it with
+    /// `code` and leave its rooms.
+    pub fn close(&mut self, key: ConnKey, code: u16, by_peer: bool) {
+        let Some(conn) = self.conns.get_mut(key.0) else { return };
+        if !conn.session.close(code, by_peer) {
+            return;
+        }
+        if code == close_code::SLOW_CONSUMER {
+            self.stats.slow_consumers += 1;
+        }
+        self.deadlines.arm(key.0, self.now_ms + self.cfg.close_timeout_ms);
+        self.mark_dirty(key);
+        self.leave_all(key);
+    }
+
+    /// Close every connection with `code` (shutdown: 1001).
+    pub fn close_all(&mut self, code: u16, now_ms: u64) {
+        self.now_ms = now_ms;
+        for key in self.keys() {
+            self.close(key, code, false);
+        }
+        self.settle(now_ms);
+    }
+
+    /// The socket is gone: forget the connection and give back its IO handle.
+    pub fn remove(&mut self, key: ConnKey, now_ms: u64) -> Option<Io> {
+        if self.conns.get(key.0)?.session.is_open() {
+            self.leave_all(key);
+        }
+        let conn = self.conns.try_remove(key.0)?;
+        self.deadlines.cancel(key.0);
+        self.settle(now_ms);
+        Some(conn.io)
+    }
+
+    /// Mail from another worker.
+    pub fn handle_mail(&mut self, mail: Mail, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.dispatch(mail, now_ms);
+        self.settle(now_ms);
+    }
+
+    /// The end of a loop turn: send every room batch sequenced during the turn.
+    pub fn end_turn(&mut self, now_ms: u64) {
+        for room in std::mem::take(&mut self.batched) {
+            self.flush_batch(&room);
+        }
+        self.settle(now_ms);
+    }
+
+    fn settle(&mut self, now_ms: u64) {
+        while let Some(mail) = self.loopback.pop_front() {
+            self.dispatch(mail, now_ms);
+        }
+    }
+
+    fn post(&mut self, to: WorkerId, mail: Mail) {
+        if to == self.id {
+            self.loopback.push_back(mail);
+        } else if let Some(out) = self.outbox.get_mut(usize::from(to.0)) {
+            out.push(mail);
+        }
+    }
+
+    fn origin(&self, key: ConnKey) -> Option<Origin> {
+        let conn = self.conns.get(key.0)?;
+        Some(Origin { worker: self.id, key, conn: conn.session.id })
+    }
+
+    fn mark_dirty(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(key.0) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Queue `frame` for `key`; a connection over its budget is closed as a slow consumer.
+    fn send_to(&mut self, key: ConnKey, frame: Bytes) {
+        let budget = self.cfg.outbound_budget;
+        let Some(conn) = self.conns.get_mut(key.0) else { return };
+        if conn.session.send(frame, budget) {
+            self.stats.deliveries += 1;
+            self.mark_dirty(key);
+        } else {
+            self.close(key, close_code::SLOW_CONSUMER, false);
+        }
+    }
+
+    fn reply_error(&mut self, key: ConnKey, reference: Option<&Ref>, code: ErrorCode, message: &str) {
+        self.stats.errors += 1;
+        let frame = frame::text_frame_with(|out| server_msg::error(out, reference, code, message));
+        self.send_to(key, frame);
+    }
+
+    fn handle_text(&mut self, key: ConnKey, buf: &mut [u8]) {
+        let op = match wire::client_op::decode_client_op(buf) {
+            Ok(op) => op,
+            Err(e) => return self.reply_error(key, e.reference.as_ref(), e.code, &e.message),
+        };
+        match op {
+            ClientOp::Join { room, since, epoch } => {
+                let since = since.map(|s| (s, epoch.as_deref().unwrap_or("").into()));
+                self.client_join(key, &room, since)
+            }
+            ClientOp::Leave { room } => self.client_leave(key, &room),
+            ClientOp::Comment { room, text, reference } => self.client_comment(key, &room, &text, reference),
+            ClientOp::React { room, kind } => {
+                if !self.is_joined(key, &room) {
+                    return self.reply_error(key, None, ErrorCode::NotJoined, "react needs a joined room");
+                }
+                if kind.is_empty() || kind.len() > 32 {
+                    return self.reply_error(key, None, ErrorCode::BadRequest, "reaction kind must be 1..=32 bytes");
+                }
+                let home = home_of(&room, self.cfg.workers);
+                self.post(home, Mail::React { room: Arc::from(&*room), kind: (*kind).into() });
+            }
+            ClientOp::Ping => self.send_to(key, frame::text_frame_with(server_msg::pong)),
+            ClientOp::Refresh { reference, .. } => {
+                // Without an auth key sessions never expire; a refresh has nothing to extend.
+                let frame = frame::text_frame_with(|out| server_msg::ack(out, reference.as_ref(), None));
+                self.send_to(key, frame)
+            }
+        }
+    }
+
+    fn is_joined(&self, key: ConnKey, room: &str) -> bool {
+        self.conns
+            .get(key.0)
+            .and_then(|c| c.session.membership(room))
+            .is_some_and(|m| matches!(m.state, MemberState::Joined { .. }))
+    }
+
+    fn client_join(&mut self, key: ConnKey, room: &str, since: Option<(u64, Box<str>)>) {
+        let Some(conn) = self.conns.get(key.0) else { return };
+        let session = &conn.session;
+        if let Some(owner) = room.strip_prefix(PRIVATE_ROOM_PREFIX) {
+            if owner != &*session.user {
+                return self.reply_error(key, None, ErrorCode::Forbidden, "private rooms belong to their user");
+            }
+        }
+        if session.membership(room).is_some() {
+            return self.reply_error(key, None, ErrorCode::BadRequest, "already joined");
+        }
+        if session.public_room_count() >= self.cfg.max_rooms_per_conn {
+            return self.reply_error(key, None, ErrorCode::Forbidden, "too many rooms on one connection");
+        }
+        self.request_join(key, Arc::from(room), since);
+    }
+
+    fn request_join(&mut self, key: ConnKey, room: Arc<str>, since: Option<(u64, Box<str>)>) {
+        let Some(from) = self.origin(key) else { return };
+        let Some(conn) = self.conns.get_mut(key.0) else { return };
+        let join_id = conn.session.begin_join(Arc::clone(&room));
+        let (user, name) = (Arc::clone(&conn.session.user), Arc::clone(&conn.session.name));
+        let home = home_of(&room, self.cfg.workers);
+        self.post(home, Mail::Join { room, from, join_id, user, name, since });
+    }
+
+    fn client_leave(&mut self, key: ConnKey, room: &str) {
+        if room.starts_with(PRIVATE_ROOM_PREFIX) || !self.leave(key, room) {
+            return self.reply_error(key, None, ErrorCode::NotJoined, "not a member of this room");
+        }
+        let frame = frame::text_frame_with(|out| server_msg::left(out, room, None));
+        self.send_to(key, frame);
+    }
+
+    fn client_comment(&mut self, key: ConnKey, room: &str, text: &str, reference: Option<Ref>) {
+        if !self.is_joined(key, room) {
+            return self.reply_error(key, reference.as_ref(), ErrorCode::NotJoined, "comment needs a joined room");
+        }
+        let chars = text.chars().count();
+        if chars == 0 {
+            return self.reply_error(key, reference.as_ref(), ErrorCode::BadRequest, "empty comment");
+        }
+        if chars > self.cfg.max_comment_chars {
+            let message = format!("comment longer than {} characters", self.cfg.max_comment_chars);
+            return self.reply_error(key, reference.as_ref(), ErrorCode::TooLarge, &message);
+        }
+        let (Some(from), Some(conn)) = (self.origin(key), self.conns.get(key.0)) else { return };
+        let mail = Mail::Comment {
+            room: Arc::from(room),
+            from,
+            user: Arc::clone(&conn.session.user),
+            name: Arc::clone(&conn.session.name),
+            text: text.into(),
+            reference,
+        };
+        self.post(home_of(room, self.cfg.workers), mail);
+    }
+
+    /// Leave one room: drop the local membership and tell the home. False if not a member.
+    fn leave(&mut self, key: ConnKey, room: &str) -> bool {
+        let Some(conn) = self.conns.get_mut(key.0) else { return false };
+        let Some(membership) = conn.session.remove_membership(room) else { return false };
+        let user = Arc::clone(&conn.session.user);
+        if let MemberState::Joined { slot } = membership.state {
+            self.remove_local_member(&membership.room, slot as usize);
+        }
+        let home = home_of(room, self.cfg.workers);
+        self.post(home, Mail::Leave { room: membership.room, worker: self.id, user });
+        true
+    }
+
+    fn leave_all(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key.0) else { return };
+        let rooms: Vec<Arc<str>> = conn.session.rooms.iter().map(|m| Arc::clone(&m.room)).collect();
+        for room in rooms {
+            self.leave(key, &room);
+        }
+    }
+
+    fn remove_local_member(&mut self, room: &str, slot: usize) {
+        let Some(members) = self.local.get_mut(room) else { return };
+        if slot >= members.len() {
+            return;
+        }
+        members.swap_remove(slot);
+        if let Some(&moved) = members.get(slot) {
+            if let Some(m) = self.conns.get_mut(moved.0).and_then(|c| c.session.membership_mut(room)) {
+                m.state = MemberState::Joined { slot: slot as u32 };
+            }
+        } else if members.is_empty() {
+            self.local.remove(room);
+        }
+    }
+
+    fn queue_announce(&mut self, room: &Arc<str>) {
+        if self.homes.get_mut(room).is_some_and(HomeRoom::queue_announce) {
+            self.announce.push(Arc::clone(room));
+        }
+    }
+
+    /// Take `user` out of `room` on this worker (`left` with reason `kicked`), or close all of
+    /// the user's connections here with 4010. The user's private room lists exactly its
+    /// connections on this worker, so no connection scan is needed. Returns how many.
+    fn kick(&mut self, user: &str, room: Option<&str>) -> u64 {
+        let private = format!("{PRIVATE_ROOM_PREFIX}{user}");
+        let keys = self.local.get(private.as_str()).cloned().unwrap_or_default();
+        let mut affected = 0;
+        for key in keys {
+            match room {
+                Some(room) => {
+                    if self.leave(key, room) {
+                        let frame = frame::text_frame_with(|out| server_msg::left(out, room, Some("kicked")));
+                        self.send_to(key, frame);
+                        affected += 1;
+                    }
+                }
+                None => {
+                    if self.conns.get(key.0).is_some_and(|c| c.session.is_open()) {
+                        self.close(key, close_code::KICKED, false);
+                        affected += 1;
+                    }
+                }
+            }
+        }
+        affected
+    }
+
+    /// The home closed `room`: every local member gets `left` with reason `closed`.
+    fn room_closed(&mut self, room: &str) {
+        let Some(members) = self.local.remove(room) else { return };
+        let frame = frame::text_frame_with(|out| server_msg::left(out, room, Some("closed")));
+        for key in members {
+            if let Some(conn) = self.conns.get_mut(key.0) {
+                conn.session.remove_membership(room);
+                self.send_to(key, frame.clone());
+            }
+        }
+    }
+
+    fn home_room(&mut self, room: &Arc<str>, now_ms: u64) -> &mut HomeRoom {
+        let Self { homes, cfg, next_epoch, id, empty_rooms, .. } = self;
+        homes.entry(Arc::clone(room)).or_insert_with(|| {
+            // A room starts without members: if none come it is an eviction candidate.
+            empty_rooms.push(Arc::clone(room));
+            *next_epoch += 1;
+            let epoch = cfg.epoch_seed ^ ((*next_epoch << 8) | u64::from(id.0));
+            HomeRoom::new(Arc::clone(room), epoch, cfg.workers, cfg.room_limits, now_ms)
+        })
+    }
+
+    /// Send the room's pending batch to every worker with members.
+    fn flush_batch(&mut self, room: &str) {
+        let Some(home) = self.homes.get_mut(room) else { return };
+        let Some(frames) = home.take_batch() else { return };
+        let name = Arc::clone(home.name());
+        let targets: Vec<WorkerId> = home.subscribers().collect();
+        for worker in targets {
+            self.post(worker, Mail::Deliver { room: Arc::clone(&name), frames: frames.clone() });
+        }
+    }
+
+    fn note_batched(&mut self, room: &Arc<str>) {
+        if self.homes.get(room).is_some_and(|h| !h.has_batch()) {
+            self.batched.push(Arc::clone(room));
+        }
+    }
+
+    fn dispatch(&mut self, mail: Mail, now_ms: u64) {
+        match mail {
+            Mail::Join { room, from, join_id, user, name, since } => {
+                self.flush_batch(&room);
+                let since = since.as_ref().map(|(s, e)| (*s, &**e));
+                let reply = self.home_room(&room, now_ms).join(from.worker, (&user, &name), since, now_ms);
+                self.queue_announce(&room);
+                self.post(from.worker, Mail::Joined { room, to: from, join_id, reply });
+            }
+            Mail::Leave { room, worker, user } => {
+                if let Some(home) = self.homes.get_mut(&room) {
+                    home.leave(worker, &user, now_ms);
+                    if home.is_empty() {
+                        self.empty_rooms.push(Arc::clone(&room));
+                    }
+                    self.queue_announce(&room);
+                }
+            }
+            Mail::React { room, kind } => {
+                if let Some(home) = self.homes.get_mut(&room) {
+                    home.react(&kind);
+                    self.queue_announce(&room);
+                }
+            }
+            Mail::Kick { user, room, reply } => {
+                let closed = self.kick(&user, room.as_deref());
+                if let Some(to) = reply {
+                    self.ingest.push(IngestReply::Kicked { to, closed });
+                }
+            }
+            Mail::CloseRoom { room, reply } => {
+                self.flush_batch(&room);
+                if let Some(home) = self.homes.remove(&room) {
+                    for worker in home.subscribers() {
+                        self.post(worker, Mail::RoomClosed { room: Arc::clone(&room) });
+                    }
+                }
+                if let Some(to) = reply {
+                    self.ingest.push(IngestReply::Done { to });
+                }
+            }
+            Mail::RoomClosed { room } => self.room_closed(&room),
+            Mail::Comment { room, from, user, name, text, reference } => {
+                let seq = self.home_room(&room, now_ms).comment(&user, &name, &text, now_ms);
+                self.stats.sequenced += 1;
+                self.flush_batch(&room);
+                let frame = frame::text_frame_with(|out| server_msg::ack(out, reference.as_ref(), Some(seq.0)));
+                self.post(from.worker, Mail::ToConn { to: from, frame });
+            }
+            Mail::Publish { room, kind, data, reply } => {
+                self.home_room(&room, now_ms);
+                self.note_batched(&room);
+                let seq = self.home_room(&room, now_ms).publish(&kind, &data, now_ms);
+                self.stats.sequenced += 1;
+                if let Some(to) = reply {
+                    self.ingest.push(IngestReply::Published { to, seq });
+                }
+            }
+            Mail::SetState { room, state, reply } => {
+                self.home_room(&room, now_ms);
+                self.note_batched(&room);
+                let (seq, version) = self.home_room(&room, now_ms).set_state(state, now_ms);
+                self.stats.sequenced += 1;
+                if let Some(to) = reply {
+                    self.ingest.push(IngestReply::State { to, seq, version });
+                }
+            }
+            Mail::Deliver { room, frames } => self.deliver(&room, &frames),
+            Mail::Joined { room, to, join_id, reply } => self.confirm_join(room, to, join_id, reply),
+            Mail::ToConn { to, frame } => {
+                if self.conns.get(to.key.0).is_some_and(|c| c.session.id == to.conn) {
+                    self.send_to(to.key, frame);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, room: &str, frames: &Bytes) {
+        let Some(members) = self.local.get(room) else { return };
+        let budget = self.cfg.outbound_budget;
+        let mut slow = Vec::new();
+        for &key in members {
+            let Some(conn) = self.conns.get_mut(key.0) else { continue };
+            if conn.session.send(frames.clone(), budget) {
+                self.stats.deliveries += 1;
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
+            } else {
+                slow.push(key);
+            }
+        }
+        for key in slow {
+            self.close(key, close_code::SLOW_CONSUMER, false);
+        }
+    }
+
+    fn confirm_join(&mut self, room: Arc<str>, to: Origin, join_id: u32, reply: crate::room::JoinReply) {
+        let Some(conn) = self.conns.get_mut(to.key.0) else { return };
+        if conn.session.id != to.conn {
+            return;
+        }
+        let Some(membership) = conn.session.membership_mut(&room) else { return };
+        if membership.state != MemberState::Pending(join_id) {
+            return;
+        }
+        let members = self.local.entry(Arc::clone(&room)).or_default();
+        membership.state = MemberState::Joined { slot: members.len() as u32 };
+        members.push(to.key);
+        for frame in reply.replay {
+            self.send_to(to.key, frame);
+        }
+        if !room.starts_with(PRIVATE_ROOM_PREFIX) {
+            self.send_to(to.key, reply.joined);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

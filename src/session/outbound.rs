@@ -1,0 +1,145 @@
+//! A connection's outbound queue: shared frames waiting to be written, with a byte budget.
+//!
+//! Broadcast frames arrive here as [`Bytes`] that every member shares (a refcount, not a copy).
+//! The queue never copies a frame; the IO shell writes from [`Outbound::slices`] (one `writev`)
+//! and reports how much went out with [`Outbound::advance`]. The budget is what turns a slow
+//! consumer into a typed disconnect instead of unbounded memory: [`Outbound::push`] refuses a
+//! frame that would take the queue over it, and the session closes the connection with 4009.
+
+use bytes::{Buf, Bytes};
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+/// Frames waiting for the socket, oldest first. The head frame may be partly written.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    frames: VecDeque<Bytes>,
+    queued: usize,
+    head_partial: bool,
+}
+
+/// The queue is over its byte budget; the frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget;
+
+impl Outbound {
+    /// Queue `frame` unless that would put more than `budget` bytes in the queue.
+    pub fn push(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
+        if self.queued + frame.len() > budget && !self.frames.is_empty() {
+            return Err(OverBudget);
+        }
+        self.push_unbounded(frame);
+        Ok(())
+    }
+
+    /// Queue `frame` whatever the budget: for the close frame, which must go out.
+    pub fn push_unbounded(&mut self, frame: Bytes) {
+        if frame.is_empty() {
+            return;
+        }
+        self.queued += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Whether nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Fill `out` with slices of the waiting frames, in order, for one vectored write.
+    /// Returns how many slices were filled.
+    pub fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, frame) in out.iter_mut().zip(self.frames.iter()) {
+            *slot = IoSlice::new(frame);
+            n += 1;
+        }
+        n
+    }
+
+    /// Iterate over the waiting bytes frame by frame (for TLS, which copies them into records).
+    pub fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.frames.iter()
+    }
+
+    /// Mark `written` bytes as sent, dropping frames that went out completely.
+    pub fn advance(&mut self, mut written: usize) {
+        self.queued -= written.min(self.queued);
+        while written > 0 {
+            let Some(head) = self.frames.front_mut() else { break };
+            if written >= head.len() {
+                written -= head.len();
+                self.frames.pop_front();
+                self.head_partial = false;
+            } else {
+                head.advance(written);
+                self.head_partial = true;
+                written = 0;
+            }
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 8 {
+            // An idle connection should not keep the capacity a burst left behind.
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// Drop every frame that has not started to go out (the head may be half written and must
+    /// be finished, or the stream would be corrupt). Used when a close replaces the backlog.
+    pub fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.head_partial).min(self.frames.len());
+        self.frames.truncate(keep);
+        self.queued = self.frames.iter().map(Bytes::len).sum();
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_refuses_but_always_takes_the_first_frame() {
+        let mut q = Outbound::default();
+        assert!(q.push(Bytes::from(vec![0u8; 100]), 10).is_ok(), "an empty queue takes any frame");
+        assert_eq!(q.push(Bytes::from_static(b"x"), 10), Err(OverBudget));
+        assert_eq!(q.queued(), 100);
+    }
+
+    #[test]
+    fn advance_handles_partial_writes_across_frames() {
+        let mut q = Outbound::default();
+        q.push_unbounded(Bytes::from_static(b"abc"));
+        q.push_unbounded(Bytes::from_static(b"defg"));
+        q.advance(4);
+        let mut slices = [IoSlice::new(&[]); 4];
+        let n = q.slices(&mut slices);
+        assert_eq!(n, 1);
+        assert_eq!(&*slices[0], b"efg");
+        assert_eq!(q.queued(), 3);
+        q.advance(3);
+        assert!(q.is_empty());
+        assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn drop_unstarted_keeps_a_half_written_head() {
+        let mut q = Outbound::default();
+        for f in [&b"aaaa"[..], b"bb", b"cc"] {
+            q.push_unbounded(Bytes::copy_from_slice(f));
+        }
+        q.advance(1);
+        q.drop_unstarted();
+        assert_eq!(q.queued(), 3, "only the half-written head is kept");
+        q.advance(3);
+        q.push_unbounded(Bytes::from_static(b"dd"));
+        q.drop_unstarted();
+        assert!(q.is_empty(), "a head not yet started is dropped too");
+    }
+}

@@ -1,0 +1,197 @@
+//! Messages between workers, and from workers to the ingest loop.
+//!
+//! Workers share nothing on the per-message path; they exchange these values through their
+//! mailboxes. Rooms travel as `Arc<str>` and frames as [`Bytes`], so a message between workers
+//! moves pointers, never payload copies. Every message for a connection carries the
+//! connection's [`ConnId`] next to its slab key: a reply that arrives after the connection
+//! closed (and its key was reused) is recognised and dropped.
+
+use crate::ids::{ConnId, ConnKey, Seq, WorkerId};
+use crate::room::JoinReply;
+use crate::wire::Ref;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// A connection somewhere in the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// Worker holding the connection.
+    pub worker: WorkerId,
+    /// Its slab key there.
+    pub key: ConnKey,
+    /// Its process-wide id, to recognise a reused key.
+    pub conn: ConnId,
+}
+
+/// Where an ingest reply goes: an ingest connection and the command's place in its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The ingest connection's key in the ingest loop.
+    pub conn: usize,
+    /// The connection's generation, to recognise a reused key.
+    pub generation: u64,
+    /// The command's serial number on that connection.
+    pub serial: u64,
+    /// For a multi-room publish: which room of the list.
+    pub part: u32,
+}
+
+/// Mail between workers. The first group goes to a room's home, the second to the worker of a
+/// member.
+#[derive(Debug)]
+pub enum Mail {
+    /// A connection asks to join a room (to the home).
+    Join {
+        /// The room.
+        room: Arc<str>,
+        /// Who asks.
+        from: Origin,
+        /// The session's id for this join, echoed in [`Mail::Joined`].
+        join_id: u32,
+        /// The viewer's user id.
+        user: Arc<str>,
+        /// The viewer's display name.
+        name: Arc<str>,
+        /// Recovery position: last seq seen and its epoch.
+        since: Option<(u64, Box<str>)>,
+    },
+    /// A member (confirmed or pending) of `worker` left the room (to the home).
+    Leave {
+        /// The room.
+        room: Arc<str>,
+        /// The worker the member was on.
+        worker: WorkerId,
+        /// The viewer's user id.
+        user: Arc<str>,
+    },
+    /// A viewer's comment (to the home).
+    Comment {
+        /// The room.
+        room: Arc<str>,
+        /// Who commented; gets the ack.
+        from: Origin,
+        /// The viewer's user id.
+        user: Arc<str>,
+        /// The viewer's display name.
+        name: Arc<str>,
+        /// The comment text, validated.
+        text: Box<str>,
+        /// The client's `ref`, echoed in the ack.
+        reference: Option<Ref>,
+    },
+    /// An upstream event (to the home).
+    Publish {
+        /// The room.
+        room: Arc<str>,
+        /// The event's `type`.
+        kind: Box<str>,
+        /// The event's `data`, raw JSON.
+        data: Box<str>,
+        /// Where to report the seq, if anywhere.
+        reply: Option<ReplyTo>,
+    },
+    /// An upstream state replacement (to the home).
+    SetState {
+        /// The room.
+        room: Arc<str>,
+        /// The new state object, raw JSON.
+        state: Box<str>,
+        /// Where to report seq and version, if anywhere.
+        reply: Option<ReplyTo>,
+    },
+    /// A viewer's reaction, counted per interval (to the home).
+    React {
+        /// The room.
+        room: Arc<str>,
+        /// The reaction kind.
+        kind: Box<str>,
+    },
+    /// Close a user's connections, or take the user out of one room (to every worker).
+    Kick {
+        /// The user id.
+        user: Arc<str>,
+        /// Only this room; `None` closes every connection of the user with 4010.
+        room: Option<Arc<str>>,
+        /// Where to report how many connections were affected.
+        reply: Option<ReplyTo>,
+    },
+    /// Close a room: members get `left` with reason `closed` and the room is freed (to the home).
+    CloseRoom {
+        /// The room.
+        room: Arc<str>,
+        /// Where to report completion.
+        reply: Option<ReplyTo>,
+    },
+    /// The home closed the room (to each worker with members).
+    RoomClosed {
+        /// The room.
+        room: Arc<str>,
+    },
+    /// Frames of a room for every local member (to a member's worker).
+    Deliver {
+        /// The room.
+        room: Arc<str>,
+        /// One or more consecutive encoded frames.
+        frames: Bytes,
+    },
+    /// The home's answer to [`Mail::Join`] (to the member's worker).
+    Joined {
+        /// The room.
+        room: Arc<str>,
+        /// The joining connection.
+        to: Origin,
+        /// The id from the join.
+        join_id: u32,
+        /// Replay and the `joined` frame.
+        reply: JoinReply,
+    },
+    /// A frame for one connection, e.g. an ack (to the connection's worker).
+    ToConn {
+        /// The connection.
+        to: Origin,
+        /// The encoded frame.
+        frame: Bytes,
+    },
+}
+
+/// A home's answer to an ingest command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestReply {
+    /// A publish got this seq.
+    Published {
+        /// The command.
+        to: ReplyTo,
+        /// The event's seq.
+        seq: Seq,
+    },
+    /// A state replacement got this seq and version.
+    State {
+        /// The command.
+        to: ReplyTo,
+        /// The state message's seq.
+        seq: Seq,
+        /// The state's new version.
+        version: u64,
+    },
+    /// A kick affected this many connections on one worker.
+    Kicked {
+        /// The command.
+        to: ReplyTo,
+        /// Connections closed or taken out of the room.
+        closed: u64,
+    },
+    /// A command without a value to report finished.
+    Done {
+        /// The command.
+        to: ReplyTo,
+    },
+}
+
+impl IngestReply {
+    /// The command this replies to.
+    pub fn to(&self) -> ReplyTo {
+        match *self {
+            Self::Published { to, .. } | Self::State { to, .. } | Self::Kicked { to, .. } | Self::Done { to } => to,
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! Deterministic simulation of several shards: mail is routed by hand, the clock is a number,
+//! and what each connection would receive is decoded from its outbound queue.
+
+use super::mail::{IngestReply, Mail, ReplyTo};
+use super::*;
+use crate::wire::frame::{FrameReader, Role};
+use serde_json::Value;
+use std::ops::ControlFlow;
+
+struct Sim {
+    shards: Vec<Shard<()>>,
+    now: u64,
+    replies: Vec<IngestReply>,
+}
+
+fn config(budget: usize) -> Config {
+    let mut c = Config::default();
+    c.limits.outbound_budget = budget;
+    c
+}
+
+impl Sim {
+    fn new(workers: usize) -> Self {
+        Self::with_config(workers, &config(1 << 20))
+    }
+
+    fn with_config(workers: usize, cfg: &Config) -> Self {
+        let shards =
+            (0..workers).map(|w| Shard::new(WorkerId(w as u16), ShardConfig::new(cfg, workers, 0xabcd))).collect();
+        Self { shards, now: 1_000_000, replies: Vec::new() }
+    }
+
+    /// Run end-of-turn on every shard and carry mail until nothing moves.
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            for s in &mut self.shards {
+                s.end_turn(self.now);
+            }
+            for from in 0..self.shards.len() {
+                for to in 0..self.shards.len() {
+                    let mail = self.shards[from].take_outbox(WorkerId(to as u16));
+                    moved |= !mail.is_empty();
+                    for m in mail {
+                        self.shards[to].handle_mail(m, self.now);
+                    }
+                }
+                self.replies.extend(self.shards[from].take_ingest_replies());
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn open(&mut self, worker: usize, user: &str) -> (usize, ConnKey) {
+        let key = self.shards[worker].open((), Some(user), self.now);
+        self.settle();
+        (worker, key)
+    }
+
+    fn send(&mut self, (w, key): (usize, ConnKey), json: &str) {
+        let mut buf = json.as_bytes().to_vec();
+        self.shards[w].handle_incoming(key, Incoming::Text(&mut buf), self.now);
+        self.settle();
+    }
+
+    fn publish(&mut self, room: &str, n: u64) {
+        let home = home_of(room, self.shards.len());
+        for i in 0..n {
+            let reply = Some(ReplyTo { conn: 0, generation: 0, serial: i, part: 0 });
+            let mail =
+                Mail::Publish { room: room.into(), kind: "gift".into(), data: format!("{{\"i\":{i}}}").into(), reply };
+            self.shards[usize::from(home.0)].handle_mail(mail, self.now);
+        }
+        self.settle();
+    }
+
+    /// Everything queued for the connection, decoded, and the queue emptied (as if written).
+    fn received(&mut self, (w, key): (usize, ConnKey)) -> Vec<Value> {
+        let conn = self.shards[w].conn_mut(key).expect("connection exists");
+        let mut bytes: Vec<u8> = conn.session.outbound.iter().flat_map(|b| b.iter().copied()).collect();
+        let queued = conn.session.outbound.queued();
+        conn.session.outbound.advance(queued);
+        let mut reader = FrameReader::new(Role::Client);
+        let mut out = Vec::new();
+        reader
+            .feed(&mut bytes, 1 << 20, |msg| {
+                match msg {
+                    Incoming::Text(t) => out.push(serde_json::from_slice(t).expect("server sends JSON")),
+                    Incoming::Close(code, _) => out.push(serde_json::json!({ "close": code })),
+                    _ => {}
+                }
+                ControlFlow::Continue(())
+            })
+            .expect("server frames are valid");
+        out
+    }
+}
+
+fn ops(msgs: &[Value]) -> Vec<&str> {
+    msgs.iter().map(|m| m["op"].as_str().unwrap_or("close")).collect()
+}
+
+fn event_seqs(msgs: &[Value], room: &str) -> Vec<u64> {
+    msgs.iter().filter(|m| m["op"] == "event" && m["room"] == room).map(|m| m["seq"].as_u64().expect("seq")).collect()
+}
+
+#[test]
+fn hello_then_joined_then_events_in_order_on_every_shard() {
+    let mut sim = Sim::new(3);
+    let conns: Vec<_> = (0..6).map(|i| sim.open(i % 3, &format!("u{i}"))).collect();
+    for &c in &conns {
+        let hello = sim.received(c);
+        assert_eq!(ops(&hello), ["hello"]);
+        sim.send(c, r#"{"op":"join","room":"live"}"#);
+        let joined = sim.received(c);
+        assert_eq!(ops(&joined), ["joined"]);
+        assert_eq!(joined[0]["seq"], 0);
+    }
+    sim.publish("live", 50);
+    for &c in &conns {
+        assert_eq!(event_seqs(&sim.received(c), "live"), (1..=50).collect::<Vec<_>>());
+    }
+    assert_eq!(sim.replies.len(), 50, "every publish is acknowledged");
+}
+
+#[test]
+fn a_late_joiner_gets_everything_after_its_joined_seq_and_nothing_twice() {
+    let mut sim = Sim::new(2);
+    let early = sim.open(0, "early");
+    sim.send(early, r#"{"op":"join","room":"r"}"#);
+    sim.publish("r", 10);
+    let late = sim.open(1, "late");
+    sim.send(late, r#"{"op":"join","room":"r"}"#);
+    sim.publish("r", 5);
+    let got = sim.received(late);
+    let joined = got.iter().find(|m| m["op"] == "joined").expect("joined");
+    assert_eq!(joined["seq"], 10);
+    assert_eq!(joined["online"], 2);
+    assert_eq!(event_seqs(&got, "r"), (11..=15).collect::<Vec<_>>());
+    assert_eq!(event_seqs(&sim.received(early), "r"), (1..=15).collect::<Vec<_>>());
+}
+
+#[test]
+fn comment_reaches_every_member_and_is_acked_with_its_seq() {
+    let mut sim = Sim::new(2);
+    let a = sim.open(0, "alice");
+    let b = sim.open(1, "bob");
+    for c in [a, b] {
+        sim.send(c, r#"{"op":"join","room":"chat"}"#);
+        sim.received(c);
+    }
+    sim.send(a, r#"{"op":"comment","room":"chat","text":"hi \"there\"","ref":"r1"}"#);
+    let got_a = sim.received(a);
+    let ev = got_a.iter().find(|m| m["op"] == "event").expect("sender sees its comment");
+    assert_eq!(ev["type"], "comment");
+    assert_eq!(ev["data"]["user"], "alice");
+    assert_eq!(ev["data"]["text"], "hi \"there\"");
+    let ack = got_a.iter().find(|m| m["op"] == "ack").expect("ack");
+    assert_eq!(ack["ref"], "r1");
+    assert_eq!(ack["seq"], ev["seq"]);
+    let got_b = sim.received(b);
+    assert_eq!(event_seqs(&got_b, "chat"), [1]);
+}
+
+#[test]
+fn errors_keep_the_connection_open() {
+    let mut sim = Sim::new(2);
+    let a = sim.open(0, "alice");
+    sim.received(a);
+    sim.send(a, r#"{"op":"comment","room":"nope","text":"x","ref":7}"#);
+    sim.send(a, r#"{"op":"join","room":"user:bob"}"#);
+    sim.send(a, r#"{"op":"leave","room":"nope"}"#);
+    sim.send(a, r#"{"op":"ping"}"#);
+    let got = sim.received(a);
+    let codes: Vec<_> = got.iter().filter(|m| m["op"] == "error").map(|m| m["code"].as_str()).collect();
+    assert_eq!(codes, [Some("not_joined"), Some("forbidden"), Some("not_joined")]);
+    assert_eq!(got[0]["ref"], 7);
+    assert_eq!(ops(&got).last(), Some(&"pong"));
+}
+
+#[test]
+fn leave_stops_delivery_and_updates_online() {
+    let mut sim = Sim::new(2);
+    let a = sim.open(0, "alice");
+    let b = sim.open(1, "bob");
+    for c in [a, b] {
+        sim.send(c, r#"{"op":"join","room":"r"}"#);
+    }
+    sim.send(a, r#"{"op":"leave","room":"r"}"#);
+    assert_eq!(ops(&sim.received(a)).last(), Some(&"left"));
+    sim.publish("r", 3);
+    assert!(event_seqs(&sim.received(a), "r").is_empty());
+    assert_eq!(event_seqs(&sim.received(b), "r"), [1, 2, 3]);
+    let home = home_of("r", 2);
+    assert_eq!(sim.shards[usize::from(home.0)].home("r").map(HomeRoom::online), Some(1));
+}
+
+#[test]
+fn one_viewer_with_many_tabs_is_online_once() {
+    let mut sim = Sim::new(2);
+    let tabs = [sim.open(0, "carol"), sim.open(1, "carol"), sim.open(1, "carol")];
+    for t in tabs {
+        sim.send(t, r#"{"op":"join","room":"r"}"#);
+    }
+    let home = usize::from(home_of("r", 2).0);
+    assert_eq!(sim.shards[home].home("r").map(HomeRoom::online), Some(1));
+    sim.shards[0].remove(tabs[0].1, sim.now);
+    sim.settle();
+    assert_eq!(sim.shards[home].home("r").map(HomeRoom::online), Some(1));
+    for t in &tabs[1..] {
+        sim.shards[1].remove(t.1, sim.now);
+    }
+    sim.settle();
+    assert_eq!(sim.shards[home].home("r").map(HomeRoom::online), Some(0));
+}
+
+#[test]
+fn a_consumer_over_budget_is_closed_with_4009_and_the_rest_get_everything() {
+    let mut sim = Sim::with_config(2, &config(4096));
+    let slow = sim.open(0, "slow");
+    let fast = sim.open(1, "fast");
+    for c in [slow, fast] {
+        sim.send(c, r#"{"op":"join","room":"r"}"#);
+    }
+    sim.received(slow);
+    let mut fast_seqs = Vec::new();
+    for _ in 0..20 {
+        sim.publish("r", 10);
+        fast_seqs.extend(event_seqs(&sim.received(fast), "r"));
+    }
+    assert_eq!(fast_seqs, (1..=200).collect::<Vec<_>>());
+    let got = sim.received(slow);
+    let seqs = event_seqs(&got, "r");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "what the slow one got is gap-free");
+    assert_eq!(got.last().map(|m| m["close"].clone()), Some(Value::from(4009)));
+    assert_eq!(sim.shards[0].stats().slow_consumers, 1);
+}
+
+#[test]
+fn private_room_reaches_the_user_without_a_join() {
+    let mut sim = Sim::new(2);
+    let a = sim.open(0, "alice");
+    sim.received(a);
+    sim.publish("user:alice", 2);
+    assert_eq!(event_seqs(&sim.received(a), "user:alice"), [1, 2]);
+}
+
+impl Sim {
+    fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        for s in &mut self.shards {
+            s.expire(self.now);
+            s.tick(self.now);
+        }
+        self.settle();
+    }
+
+    fn home(&self, room: &str) -> &HomeRoom {
+        let home = usize::from(home_of(room, self.shards.len()).0);
+        self.shards[home].home(room).expect("room exists at its home")
+    }
+
+    fn ingest(&mut self, to: WorkerId, mail: Mail) {
+        self.shards[usize::from(to.0)].handle_mail(mail, self.now);
+        self.settle();
+    }
+}
+
+fn presence(msgs: &[Value]) -> Vec<&Value> {
+    msgs.iter().filter(|m| m["op"] == "presence").collect()
+}
+
+#[test]
+fn presence_is_coalesced_to_one_message_per_interval_and_nets_out() {
+    let mut sim = Sim::new(2);
+    sim.advance(1_000); // start the interval clock
+    let watcher = sim.open(0, "watcher");
+    sim.send(watcher, r#"{"op":"join","room":"r"}"#);
+    sim.advance(1_000);
+    sim.received(watcher);
+    // Within one interval: two users come, one of them goes again, one tab of watcher opens.
+    let a = sim.open(1, "a");
+    let b = sim.open(0, "b");
+    let tab = sim.open(1, "watcher");
+    for c in [a, b, tab] {
+        sim.send(c, r#"{"op":"join","room":"r"}"#);
+    }
+    sim.shards[0].remove(b.1, sim.now);
+    sim.settle();
+    assert!(presence(&sim.received(watcher)).is_empty(), "nothing before the interval ends");
+    sim.advance(1_000);
+    let got = sim.received(watcher);
+    let p = presence(&got);
+    assert_eq!(p.len(), 1, "one presence message per interval: {got:?}");
+    assert_eq!(p[0]["online"], 2);
+    assert_eq!(p[0]["joined"], serde_json::json!([{"user": "a", "name": "a"}]));
+    assert_eq!(p[0]["left"], serde_json::json!([]));
+    sim.advance(1_000);
+    assert!(presence(&sim.received(watcher)).is_empty(), "nothing changed, nothing sent");
+}
+
+#[test]
+fn large_rooms_get_online_without_lists() {
+    let mut cfg = config(1 << 20);
+    cfg.presence.large_room = 3;
+    let mut sim = Sim::with_config(2, &cfg);
+    sim.advance(1_000);
+    let watcher = sim.open(0, "w");
+    sim.send(watcher, r#"{"op":"join","room":"big"}"#);
+    for i in 0..5 {
+        let c = sim.open(i % 2, &format!("v{i}"));
+        sim.send(c, r#"{"op":"join","room":"big"}"#);
+    }
+    sim.advance(1_000);
+    let got = sim.received(watcher);
+    let p = presence(&got);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0]["online"], 6);
+    assert!(p[0].get("joined").is_none(), "no lists above the threshold: {}", p[0]);
+}
+
+#[test]
+fn silent_connections_expire_and_leave_presence() {
+    let mut cfg = config(1 << 20);
+    cfg.presence.heartbeat_ms = 1_000;
+    let mut sim = Sim::with_config(2, &cfg);
+    let quiet = sim.open(0, "quiet");
+    let chatty = sim.open(1, "chatty");
+    for c in [quiet, chatty] {
+        sim.send(c, r#"{"op":"join","room":"r"}"#);
+        sim.received(c);
+    }
+    for _ in 0..4 {
+        sim.advance(1_000);
+        sim.send(chatty, r#"{"op":"ping"}"#);
+    }
+    let got = sim.received(quiet);
+    assert_eq!(got.last().map(|m| m["close"].clone()), Some(Value::from(1001)), "{got:?}");
+    assert!(sim.shards[1].conn(chatty.1).is_some_and(|c| c.session.is_open()));
+    assert_eq!(sim.home("r").online(), 1);
+}
+
+#[test]
+fn reactions_are_counted_per_interval_into_one_message() {
+    let mut sim = Sim::new(2);
+    sim.advance(1_000);
+    let a = sim.open(0, "a");
+    let b = sim.open(1, "b");
+    for c in [a, b] {
+        sim.send(c, r#"{"op":"join","room":"r"}"#);
+    }
+    sim.advance(1_000);
+    sim.received(a);
+    for _ in 0..3 {
+        sim.send(a, r#"{"op":"react","room":"r","kind":"heart"}"#);
+    }
+    sim.send(b, r#"{"op":"react","room":"r","kind":"fire"}"#);
+    sim.advance(1_000);
+    let got = sim.received(a);
+    let r: Vec<_> = got.iter().filter(|m| m["op"] == "reactions").collect();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["counts"], serde_json::json!({"heart": 3, "fire": 1}));
+}
+
+#[test]
+fn kick_closes_every_connection_of_the_user_or_takes_it_out_of_one_room() {
+    let mut sim = Sim::new(2);
+    let tabs = [sim.open(0, "troll"), sim.open(1, "troll")];
+    let other = sim.open(1, "nice");
+    for c in [tabs[0], tabs[1], other] {
+        sim.send(c, r#"{"op":"join","room":"r"}"#);
+        sim.received(c);
+    }
+    let reply = Some(ReplyTo { conn: 0, generation: 0, serial: 0, part: 0 });
+    for w in 0..2 {
+        sim.ingest(WorkerId(w), Mail::Kick { user: "troll".into(), room: Some("r".into()), reply });
+    }
+    for t in tabs {
+        let got = sim.received(t);
+        assert_eq!(got.last().map(|m| (m["op"].clone(), m["reason"].clone())), Some(("left".into(), "kicked".into())));
+    }
+    let closed: u64 =
+        sim.replies.iter().map(|r| if let IngestReply::Kicked { closed, .. } = r { *closed } else { 0 }).sum();
+    assert_eq!(closed, 2);
+    for w in 0..2 {
+        sim.ingest(WorkerId(w), Mail::Kick { user: "troll".into(), room: None, reply: None });
+    }
+    for t in tabs {
+        assert_eq!(sim.received(t).last().map(|m| m["close"].clone()), Some(Value::from(4010)));
+    }
+    assert!(sim.received(other).iter().all(|m| m.get("close").is_none()));
+}
+
+#[test]
+fn close_room_sends_left_closed_and_frees_the_room() {
+    let mut sim = Sim::new(2);
+    let a = sim.open(0, "a");
+    let b = sim.open(1, "b");
+    for c in [a, b] {
+        sim.send(c, r#"{"op":"join","room":"r"}"#);
+        sim.received(c);
+    }
+    sim.publish("r", 2);
+    let home = home_of("r", 2);
+    sim.ingest(home, Mail::CloseRoom { room: "r".into(), reply: None });
+    for c in [a, b] {
+        let got = sim.received(c);
+        assert_eq!(event_seqs(&got, "r"), [1, 2]);
+        assert_eq!(got.last().map(|m| m["reason"].clone()), Some("closed".into()));
+    }
+    assert!(sim.shards[usize::from(home.0)].home("r").is_none());
+    sim.send(a, r#"{"op":"join","room":"r"}"#);
+    let got = sim.received(a);
+    assert_eq!(got[0]["seq"], 0, "a closed room starts over");
+}
+
+#[test]
+fn empty_quiet_rooms_are_freed() {
+    let mut cfg = config(1 << 20);
+    cfg.history.room_idle_ms = 5_000;
+    let mut sim = Sim::with_config(2, &cfg);
+    sim.publish("lonely", 1);
+    let a = sim.open(0, "a");
+    sim.send(a, r#"{"op":"join","room":"busy"}"#);
+    for _ in 0..7 {
+        sim.advance(1_000);
+        sim.send(a, r#"{"op":"ping"}"#);
+    }
+    let homes = |sim: &Sim, room: &str| sim.shards.iter().filter(|s| s.home(room).is_some()).count();
+    assert_eq!(homes(&sim, "lonely"), 0, "empty and quiet: freed");
+    assert_eq!(homes(&sim, "busy"), 1, "a room with a member stays");
+}
+
+#[test]
+fn recovery_replays_exactly_the_missed_messages_or_nothing() {
+    let mut sim = Sim::new(2);
+    let a = sim.open(0, "a");
+    sim.send(a, r#"{"op":"join","room":"r"}"#);
+    let joined = sim.received(a);
+    let epoch = joined.iter().find(|m| m["op"] == "joined").map(|m| m["epoch"].clone()).expect("joined");
+    sim.publish("r", 5);
+    sim.received(a);
+    sim.shards[0].remove(a.1, sim.now);
+    sim.publish("r", 3);
+    // Reconnect on the other worker with what it had seen.
+    let b = sim.open(1, "a");
+    sim.send(b, &format!(r#"{{"op":"join","room":"r","since":5,"epoch":{epoch}}}"#));
+    sim.publish("r", 1);
+    let got = sim.received(b);
+    assert_eq!(event_seqs(&got, "r"), [6, 7, 8, 9]);
+    let joined = got.iter().find(|m| m["op"] == "joined").expect("joined");
+    assert_eq!(joined["recovered"], true);
+    assert_eq!(joined["seq"], 8);
+    let c = sim.open(1, "c");
+    sim.send(c, r#"{"op":"join","room":"r","since":5,"epoch":"not-it"}"#);
+    let got = sim.received(c);
+    assert!(event_seqs(&got, "r").is_empty(), "wrong epoch: nothing replayed");
+    assert_eq!(got.iter().find(|m| m["op"] == "joined").map(|m| m["recovered"].clone()), Some(false.into()));
+}
+
+#[test]
+fn recovery_outside_the_ring_replays_nothing() {
+    let mut cfg = config(1 << 20);
+    cfg.history.size = 4;
+    let mut sim = Sim::with_config(2, &cfg);
+    let a = sim.open(0, "a");
+    sim.send(a, r#"{"op":"join","room":"r"}"#);
+    let epoch = sim.received(a).iter().find(|m| m["op"] == "joined").map(|m| m["epoch"].clone()).expect("joined");
+    sim.publish("r", 10);
+    sim.send(a, r#"{"op":"leave","room":"r"}"#);
+    sim.send(a, &format!(r#"{{"op":"join","room":"r","since":2,"epoch":{epoch}}}"#));
+    let got = sim.received(a);
+    let joined = got.iter().find(|m| m["op"] == "joined").expect("joined");
+    assert_eq!(joined["recovered"], false);
+    assert_eq!(event_seqs(&got, "r"), (1..=10).collect::<Vec<_>>(), "only the live events from before the leave");
+}
+
+#[test]
+fn state_is_sequenced_with_events_and_carried_by_joined() {
+    let mut sim = Sim::new(2);
+    let a = sim.open(1, "a");
+    sim.send(a, r#"{"op":"join","room":"r"}"#);
+    sim.received(a);
+    let home = home_of("r", 2);
+    sim.publish("r", 1);
+    sim.ingest(home, Mail::SetState { room: "r".into(), state: r#"{"phase":"live"}"#.into(), reply: None });
+    sim.publish("r", 1);
+    let got = sim.received(a);
+    let seqs: Vec<(String, u64)> = got
+        .iter()
+        .filter(|m| m["op"] == "event" || m["op"] == "state")
+        .map(|m| (m["op"].as_str().unwrap_or("").to_owned(), m["seq"].as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(seqs, [("event".into(), 1), ("state".into(), 2), ("event".into(), 3)]);
+    let b = sim.open(0, "b");
+    sim.send(b, r#"{"op":"join","room":"r"}"#);
+    let joined = sim.received(b).into_iter().find(|m| m["op"] == "joined").expect("joined");
+    assert_eq!(joined["state"], serde_json::json!({"phase": "live"}));
+    assert_eq!(joined["seq"], 3);
+}

@@ -1,0 +1,279 @@
+//! Decoding of client -> server ops (PROTOCOL.md "Client to server").
+//!
+//! One text message is one JSON object. It is parsed with simd-json in place, into borrowed
+//! fields, so a valid op allocates nothing. Every field is first read as a lenient [`Scalar`]
+//! (any JSON value is accepted), and the types are checked afterwards: a mistyped field is then
+//! a `bad_request` that still carries the client's `ref`, instead of a serde error that lost it.
+//! Unknown fields are ignored; an unknown `op` is `unknown_op`.
+
+use super::{validate_room, ErrorCode};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+
+/// The client's `ref`, kept as the raw JSON text of the scalar (a string with its quotes, or a
+/// number) so it is echoed exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ref(pub Box<str>);
+
+/// A decoded client op.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientOp<'a> {
+    /// Join a room, optionally recovering from `since` in `epoch`.
+    Join {
+        /// The room.
+        room: Cow<'a, str>,
+        /// Last seq seen.
+        since: Option<u64>,
+        /// Epoch of `since`.
+        epoch: Option<Cow<'a, str>>,
+    },
+    /// Leave a room.
+    Leave {
+        /// The room.
+        room: Cow<'a, str>,
+    },
+    /// Comment in a joined room.
+    Comment {
+        /// The room.
+        room: Cow<'a, str>,
+        /// The text.
+        text: Cow<'a, str>,
+        /// Echoed in the ack.
+        reference: Option<Ref>,
+    },
+    /// React in a joined room.
+    React {
+        /// The room.
+        room: Cow<'a, str>,
+        /// The reaction kind.
+        kind: Cow<'a, str>,
+    },
+    /// Heartbeat; answered with `pong`.
+    Ping,
+    /// Extend the session with a new token.
+    Refresh {
+        /// The new token.
+        token: Cow<'a, str>,
+        /// Echoed in the ack.
+        reference: Option<Ref>,
+    },
+}
+
+/// A refused op: the error reply to send, with the client's `ref` when it could be read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OpError {
+    /// The wire error code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+    /// The client's `ref`.
+    pub reference: Option<Ref>,
+}
+
+/// Any JSON value, read without failing on its type.
+#[derive(Debug)]
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    Bool(bool),
+    /// null, an array or an object.
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Scalar<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Unsigned(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Signed(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                Scalar::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// Every field any op uses, all optional and lenient.
+#[derive(Deserialize)]
+struct RawOp<'a> {
+    #[serde(borrow)]
+    op: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    room: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    since: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    epoch: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    text: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    kind: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    token: Option<Scalar<'a>>,
+    #[serde(borrow, rename = "ref")]
+    reference: Option<Scalar<'a>>,
+}
+
+fn bad(message: impl Into<String>, reference: &Option<Ref>) -> OpError {
+    OpError { code: ErrorCode::BadRequest, message: message.into(), reference: reference.clone() }
+}
+
+fn string<'a>(field: Option<Scalar<'a>>, name: &str, reference: &Option<Ref>) -> Result<Cow<'a, str>, OpError> {
+    match field {
+        Some(Scalar::Str(s)) => Ok(s),
+        None | Some(Scalar::Other) => Err(bad(format!("missing field `{name}`"), reference)),
+        Some(_) => Err(bad(format!("`{name}` must be a string"), reference)),
+    }
+}
+
+fn room<'a>(field: Option<Scalar<'a>>, reference: &Option<Ref>) -> Result<Cow<'a, str>, OpError> {
+    let room = string(field, "room", reference)?;
+    validate_room(&room).map_err(|why| bad(format!("bad room name: {why}"), reference))?;
+    Ok(room)
+}
+
+fn as_ref(field: Option<Scalar<'_>>) -> Option<Ref> {
+    let text = match field? {
+        Scalar::Str(s) => serde_json::to_string(&*s).ok()?,
+        Scalar::Unsigned(n) => n.to_string(),
+        Scalar::Signed(n) => n.to_string(),
+        Scalar::Float(f) => serde_json::to_string(&f).ok()?,
+        Scalar::Bool(b) => b.to_string(),
+        Scalar::Other => return None,
+    };
+    Some(Ref(text.into()))
+}
+
+/// Decode one client message. The buffer is used as scratch by the parser.
+pub fn decode_client_op(buf: &mut [u8]) -> Result<ClientOp<'_>, OpError> {
+    let raw: RawOp<'_> = simd_json::serde::from_slice(buf).map_err(|e| OpError {
+        code: ErrorCode::BadRequest,
+        message: format!("invalid JSON: {e}"),
+        reference: None,
+    })?;
+    let reference = as_ref(raw.reference);
+    let op = string(raw.op, "op", &reference)?;
+    Ok(match &*op {
+        "join" => {
+            let since = match raw.since {
+                None | Some(Scalar::Other) => None,
+                Some(Scalar::Unsigned(n)) => Some(n),
+                Some(_) => return Err(bad("`since` must be a non-negative integer", &reference)),
+            };
+            let epoch = match raw.epoch {
+                None | Some(Scalar::Other) => None,
+                Some(Scalar::Str(s)) => Some(s),
+                Some(_) => return Err(bad("`epoch` must be a string", &reference)),
+            };
+            ClientOp::Join { room: room(raw.room, &reference)?, since, epoch }
+        }
+        "leave" => ClientOp::Leave { room: room(raw.room, &reference)? },
+        "comment" => ClientOp::Comment {
+            room: room(raw.room, &reference)?,
+            text: string(raw.text, "text", &reference)?,
+            reference,
+        },
+        "react" => ClientOp::React { room: room(raw.room, &reference)?, kind: string(raw.kind, "kind", &reference)? },
+        "ping" => ClientOp::Ping,
+        "refresh" => ClientOp::Refresh { token: string(raw.token, "token", &reference)?, reference },
+        other => {
+            return Err(OpError {
+                code: ErrorCode::UnknownOp,
+                message: format!("unknown op `{}`", other.chars().take(32).collect::<String>()),
+                reference,
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &str) -> Result<ClientOp<'static>, OpError> {
+        let buf: &'static mut [u8] = Box::leak(s.as_bytes().to_vec().into_boxed_slice());
+        decode_client_op(buf)
+    }
+
+    #[test]
+    fn every_op_decodes() {
+        assert_eq!(
+            decode(r#"{"op":"join","room":"r1","since":5,"epoch":"ab","extra":[1,{"x":2}]}"#),
+            Ok(ClientOp::Join { room: "r1".into(), since: Some(5), epoch: Some("ab".into()) })
+        );
+        assert_eq!(
+            decode(r#"{"op":"join","room":"r"}"#),
+            Ok(ClientOp::Join { room: "r".into(), since: None, epoch: None })
+        );
+        assert_eq!(decode(r#"{"op":"leave","room":"r"}"#), Ok(ClientOp::Leave { room: "r".into() }));
+        assert_eq!(
+            decode(r#"{"op":"comment","room":"r","text":"hé \"q\"","ref":"c1"}"#),
+            Ok(ClientOp::Comment { room: "r".into(), text: "hé \"q\"".into(), reference: Some(Ref("\"c1\"".into())) })
+        );
+        assert_eq!(
+            decode(r#"{"op":"react","room":"r","kind":"❤"}"#),
+            Ok(ClientOp::React { room: "r".into(), kind: "❤".into() })
+        );
+        assert_eq!(decode(r#"{"op":"ping"}"#), Ok(ClientOp::Ping));
+        assert_eq!(
+            decode(r#"{"op":"refresh","token":"t","ref":12}"#),
+            Ok(ClientOp::Refresh { token: "t".into(), reference: Some(Ref("12".into())) })
+        );
+    }
+
+    #[test]
+    fn errors_carry_code_and_ref() {
+        let e = decode(r#"{"op":"dance","ref":3}"#).expect_err("unknown");
+        assert_eq!((e.code, e.reference), (ErrorCode::UnknownOp, Some(Ref("3".into()))));
+        let e = decode(r#"{"op":"comment","room":7,"text":"x","ref":"a"}"#).expect_err("mistyped");
+        assert_eq!((e.code, e.reference), (ErrorCode::BadRequest, Some(Ref("\"a\"".into()))));
+        let e = decode(r#"{"op":"join"}"#).expect_err("missing room");
+        assert!(e.message.contains("room"), "{}", e.message);
+        assert_eq!(decode("{not json").expect_err("bad").code, ErrorCode::BadRequest);
+        assert_eq!(decode(r#"{"room":"r"}"#).expect_err("no op").code, ErrorCode::BadRequest);
+        assert_eq!(decode(r#"{"op":"join","room":""}"#).expect_err("empty room").code, ErrorCode::BadRequest);
+        assert_eq!(decode(r#"{"op":"join","room":"r","since":-1}"#).expect_err("negative").code, ErrorCode::BadRequest);
+    }
+}

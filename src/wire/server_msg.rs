@@ -1,0 +1,255 @@
+//! Encoders of server -> client messages (PROTOCOL.md "Server to client").
+//!
+//! Each function appends one JSON object, the frame payload, to `out`; callers wrap it with
+//! [`super::frame::text_frame_with`] so the payload is written once, in place. Raw JSON
+//! (event `data`, room `state`) is copied through verbatim: it was validated when it came in.
+//! Strings are escaped with a fast path for the common case (nothing to escape) and serde_json
+//! otherwise. Nothing here allocates beyond `out`.
+
+use super::{ErrorCode, Ref};
+use std::io::Write;
+
+/// Append `s` as a JSON string literal.
+pub fn push_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    let _ = write!(out, "{n}");
+}
+
+fn head(out: &mut Vec<u8>, op: &str) {
+    out.extend_from_slice(b"{\"op\":\"");
+    out.extend_from_slice(op.as_bytes());
+    out.push(b'"');
+}
+
+fn field_str(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    push_str(out, value);
+}
+
+fn field_u64(out: &mut Vec<u8>, name: &str, value: u64) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    push_u64(out, value);
+}
+
+fn field_raw(out: &mut Vec<u8>, name: &str, raw: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(raw.as_bytes());
+}
+
+/// `hello`: the first message on every connection.
+pub fn hello(out: &mut Vec<u8>, conn: u64, user: &str, heartbeat_ms: u64, max_message: usize) {
+    head(out, "hello");
+    field_u64(out, "conn", conn);
+    field_str(out, "user", user);
+    field_u64(out, "heartbeat_ms", heartbeat_ms);
+    field_u64(out, "max_message", max_message as u64);
+    out.push(b'}');
+}
+
+/// `joined`: the answer to `join`, after any replayed events.
+pub fn joined(out: &mut Vec<u8>, room: &str, seq: u64, epoch: &str, recovered: bool, online: u64, state: Option<&str>) {
+    head(out, "joined");
+    field_str(out, "room", room);
+    field_u64(out, "seq", seq);
+    field_str(out, "epoch", epoch);
+    field_raw(out, "recovered", if recovered { "true" } else { "false" });
+    field_u64(out, "online", online);
+    field_raw(out, "state", state.unwrap_or("null"));
+    out.push(b'}');
+}
+
+/// `left`: the answer to `leave`, or a kick / room close.
+pub fn left(out: &mut Vec<u8>, room: &str, reason: Option<&str>) {
+    head(out, "left");
+    field_str(out, "room", room);
+    if let Some(reason) = reason {
+        field_str(out, "reason", reason);
+    }
+    out.push(b'}');
+}
+
+/// `event`: a sequenced message of a room.
+pub fn event(out: &mut Vec<u8>, room: &str, seq: u64, kind: &str, data: &str, ts_ms: u64) {
+    head(out, "event");
+    field_str(out, "room", room);
+    field_u64(out, "seq", seq);
+    field_str(out, "type", kind);
+    field_raw(out, "data", data);
+    field_u64(out, "ts", ts_ms);
+    out.push(b'}');
+}
+
+/// `state`: a room's new state object, sequenced like an event.
+pub fn state(out: &mut Vec<u8>, room: &str, seq: u64, version: u64, state: &str) {
+    head(out, "state");
+    field_str(out, "room", room);
+    field_u64(out, "seq", seq);
+    field_u64(out, "version", version);
+    field_raw(out, "state", state);
+    out.push(b'}');
+}
+
+fn viewers(out: &mut Vec<u8>, name: &str, list: &[(&str, &str)]) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":[");
+    for (i, (user, display)) in list.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"user\":");
+        push_str(out, user);
+        out.extend_from_slice(b",\"name\":");
+        push_str(out, display);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// `presence`: the coalesced online count, with `joined`/`left` lists for small rooms.
+pub fn presence(
+    out: &mut Vec<u8>,
+    room: &str,
+    online: u64,
+    joined: Option<&[(&str, &str)]>,
+    left: Option<&[(&str, &str)]>,
+) {
+    head(out, "presence");
+    field_str(out, "room", room);
+    field_u64(out, "online", online);
+    if let Some(joined) = joined {
+        viewers(out, "joined", joined);
+    }
+    if let Some(left) = left {
+        viewers(out, "left", left);
+    }
+    out.push(b'}');
+}
+
+/// `reactions`: counts by kind in the last interval.
+pub fn reactions(out: &mut Vec<u8>, room: &str, counts: &[(&str, u64)]) {
+    head(out, "reactions");
+    field_str(out, "room", room);
+    out.extend_from_slice(b",\"counts\":{");
+    for (i, (kind, n)) in counts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_str(out, kind);
+        out.push(b':');
+        push_u64(out, *n);
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// `ack`: a comment (or refresh) was accepted; `seq` is the comment's.
+pub fn ack(out: &mut Vec<u8>, reference: Option<&Ref>, seq: Option<u64>) {
+    head(out, "ack");
+    field_raw(out, "ref", reference.map_or("null", |r| &r.0));
+    match seq {
+        Some(seq) => field_u64(out, "seq", seq),
+        None => field_raw(out, "seq", "null"),
+    }
+    out.push(b'}');
+}
+
+/// `pong`: the answer to `ping`.
+pub fn pong(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"op\":\"pong\"}");
+}
+
+/// `error`: a request was refused; the connection stays open.
+pub fn error(out: &mut Vec<u8>, reference: Option<&Ref>, code: ErrorCode, message: &str) {
+    head(out, "error");
+    if let Some(r) = reference {
+        field_raw(out, "ref", &r.0);
+    }
+    field_str(out, "code", code.as_str());
+    field_str(out, "message", message);
+    out.push(b'}');
+}
+
+/// The `data` object of a comment event.
+pub fn comment_data(out: &mut Vec<u8>, id: &str, user: &str, name: &str, text: &str) {
+    out.extend_from_slice(b"{\"id\":");
+    push_str(out, id);
+    field_str(out, "user", user);
+    field_str(out, "name", name);
+    field_str(out, "text", text);
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parse(f: impl FnOnce(&mut Vec<u8>)) -> Value {
+        let mut out = Vec::new();
+        f(&mut out);
+        serde_json::from_slice(&out).expect("valid JSON")
+    }
+
+    #[test]
+    fn strings_round_trip_whatever_they_hold() {
+        for s in ["plain", "quote \" back \\ slash", "line\nbreak\ttab\u{1}", "ünïcödé 🎉", ""] {
+            let v = parse(|o| comment_data(o, "1-2", s, s, s));
+            assert_eq!(v, json!({"id": "1-2", "user": s, "name": s, "text": s}));
+        }
+    }
+
+    #[test]
+    fn every_message_has_the_protocol_shape() {
+        assert_eq!(
+            parse(|o| hello(o, 7, "al", 25_000, 4096)),
+            json!({"op":"hello","conn":7,"user":"al","heartbeat_ms":25000,"max_message":4096})
+        );
+        assert_eq!(
+            parse(|o| joined(o, "r", 3, "ab", true, 2, Some(r#"{"a":1}"#))),
+            json!({"op":"joined","room":"r","seq":3,"epoch":"ab","recovered":true,"online":2,"state":{"a":1}})
+        );
+        assert_eq!(parse(|o| joined(o, "r", 0, "e", false, 0, None))["state"], Value::Null);
+        assert_eq!(parse(|o| left(o, "r", Some("kicked"))), json!({"op":"left","room":"r","reason":"kicked"}));
+        assert_eq!(parse(|o| left(o, "r", None)), json!({"op":"left","room":"r"}));
+        assert_eq!(
+            parse(|o| event(o, "r", 9, "gift", r#"[1,"x"]"#, 123)),
+            json!({"op":"event","room":"r","seq":9,"type":"gift","data":[1,"x"],"ts":123})
+        );
+        assert_eq!(
+            parse(|o| state(o, "r", 2, 1, r#"{"live":true}"#)),
+            json!({"op":"state","room":"r","seq":2,"version":1,"state":{"live":true}})
+        );
+        assert_eq!(
+            parse(|o| presence(o, "r", 2, Some(&[("u", "U")]), Some(&[]))),
+            json!({"op":"presence","room":"r","online":2,"joined":[{"user":"u","name":"U"}],"left":[]})
+        );
+        assert_eq!(parse(|o| presence(o, "r", 500, None, None)), json!({"op":"presence","room":"r","online":500}));
+        assert_eq!(
+            parse(|o| reactions(o, "r", &[("❤", 3), ("fire", 1)])),
+            json!({"op":"reactions","room":"r","counts":{"❤":3,"fire":1}})
+        );
+        let r = Ref("\"c-1\"".into());
+        assert_eq!(parse(|o| ack(o, Some(&r), Some(4))), json!({"op":"ack","ref":"c-1","seq":4}));
+        assert_eq!(parse(pong), json!({"op":"pong"}));
+        assert_eq!(
+            parse(|o| error(o, Some(&Ref("12".into())), ErrorCode::NotJoined, "no")),
+            json!({"op":"error","ref":12,"code":"not_joined","message":"no"})
+        );
+    }
+}
