@@ -70,6 +70,7 @@ pub struct HomeRoom {
     audience: Vec<u32>,
     viewers: HashMap<Arc<str>, Viewer>,
     batch: Vec<Bytes>,
+    batch_bytes: usize,
     last_active_ms: u64,
     /// Presence changes not yet announced; `None` when nothing changed.
     presence: Option<Box<PresenceDelta>>,
@@ -81,6 +82,9 @@ pub struct HomeRoom {
     /// Already on the shard's list of rooms to announce at the next tick.
     announce_queued: bool,
 }
+
+/// Largest batch of consecutive frames sent as one buffer.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// Reaction kinds counted per room per interval; more kinds in one interval are dropped, so a
 /// client cannot grow a room's memory by inventing kinds.
@@ -100,6 +104,7 @@ impl HomeRoom {
             audience: vec![0; workers],
             viewers: HashMap::new(),
             batch: Vec::new(),
+            batch_bytes: 0,
             last_active_ms: now_ms,
             presence: None,
             reactions: Vec::new(),
@@ -201,12 +206,20 @@ impl HomeRoom {
     fn record(&mut self, seq: Seq, frame: Bytes, now_ms: u64) {
         self.history.prune(now_ms);
         self.history.push(seq.0, now_ms, frame.clone());
+        self.batch_bytes += frame.len();
         self.batch.push(frame);
+    }
+
+    /// Whether the batch reached [`MAX_BATCH_BYTES`] and must be sent now: a batch is one
+    /// buffer in every member's queue, so it must stay small next to the outbound budget.
+    pub fn batch_full(&self) -> bool {
+        self.batch_bytes >= MAX_BATCH_BYTES
     }
 
     /// Frames sequenced since the last call, as one shared buffer of consecutive frames (the
     /// frame itself when there is one: no copy). `None` when nothing is pending.
     pub fn take_batch(&mut self) -> Option<Bytes> {
+        self.batch_bytes = 0;
         match self.batch.len() {
             0 => None,
             1 => self.batch.pop(),

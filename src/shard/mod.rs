@@ -727,7 +727,11 @@ impl<Io> Shard<Io> {
             Mail::Publish { room, kind, data, reply } => {
                 self.home_room(&room, now_ms);
                 self.note_batched(&room);
-                let seq = self.home_room(&room, now_ms).publish(&kind, &data, now_ms);
+                let home = self.home_room(&room, now_ms);
+                let seq = home.publish(&kind, &data, now_ms);
+                if home.batch_full() {
+                    self.flush_batch(&room);
+                }
                 self.stats.sequenced += 1;
                 if let Some(to) = reply {
                     self.ingest.push(IngestReply::Published { to, seq });
@@ -736,7 +740,11 @@ impl<Io> Shard<Io> {
             Mail::SetState { room, state, reply } => {
                 self.home_room(&room, now_ms);
                 self.note_batched(&room);
-                let (seq, version) = self.home_room(&room, now_ms).set_state(state, now_ms);
+                let home = self.home_room(&room, now_ms);
+                let (seq, version) = home.set_state(state, now_ms);
+                if home.batch_full() {
+                    self.flush_batch(&room);
+                }
                 self.stats.sequenced += 1;
                 if let Some(to) = reply {
                     self.ingest.push(IngestReply::State { to, seq, version });
