@@ -148,12 +148,14 @@ impl HomeRoom {
         self.name.starts_with(crate::shard::PRIVATE_ROOM_PREFIX)
     }
 
-    /// Workers that hold at least one member (or pending member) of the room.
+    /// Workers that hold at least one member (or pending member) of the room. A private room
+    /// keeps no audience (its members join locally, see [`crate::shard`]): all workers.
     pub fn subscribers(&self) -> impl Iterator<Item = WorkerId> + '_ {
-        self.audience.iter().enumerate().filter(|(_, n)| **n > 0).map(|(w, _)| WorkerId(w as u16))
+        let private = self.is_private();
+        self.audience.iter().enumerate().filter(move |(_, n)| private || **n > 0).map(|(w, _)| WorkerId(w as u16))
     }
 
-    /// Whether no worker holds a member.
+    /// Whether no worker holds a member (always, for a private room: it is freed when quiet).
     pub fn is_empty(&self) -> bool {
         self.audience.iter().all(|n| *n == 0)
     }

@@ -502,3 +502,16 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Memory per idle connection is a budget (BENCHMARKS.md): the slab entry is most of it, so
+    /// its size must not creep up unnoticed.
+    #[test]
+    fn a_connection_slot_stays_small() {
+        assert!(size_of::<crate::shard::Conn<ConnIo>>() <= 224);
+        assert!(size_of::<FrameReader>() <= 64);
+    }
+}

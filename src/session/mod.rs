@@ -79,7 +79,7 @@ impl Session {
             id,
             user,
             name,
-            rooms: Vec::new(),
+            rooms: Vec::with_capacity(1),
             outbound: Outbound::default(),
             phase: Phase::Open,
             last_seen_ms: now_ms,
@@ -106,6 +106,8 @@ impl Session {
     pub fn begin_join(&mut self, room: Arc<str>) -> u32 {
         self.next_join_id = self.next_join_id.wrapping_add(1);
         let id = self.next_join_id;
+        // Most connections are in their private room and one more: room for exactly that.
+        self.rooms.reserve_exact(1);
         self.rooms.push(Membership { room, state: MemberState::Pending(id) });
         id
     }

@@ -82,8 +82,8 @@ impl Outbound {
                 written = 0;
             }
         }
-        if self.frames.is_empty() && self.frames.capacity() > 8 {
-            // An idle connection should not keep the capacity a burst left behind.
+        if self.frames.is_empty() {
+            // An idle connection keeps no queue memory at all; the next burst allocates again.
             self.frames = VecDeque::new();
         }
     }

@@ -19,7 +19,7 @@ pub mod mail;
 use crate::config::Config;
 use crate::ids::{ConnId, ConnKey, WorkerId};
 use crate::room::{HomeRoom, RoomLimits};
-use crate::session::{MemberState, Session};
+use crate::session::{MemberState, Membership, Session};
 use crate::wheel::TimerWheel;
 use crate::wire::frame::{self, close_code, Incoming};
 use crate::wire::{self, server_msg, ClientOp, ErrorCode, Ref};
@@ -154,12 +154,24 @@ pub struct Shard<Io> {
     timed_out: Vec<ConnKey>,
     /// The time of the entry point being served.
     now_ms: u64,
+    /// simd-json's parser buffers, reused for every client message of this worker.
+    json: JsonScratch,
+}
+
+/// simd-json's reusable parser buffers (which do not implement `Debug`).
+struct JsonScratch(simd_json::Buffers);
+
+impl std::fmt::Debug for JsonScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JsonScratch")
+    }
 }
 
 impl<Io> Shard<Io> {
     /// An empty shard for worker `id`.
     pub fn new(id: WorkerId, cfg: ShardConfig) -> Self {
         let workers = cfg.workers;
+        let cfg_max_message = cfg.max_message;
         Self {
             id,
             cfg,
@@ -181,6 +193,7 @@ impl<Io> Shard<Io> {
             fired: Vec::new(),
             timed_out: Vec::new(),
             now_ms: 0,
+            json: JsonScratch(simd_json::Buffers::new(cfg_max_message)),
         }
     }
 
@@ -343,10 +356,23 @@ impl<Io> Shard<Io> {
             server_msg::hello(out, id.0, &user, self.cfg.heartbeat_ms, self.cfg.max_message)
         });
         self.send_to(key, hello);
-        let private: Arc<str> = Arc::from(format!("{PRIVATE_ROOM_PREFIX}{user}"));
-        self.request_join(key, private, None);
+        self.join_private(key, &user);
         self.settle(now_ms);
         key
+    }
+
+    /// Join the connection's private room `user:<id>` locally. Private rooms keep no audience
+    /// at their home (that would cost a home room and a round trip per connection): a message
+    /// to one is sequenced at its home and sent to every worker, and each delivers it to its
+    /// local members. No `joined` is sent; the client did not ask.
+    fn join_private(&mut self, key: ConnKey, user: &str) {
+        let private: Arc<str> = Arc::from(format!("{PRIVATE_ROOM_PREFIX}{user}"));
+        let members = self.local.entry(Arc::clone(&private)).or_insert_with(|| Vec::with_capacity(1));
+        let slot = members.len() as u32;
+        members.push(key);
+        if let Some(conn) = self.conns.get_mut(key.0) {
+            conn.session.rooms.push(Membership { room: private, state: MemberState::Joined { slot } });
+        }
     }
 
     /// A complete message from the connection's frame reader.
@@ -471,7 +497,7 @@ impl<Io> Shard<Io> {
     }
 
     fn handle_text(&mut self, key: ConnKey, buf: &mut [u8]) {
-        let op = match wire::client_op::decode_client_op(buf) {
+        let op = match wire::decode_client_op_with(buf, &mut self.json.0) {
             Ok(op) => op,
             Err(e) => return self.reply_error(key, e.reference.as_ref(), e.code, &e.message),
         };
@@ -574,8 +600,10 @@ impl<Io> Shard<Io> {
         if let MemberState::Joined { slot } = membership.state {
             self.remove_local_member(&membership.room, slot as usize);
         }
-        let home = home_of(room, self.cfg.workers);
-        self.post(home, Mail::Leave { room: membership.room, worker: self.id, user });
+        if !room.starts_with(PRIVATE_ROOM_PREFIX) {
+            let home = home_of(room, self.cfg.workers);
+            self.post(home, Mail::Leave { room: membership.room, worker: self.id, user });
+        }
         true
     }
 

@@ -186,9 +186,18 @@ fn as_ref(field: Option<Scalar<'_>>) -> Option<Ref> {
     Some(Ref(text.into()))
 }
 
-/// Decode one client message. The buffer is used as scratch by the parser.
+/// Decode one client message with fresh parser buffers (tests, tools). The server uses
+/// [`decode_client_op_with`] and one set of buffers per worker: allocating them per message
+/// costs more than the parse itself.
 pub fn decode_client_op(buf: &mut [u8]) -> Result<ClientOp<'_>, OpError> {
-    let raw: RawOp<'_> = simd_json::serde::from_slice(buf).map_err(|e| OpError {
+    let mut buffers = simd_json::Buffers::new(buf.len());
+    decode_client_op_with(buf, &mut buffers)
+}
+
+/// Decode one client message; `buf` is used as scratch by the parser and `buffers` are reused
+/// between calls.
+pub fn decode_client_op_with<'a>(buf: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Result<ClientOp<'a>, OpError> {
+    let raw: RawOp<'_> = simd_json::serde::from_slice_with_buffers(buf, buffers).map_err(|e| OpError {
         code: ErrorCode::BadRequest,
         message: format!("invalid JSON: {e}"),
         reference: None,

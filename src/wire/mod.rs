@@ -11,7 +11,7 @@ pub mod ingest;
 pub mod server_msg;
 pub mod upgrade;
 
-pub use client_op::{decode_client_op, ClientOp, OpError, Ref};
+pub use client_op::{decode_client_op, decode_client_op_with, ClientOp, OpError, Ref};
 pub use frame::{FrameError, FrameReader, Incoming, Role};
 
 /// The error codes of PROTOCOL.md, sent in `error` replies.

@@ -1,0 +1,263 @@
+//! The run's results: a table for people, JSON for machines, the HdrHistogram percentile
+//! distribution (`.hgrm`, the format wrk2 and HdrHistogram's plotter read) and an SVG chart of
+//! latency by percentile on a "nines" axis.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Serialize, Default, Clone)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    /// The percentiles of a histogram of microseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// Everything a run reports.
+#[derive(Debug, Serialize, Default)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Target URL.
+    pub url: String,
+    /// Connections planned.
+    pub conns: u64,
+    /// Rooms.
+    pub rooms: u64,
+    /// Connections upgraded.
+    pub connected: u64,
+    /// Connections joined.
+    pub joined: u64,
+    /// Connect/upgrade failures.
+    pub failed: u64,
+    /// Connections closed by the server during the run.
+    pub closed_by_server: u64,
+    /// Close codes seen, as "code:count".
+    pub close_codes: Vec<String>,
+    /// Seconds to open every connection.
+    pub connect_seconds: f64,
+    /// Connections upgraded per second.
+    pub connects_per_sec: f64,
+    /// Messages published (or comments sent).
+    pub published: u64,
+    /// Deliveries expected from what was published and who had joined.
+    pub expected: u64,
+    /// Deliveries received (new seqs).
+    pub delivered: u64,
+    /// Sequenced messages never received.
+    pub lost: u64,
+    /// Duplicates received.
+    pub duplicated: u64,
+    /// Out-of-order arrivals.
+    pub reordered: u64,
+    /// Deliveries per second over the publishing period.
+    pub deliveries_per_sec: f64,
+    /// Delivery latency (intended send -> receipt).
+    pub latency: Percentiles,
+    /// Comment -> ack latency (comments scenario).
+    pub ack_latency: Option<Percentiles>,
+    /// Error replies received.
+    pub errors: u64,
+    /// Largest lag of the publisher behind its timetable, ms.
+    pub publisher_max_lag_ms: f64,
+    /// False when the load generator itself fell behind: the figures then describe it, not the
+    /// server.
+    pub valid: bool,
+    /// Why the run is invalid, if it is.
+    pub invalid_reason: Option<String>,
+    /// Server RSS per connection in bytes (idle scenario with --server-pid).
+    pub server_rss_per_conn: Option<f64>,
+    /// Server RSS before and after, KiB.
+    pub server_rss_kib: Option<(u64, u64)>,
+    /// Server CPU seconds (user + system) used while publishing and draining (--server-pid).
+    pub server_cpu_seconds: Option<f64>,
+    /// Deliveries per server CPU-second: the efficiency figure compared with the write floor.
+    pub deliveries_per_server_cpu_sec: Option<f64>,
+}
+
+impl Report {
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "scenario        {}  ({})", self.scenario, self.url);
+        let _ = writeln!(
+            t,
+            "connections     {} planned, {} connected, {} joined, {} failed, {} closed by server {:?}",
+            self.conns, self.connected, self.joined, self.failed, self.closed_by_server, self.close_codes
+        );
+        let _ = writeln!(t, "connect rate    {:.0}/s ({:.2} s)", self.connects_per_sec, self.connect_seconds);
+        if let Some((before, after)) = self.server_rss_kib {
+            let _ = writeln!(
+                t,
+                "server RSS      {before} KiB -> {after} KiB: {:.0} bytes per connection",
+                self.server_rss_per_conn.unwrap_or(0.0)
+            );
+        }
+        if self.published > 0 {
+            let _ = writeln!(
+                t,
+                "published       {} (publisher max lag {:.2} ms)",
+                self.published, self.publisher_max_lag_ms
+            );
+            let _ = writeln!(
+                t,
+                "deliveries      {} of {} expected, {:.0}/s",
+                self.delivered, self.expected, self.deliveries_per_sec
+            );
+            let _ = writeln!(t, "lost/dup/reord  {} / {} / {}", self.lost, self.duplicated, self.reordered);
+            if let (Some(cpu), Some(eff)) = (self.server_cpu_seconds, self.deliveries_per_server_cpu_sec) {
+                let _ = writeln!(t, "server CPU      {cpu:.2} s: {eff:.0} deliveries per server CPU-second");
+            }
+            let l = &self.latency;
+            let _ = writeln!(
+                t,
+                "latency ms      p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+            if let Some(a) = &self.ack_latency {
+                let _ = writeln!(
+                    t,
+                    "ack latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+                    a.p50_ms, a.p90_ms, a.p99_ms, a.p999_ms, a.max_ms
+                );
+            }
+        }
+        let _ = writeln!(t, "errors          {}", self.errors);
+        let _ = writeln!(
+            t,
+            "valid           {}{}",
+            self.valid,
+            self.invalid_reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+        );
+        t
+    }
+}
+
+/// The HdrHistogram percentile distribution text (values in milliseconds).
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    for v in h.iter_quantiles(5) {
+        let q = v.quantile_iterated_to();
+        let inv = if q < 1.0 { format!("{:.2}", 1.0 / (1.0 - q)) } else { "inf".into() };
+        let _ = writeln!(
+            out,
+            "{:12.3} {:14.12} {:10} {:>14}",
+            v.value_iterated_to() as f64 / 1000.0,
+            q,
+            v.count_since_last_iteration(),
+            inv
+        );
+    }
+    let _ = writeln!(out, "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]", h.mean() / 1000.0, h.stdev() / 1000.0);
+    let _ = writeln!(out, "#[Max     = {:12.3}, Total count    = {:12}]", h.max() as f64 / 1000.0, h.len());
+    out
+}
+
+/// An SVG line chart of latency (ms, linear) by percentile on a log "nines" axis.
+pub fn svg(h: &Histogram<u64>, title: &str) -> String {
+    let (w, hgt, pad) = (800.0, 450.0, 60.0);
+    let max_nines = 5.0_f64;
+    let points: Vec<(f64, f64)> = h
+        .iter_quantiles(10)
+        .map(|v| {
+            let q = v.quantile_iterated_to().min(0.99999);
+            ((1.0 / (1.0 - q)).log10().min(max_nines), v.value_iterated_to() as f64 / 1000.0)
+        })
+        .collect();
+    let top = points.iter().map(|p| p.1).fold(0.001, f64::max) * 1.1;
+    let x = |n: f64| pad + n / max_nines * (w - 2.0 * pad);
+    let y = |ms: f64| hgt - pad - ms / top * (hgt - 2.0 * pad);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{hgt}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = write!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
+        w / 2.0,
+        title.replace('<', "&lt;")
+    );
+    for (n, label) in [(0.0, "0%"), (1.0, "90%"), (2.0, "99%"), (3.0, "99.9%"), (4.0, "99.99%"), (5.0, "99.999%")] {
+        let _ = write!(
+            s,
+            r##"<line x1="{0}" y1="{1}" x2="{0}" y2="{2}" stroke="#ddd"/><text x="{0}" y="{3}" text-anchor="middle">{label}</text>"##,
+            x(n),
+            pad,
+            hgt - pad,
+            hgt - pad + 18.0
+        );
+    }
+    for i in 0..=5 {
+        let ms = top * i as f64 / 5.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="#eee"/><text x="{2}" y="{3}" text-anchor="end">{ms:.2}</text>"##,
+            y(ms),
+            w - pad,
+            pad - 6.0,
+            y(ms) + 4.0
+        );
+    }
+    let path: Vec<String> = points.iter().map(|(n, ms)| format!("{:.1},{:.1}", x(*n), y(*ms))).collect();
+    let _ = write!(s, r##"<polyline fill="none" stroke="#1f6feb" stroke-width="2" points="{}"/>"##, path.join(" "));
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">percentile</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">latency (ms)</text></svg>"#,
+        w / 2.0,
+        hgt - 12.0,
+        hgt / 2.0,
+        hgt / 2.0
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_histograms_report_the_union() {
+        let mut a = crate::client::latency_histogram();
+        let mut b = crate::client::latency_histogram();
+        for us in 1..=900u64 {
+            a.record(us * 1000).expect("record");
+        }
+        for us in 901..=1000u64 {
+            b.record(us * 1000).expect("record");
+        }
+        a.add(&b).expect("merge");
+        let p = Percentiles::of(&a);
+        assert_eq!(p.count, 1000);
+        assert!((p.p50_ms - 500.0).abs() < 1.0, "{p:?}");
+        assert!((p.p99_ms - 990.0).abs() < 1.0, "{p:?}");
+        assert!((p.max_ms - 1000.0).abs() < 1.0);
+        let text = hgrm(&a);
+        assert!(text.contains("Total count    =         1000"), "{text}");
+        let chart = svg(&a, "t");
+        assert!(chart.starts_with("<svg") && chart.ends_with("</svg>") && chart.contains("polyline"));
+    }
+}
