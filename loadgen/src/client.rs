@@ -74,6 +74,10 @@ pub struct Shared {
     pub errors: AtomicU64,
     /// Comments acknowledged.
     pub acks: AtomicU64,
+    /// Comments sent.
+    pub comments: AtomicU64,
+    /// Largest delay of a comment behind its timetable, ns.
+    pub send_lag_ns: AtomicU64,
     /// Set to end the run.
     pub stop: AtomicBool,
     /// Latency so far, merged by the threads about once a second, for the progress line.
@@ -290,7 +294,13 @@ pub fn run_thread(
             next_plan += 1;
         }
 
-        poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+        // Wake for the next comment on time: sending late would be the load generator's lag.
+        let mut timeout = Duration::from_millis(20);
+        if let (Some(plan), Some((start, sent))) = (&comments, comment_clock) {
+            let next = start + (sent as f64 * 1e9 / plan.rate) as u64;
+            timeout = timeout.min(Duration::from_nanos(next.saturating_sub(unix_ns())));
+        }
+        poll.poll(&mut events, Some(timeout))?;
         let stopping = shared.stop.load(Ordering::Relaxed);
         for event in events.iter() {
             let key = event.token().0;
@@ -350,11 +360,14 @@ pub fn run_thread(
                 let now = unix_ns();
                 let elapsed = now.saturating_sub(*start);
                 if elapsed <= plan.duration.as_nanos() as u64 {
-                    let due = (elapsed as f64 / 1e9 * plan.rate) as u64;
+                    // Comment k is due at k / rate: the first one at once.
+                    let total = (plan.duration.as_secs_f64() * plan.rate) as u64;
+                    let due = ((elapsed as f64 / 1e9 * plan.rate) as u64 + 1).min(total);
                     let keys: Vec<usize> =
                         conns.iter().filter(|(_, c)| c.state == State::Ready).map(|(k, _)| k).collect();
                     while *sent < due && !keys.is_empty() {
                         let intended = *start + (*sent as f64 * 1e9 / plan.rate) as u64;
+                        shared.send_lag_ns.fetch_max(now.saturating_sub(intended), Ordering::Relaxed);
                         comment_cursor = (comment_cursor + 1) % keys.len();
                         if let Some(conn) = conns.get_mut(keys[comment_cursor]) {
                             if let Some(room) = &plans[conn.plan].room {
@@ -365,6 +378,7 @@ pub fn run_thread(
                         }
                         *sent += 1;
                         comments_sent += 1;
+                        shared.comments.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }

@@ -187,7 +187,7 @@ fn progress_line(shared: &Shared, started: Instant, last: &mut (Instant, u64)) {
         .and_then(|h| h.as_ref().map(|h| h.value_at_quantile(0.99) as f64 / 1000.0))
         .unwrap_or(0.0);
     eprintln!(
-        "[{:6.1}s] conns {} joined {} failed {} closed {} | deliveries {} ({:.0}/s) p99 {:.2} ms | errors {}",
+        "[{:6.1}s] conns {} joined {} failed {} closed {} | deliveries {} ({:.0}/s) p99 {:.2} ms | comments {} acked {} | errors {}",
         started.elapsed().as_secs_f64(),
         shared.connected.load(Ordering::Relaxed),
         shared.joined.load(Ordering::Relaxed),
@@ -196,6 +196,8 @@ fn progress_line(shared: &Shared, started: Instant, last: &mut (Instant, u64)) {
         delivered,
         rate,
         p99,
+        shared.comments.load(Ordering::Relaxed),
+        shared.acks.load(Ordering::Relaxed),
         shared.errors.load(Ordering::Relaxed),
     );
 }
@@ -342,11 +344,17 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
         }
         "comments" => {
             run.comment_start.store(true, Ordering::Relaxed);
-            let expected_comments = (c.rate * c.duration) as u64;
             wait_until(&shared, started, Duration::from_secs_f64(c.duration), || false);
             wait_until(&shared, started, Duration::from_secs_f64(c.drain), || {
-                shared.acks.load(Ordering::Relaxed) >= expected_comments
+                shared.acks.load(Ordering::Relaxed) >= shared.comments.load(Ordering::Relaxed)
             });
+            let lag = Duration::from_nanos(shared.send_lag_ns.load(Ordering::Relaxed));
+            report.publisher_max_lag_ms = lag.as_secs_f64() * 1000.0;
+            if !table_kept_up(lag, c.lag_tolerance_ms) {
+                report.valid = false;
+                report.invalid_reason =
+                    Some(format!("comments fell {:.1} ms behind their timetable", report.publisher_max_lag_ms));
+            }
         }
         "idle" => {
             report.server_rss_kib = c.server_pid.and_then(|pid| Some((rss_before?, rss_kib(pid)?)));
@@ -397,6 +405,10 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
     report.latency = Percentiles::of(&latency);
     if scenario == "comments" {
         report.published = comments_sent;
+        if c.conns % c.rooms.max(1) == 0 {
+            // Every comment reaches every member of its room, the sender included.
+            report.expected = comments_sent * (c.conns / c.rooms.max(1)) as u64;
+        }
         report.ack_latency = Some(Percentiles::of(&ack_latency));
     }
     report.deliveries_per_sec = (report.delivered as f64) / active.max(1e-6);

@@ -28,6 +28,13 @@ pub fn parse_source_ips(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
 
 /// Start a non-blocking connect to `to`, from `from` when given.
 pub fn connect(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<mio::net::TcpStream> {
+    let stream = connect_from(to, from)?;
+    // Small frames must not wait for Nagle's algorithm: that would be latency we add.
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn connect_from(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<mio::net::TcpStream> {
     let Some(from) = from else { return mio::net::TcpStream::connect(to) };
     let socket = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
