@@ -321,6 +321,7 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
     let deliveries_before = shared.deliveries.load(Ordering::Relaxed);
     let publish_started = Instant::now();
     let cpu_before = c.server_pid.and_then(cpu_seconds);
+    let self_cpu_before = cpu_seconds(std::process::id());
     let mut last_seq: Vec<u64> = Vec::new();
     match scenario {
         "fanout" => {
@@ -363,6 +364,9 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
         _ => {}
     }
     let active = publish_started.elapsed().as_secs_f64();
+    if let (Some(before), Some(after)) = (self_cpu_before, cpu_seconds(std::process::id())) {
+        report.loadgen_cpu_seconds = after - before;
+    }
     if let (Some(pid), Some(before)) = (c.server_pid, cpu_before) {
         if let Some(after) = cpu_seconds(pid) {
             report.server_cpu_seconds = Some(after - before);

@@ -98,6 +98,8 @@ pub struct Report {
     pub server_cpu_seconds: Option<f64>,
     /// Deliveries per server CPU-second: the efficiency figure compared with the write floor.
     pub deliveries_per_server_cpu_sec: Option<f64>,
+    /// CPU seconds the load generator itself used over the same period (its own cost).
+    pub loadgen_cpu_seconds: f64,
 }
 
 impl Report {
@@ -133,6 +135,7 @@ impl Report {
             if let (Some(cpu), Some(eff)) = (self.server_cpu_seconds, self.deliveries_per_server_cpu_sec) {
                 let _ = writeln!(t, "server CPU      {cpu:.2} s: {eff:.0} deliveries per server CPU-second");
             }
+            let _ = writeln!(t, "loadgen CPU     {:.2} s over the same period", self.loadgen_cpu_seconds);
             let l = &self.latency;
             let _ = writeln!(
                 t,
