@@ -410,6 +410,12 @@ impl<Io> Shard<Io> {
         }
         if code == close_code::SLOW_CONSUMER {
             self.stats.slow_consumers += 1;
+            tracing::warn!(
+                conn = %conn.session.id,
+                user = %conn.session.user,
+                budget = self.cfg.outbound_budget,
+                "slow consumer: outbound queue over budget, closing with 4009"
+            );
         }
         self.deadlines.arm(key.0, self.now_ms + self.cfg.close_timeout_ms);
         self.mark_dirty(key);
