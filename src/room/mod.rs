@@ -339,12 +339,11 @@ impl HomeRoom {
         }
         self.announced_online = online;
         let (room, lists) = (&self.name, !delta.overflow && online <= self.large_room as u64);
-        let (joined, left) = (as_pairs(&delta.joined), as_pairs(&delta.left));
         Some(frame::text_frame_with(|out| {
             if lists {
-                server_msg::presence(out, room, online, Some(&joined), Some(&left));
+                server_msg::presence(out, room, online, Some(&delta.joined), Some(&delta.left));
             } else {
-                server_msg::presence(out, room, online, None, None);
+                server_msg::presence::<Arc<str>>(out, room, online, None, None);
             }
         }))
     }
@@ -364,8 +363,4 @@ impl HomeRoom {
     pub fn viewer_joined_at(&self, user: &str) -> Option<u64> {
         self.viewers.get(user).map(|v| v.joined_at_ms)
     }
-}
-
-fn as_pairs(viewers: &[(Arc<str>, Arc<str>)]) -> Vec<(&str, &str)> {
-    viewers.iter().map(|(u, n)| (&**u, &**n)).collect()
 }

@@ -105,7 +105,7 @@ pub fn state(out: &mut Vec<u8>, room: &str, seq: u64, version: u64, state: &str)
     out.push(b'}');
 }
 
-fn viewers(out: &mut Vec<u8>, name: &str, list: &[(&str, &str)]) {
+fn viewers<S: AsRef<str>>(out: &mut Vec<u8>, name: &str, list: &[(S, S)]) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\":[");
@@ -114,21 +114,21 @@ fn viewers(out: &mut Vec<u8>, name: &str, list: &[(&str, &str)]) {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"user\":");
-        push_str(out, user);
+        push_str(out, user.as_ref());
         out.extend_from_slice(b",\"name\":");
-        push_str(out, display);
+        push_str(out, display.as_ref());
         out.push(b'}');
     }
     out.push(b']');
 }
 
 /// `presence`: the coalesced online count, with `joined`/`left` lists for small rooms.
-pub fn presence(
+pub fn presence<S: AsRef<str>>(
     out: &mut Vec<u8>,
     room: &str,
     online: u64,
-    joined: Option<&[(&str, &str)]>,
-    left: Option<&[(&str, &str)]>,
+    joined: Option<&[(S, S)]>,
+    left: Option<&[(S, S)]>,
 ) {
     head(out, "presence");
     field_str(out, "room", room);
@@ -239,7 +239,10 @@ mod tests {
             parse(|o| presence(o, "r", 2, Some(&[("u", "U")]), Some(&[]))),
             json!({"op":"presence","room":"r","online":2,"joined":[{"user":"u","name":"U"}],"left":[]})
         );
-        assert_eq!(parse(|o| presence(o, "r", 500, None, None)), json!({"op":"presence","room":"r","online":500}));
+        assert_eq!(
+            parse(|o| presence::<&str>(o, "r", 500, None, None)),
+            json!({"op":"presence","room":"r","online":500})
+        );
         assert_eq!(
             parse(|o| reactions(o, "r", &[("❤", 3), ("fire", 1)])),
             json!({"op":"reactions","room":"r","counts":{"❤":3,"fire":1}})
