@@ -128,3 +128,280 @@ fn tls_viewers_speak_the_same_protocol() {
     a.send_json(json!({"op": "comment", "room": "mixed", "text": "over tls", "ref": 1}));
     assert_eq!(b.until_op("event")["data"]["text"], "over tls");
 }
+
+// ---- Added by the integration-test pass: edges a client author runs into. ----
+
+/// `{"op":"join","room":ROOM,"pad":"xxx"}` padded to exactly `len` bytes.
+fn join_padded_to(room: &str, len: usize) -> String {
+    let skeleton = json!({"op": "join", "room": room, "pad": ""}).to_string();
+    assert!(skeleton.len() <= len, "{len} bytes is too short for a join");
+    let text = json!({"op": "join", "room": room, "pad": "x".repeat(len - skeleton.len())}).to_string();
+    assert_eq!(text.len(), len);
+    text
+}
+
+#[test]
+fn hello_announces_the_configured_limits_and_the_user() {
+    let server = Server::start(&["--max-message", "1024", "--heartbeat-ms", "7000"]);
+    let mut v = server.viewer_raw("alice");
+    let hello = v.next_json();
+    assert_eq!(hello["op"], "hello");
+    assert_eq!(hello["user"], "alice");
+    assert_eq!(hello["max_message"], 1024, "hello: {hello}");
+    assert_eq!(hello["heartbeat_ms"], 7000, "hello: {hello}");
+    assert!(!hello["conn"].is_null(), "hello carries a connection id: {hello}");
+    let mut w = server.viewer_raw("alice");
+    assert_ne!(w.next_json()["conn"], hello["conn"], "each connection has its own id");
+}
+
+#[test]
+fn a_viewer_without_user_gets_a_made_up_id() {
+    let server = Server::start(&[]);
+    let stream = std::net::TcpStream::connect(&server.ws).expect("connect");
+    stream.set_read_timeout(Some(support::WAIT)).expect("timeout");
+    let (mut ws, _) = tungstenite::client(format!("ws://{}/ws", server.ws), stream).expect("upgrade");
+    let Message::Text(hello) = ws.read().expect("hello") else { panic!("hello is a text message") };
+    let hello: serde_json::Value = serde_json::from_str(&hello).expect("json");
+    assert_eq!(hello["op"], "hello");
+    assert!(hello["user"].as_str().is_some_and(|u| !u.is_empty()), "anonymous user id: {hello}");
+}
+
+#[test]
+fn an_upgrade_on_another_path_is_refused() {
+    let server = Server::start(&[]);
+    let stream = std::net::TcpStream::connect(&server.ws).expect("connect");
+    stream.set_read_timeout(Some(support::WAIT)).expect("timeout");
+    match tungstenite::client(format!("ws://{}/elsewhere?user=a", server.ws), stream) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            assert!(response.status().is_client_error(), "status {}", response.status())
+        }
+        Err(e) => panic!("expected an HTTP error response, got {e}"),
+        Ok(_) => panic!("upgrade on /elsewhere succeeded; only /ws is a viewer endpoint"),
+    }
+}
+
+#[test]
+fn joined_carries_the_latest_seq_and_leave_stops_delivery() {
+    let server = Server::start(&[]);
+    let mut up = server.upstream();
+    assert_eq!(up.call(json!({"op": "publish", "room": "r", "type": "t", "data": 1}))["seq"], 1);
+    let mut a = server.viewer("a");
+    let mut b = server.viewer("b");
+    let joined = a.join("r");
+    assert_eq!((&joined["room"], &joined["seq"]), (&json!("r"), &json!(1)), "joined: {joined}");
+    b.join("r");
+    assert_eq!(up.call(json!({"op": "publish", "room": "r", "type": "t", "data": 2}))["seq"], 2);
+    assert_eq!(a.next_msg()["seq"], 2);
+    a.send_json(json!({"op": "leave", "room": "r"}));
+    assert_eq!(a.next_msg(), json!({"op": "left", "room": "r"}));
+    assert_eq!(up.call(json!({"op": "publish", "room": "r", "type": "t", "data": 3}))["seq"], 3);
+    assert_eq!(a.join("r")["seq"], 3, "rejoin reports the latest seq; nothing was replayed before it");
+    assert_eq!(up.call(json!({"op": "publish", "room": "r", "type": "t", "data": 4}))["seq"], 4);
+    let next = a.next_msg();
+    assert_eq!((&next["op"], &next["seq"]), (&json!("event"), &json!(4)), "seq 3 was published while a was out");
+    let seqs: Vec<_> = (0..3).map(|_| b.until_op("event")["seq"].clone()).collect();
+    assert_eq!(seqs, [json!(2), json!(3), json!(4)], "b stayed and saw everything after its join");
+}
+
+#[test]
+fn events_of_a_room_reach_its_members_only() {
+    let server = Server::start(&[]);
+    let mut inside = server.viewer("in");
+    let mut outside = server.viewer("out");
+    inside.join("a");
+    outside.join("b");
+    let mut up = server.upstream();
+    up.call(json!({"op": "publish", "room": "a", "type": "secret", "data": null}));
+    up.call(json!({"op": "publish", "room": "b", "type": "public", "data": null}));
+    assert_eq!(inside.next_msg()["type"], "secret");
+    let first = outside.next_msg();
+    assert_eq!((&first["room"], &first["type"]), (&json!("b"), &json!("public")), "nothing from room a first");
+}
+
+#[test]
+fn comment_events_carry_id_user_name_text_and_every_scalar_ref_is_echoed() {
+    let server = Server::start(&[]);
+    let mut a = server.viewer("alice");
+    let mut b = server.viewer("bob");
+    a.join("chat");
+    b.join("chat");
+    let mut ids = Vec::new();
+    for reference in [json!("s"), json!(7), json!(-1.5), json!("\"quoted\" ✓")] {
+        a.send_json(json!({"op": "comment", "room": "chat", "text": "héllo 👋", "ref": reference}));
+        let ev = a.until_op("event");
+        assert_eq!((&ev["room"], &ev["type"]), (&json!("chat"), &json!("comment")));
+        let data = &ev["data"];
+        assert_eq!((&data["user"], &data["text"]), (&json!("alice"), &json!("héllo 👋")), "data: {data}");
+        assert!(data["name"].is_string(), "comment data carries a display name: {data}");
+        assert!(!data["id"].is_null(), "comment data carries an id: {data}");
+        ids.push(data["id"].clone());
+        let ack = a.until_op("ack");
+        assert_eq!(ack["ref"], reference, "ref echoed exactly");
+        assert_eq!(ack["seq"], ev["seq"], "ack seq is the event's seq");
+        assert_eq!(b.until_op("event"), ev, "the other member sees the same event");
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "comment ids are distinct: {ids:?}");
+}
+
+#[test]
+fn comment_length_is_counted_in_characters_and_errors_echo_the_ref() {
+    let server = Server::start(&[]);
+    let mut v = server.viewer("carl");
+    v.send_json(json!({"op": "comment", "room": "c", "text": "hi", "ref": "r-nj"}));
+    let e = v.next_msg();
+    assert_eq!((&e["op"], &e["code"], &e["ref"]), (&json!("error"), &json!("not_joined"), &json!("r-nj")), "{e}");
+    v.join("c");
+    // 500 two-byte characters: 1000 bytes, but within the 500-character limit.
+    v.send_json(json!({"op": "comment", "room": "c", "text": "é".repeat(500), "ref": "max"}));
+    assert_eq!(v.until_op("event")["data"]["text"], "é".repeat(500));
+    assert_eq!(v.until_op("ack")["ref"], "max");
+    v.send_json(json!({"op": "comment", "room": "c", "text": "é".repeat(501), "ref": "over"}));
+    let e = v.next_msg();
+    assert_eq!((&e["op"], &e["ref"]), (&json!("error"), &json!("over")), "501 characters is refused: {e}");
+    v.send_json(json!({"op": "comment", "room": "c", "text": "", "ref": "empty"}));
+    let e = v.next_msg();
+    assert_eq!((&e["op"], &e["ref"]), (&json!("error"), &json!("empty")), "an empty comment is refused: {e}");
+    v.send_json(json!({"op": "ping"}));
+    assert_eq!(v.next_msg()["op"], "pong");
+}
+
+#[test]
+fn malformed_requests_get_bad_request_and_the_connection_stays() {
+    let server = Server::start(&[]);
+    let mut v = server.viewer("m");
+    for text in ["[1,2]", "\"join\"", "42", "{}", "{\"room\":\"r\"}", "{\"op\":\"join\"}", "{\"op\":7}", ""] {
+        v.ws.send(Message::text(text)).expect("send");
+        let e = v.next_msg();
+        assert_eq!(e["op"], "error", "reply to {text:?}: {e}");
+        assert!(
+            e["code"] == "bad_request" || e["code"] == "unknown_op",
+            "{text:?} is a bad request (or an unknown op), got {e}"
+        );
+    }
+    v.send_json(json!({"op": "ping"}));
+    assert_eq!(v.next_msg()["op"], "pong", "still open after every malformed request");
+}
+
+#[test]
+fn unknown_fields_are_ignored() {
+    let server = Server::start(&[]);
+    let mut v = server.viewer("fwd");
+    v.send_json(json!({"op": "join", "room": "r", "future": {"x": 1}, "v": 2}));
+    assert_eq!(v.until_op("joined")["room"], "r");
+    v.send_json(json!({"op": "ping", "extra": true}));
+    assert_eq!(v.next_msg()["op"], "pong");
+}
+
+#[test]
+fn a_message_of_exactly_max_message_bytes_is_accepted_and_one_byte_more_closes_with_1009() {
+    let server = Server::start(&["--max-message", "1024"]);
+    let mut v = server.viewer("edge");
+    v.ws.send(Message::text(join_padded_to("fits", 1024))).expect("send");
+    assert_eq!(v.until_op("joined")["room"], "fits", "a 1024-byte message is within --max-message 1024");
+    v.ws.send(Message::text(join_padded_to("over", 1025))).expect("send");
+    assert_eq!(v.close_code(), Some(1009));
+}
+
+#[test]
+fn a_fragmented_message_is_reassembled_even_when_a_character_spans_fragments() {
+    let server = Server::start(&[]);
+    let mut v = server.viewer("frag");
+    v.join("f");
+    let text = json!({"op": "comment", "room": "f", "text": "naïve café", "ref": 1}).to_string();
+    let bytes = text.as_bytes();
+    // Split inside the two bytes of 'ï': each fragment alone is not valid UTF-8.
+    let cut = text.find('ï').expect("ï") + 1;
+    v.ws.send(Message::Frame(Frame::message(bytes[..cut].to_vec(), OpCode::Data(Data::Text), false))).expect("send");
+    v.ws.send(Message::Frame(Frame::message(bytes[cut..].to_vec(), OpCode::Data(Data::Continue), true))).expect("send");
+    assert_eq!(v.until_op("event")["data"]["text"], "naïve café");
+    assert_eq!(v.until_op("ack")["ref"], 1);
+}
+
+#[test]
+fn fragments_adding_up_past_max_message_close_with_1009() {
+    let server = Server::start(&["--max-message", "1024"]);
+    let mut v = server.viewer("frags");
+    let text = join_padded_to("r", 1800);
+    let (first, rest) = text.as_bytes().split_at(600);
+    let (second, third) = rest.split_at(600);
+    v.ws.send(Message::Frame(Frame::message(first.to_vec(), OpCode::Data(Data::Text), false))).expect("send");
+    v.ws.send(Message::Frame(Frame::message(second.to_vec(), OpCode::Data(Data::Continue), false))).expect("send");
+    // The server may close before the last fragment arrives; a failed send is fine then.
+    let _ = v.ws.send(Message::Frame(Frame::message(third.to_vec(), OpCode::Data(Data::Continue), true)));
+    assert_eq!(v.close_code(), Some(1009), "each fragment is small, the message is not");
+}
+
+#[test]
+fn websocket_ping_frames_are_answered_with_the_same_payload() {
+    let server = Server::start(&[]);
+    let mut v = server.viewer("pinger");
+    v.ws.send(Message::Ping(b"are you there".to_vec().into())).expect("send ping");
+    loop {
+        match v.ws.read().expect("read") {
+            Message::Pong(payload) => {
+                assert_eq!(&payload[..], b"are you there");
+                break;
+            }
+            Message::Text(t) => assert!(t.contains("presence"), "only noise before the pong: {t}"),
+            other => panic!("expected a pong frame, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_client_close_is_answered_with_a_close_frame() {
+    let server = Server::start(&[]);
+    let mut v = server.viewer("leaver");
+    v.join("r");
+    v.ws.close(None).expect("send close");
+    assert_eq!(v.close_code(), Some(1000), "the server echoes a normal close");
+}
+
+#[test]
+fn a_publish_to_the_private_room_reaches_a_connection_as_soon_as_it_has_hello() {
+    let server = Server::start(&[]);
+    let mut up = server.upstream();
+    // No join and no round trip first: hello means the connection exists, and with it the
+    // automatic membership of `user:<id>`. Several fresh connections, to catch a race.
+    for i in 0..20 {
+        let user = format!("solo{i}");
+        let mut v = server.viewer(&user);
+        let reply = up.call(json!({"op": "publish", "room": format!("user:{user}"), "type": "dm", "data": i}));
+        assert_eq!(reply["ok"], true);
+        let ev = v.next_msg();
+        assert_eq!(
+            (&ev["op"], &ev["room"], &ev["data"]),
+            (&json!("event"), &json!(format!("user:{user}")), &json!(i)),
+            "connection {i}: first message after hello is the private event"
+        );
+    }
+}
+
+#[test]
+fn joining_another_users_private_room_is_forbidden() {
+    let server = Server::start(&[]);
+    let mut alice = server.viewer("alice");
+    alice.send_json(json!({"op": "join", "room": "user:bob"}));
+    let e = alice.next_msg();
+    assert_eq!((&e["op"], &e["code"]), (&json!("error"), &json!("forbidden")), "{e}");
+    let mut up = server.upstream();
+    up.call(json!({"op": "publish", "room": "user:bob", "type": "dm", "data": "for bob"}));
+    up.call(json!({"op": "publish", "room": "user:alice", "type": "dm", "data": "for alice"}));
+    assert_eq!(alice.next_msg()["data"], "for alice", "bob's private event did not reach alice");
+}
+
+#[test]
+fn tls_1_2_and_tls_1_3_clients_both_get_the_protocol() {
+    let server = Server::start_tls(&[]);
+    let mut up = server.upstream();
+    for (name, version) in [("t12", &rustls::version::TLS12), ("t13", &rustls::version::TLS13)] {
+        let mut v = server.tls_viewer_with(name, &[version]);
+        assert_eq!(v.join("secure")["room"], "secure");
+        let seq = up.call(json!({"op": "publish", "room": "secure", "type": "t", "data": name}))["seq"].clone();
+        let ev = v.until_op("event");
+        assert_eq!((&ev["seq"], &ev["data"]), (&seq, &json!(name)));
+        v.ws.send(Message::text("y".repeat(5000))).expect("send");
+        assert_eq!(v.close_code(), Some(1009), "{name}: oversized over TLS closes with 1009");
+    }
+}
