@@ -169,3 +169,100 @@ fn plain_and_tls_viewers_in_the_same_room_see_the_same_sequence() {
         }
     }
 }
+
+/// What one member of the mixed room saw: events by seq, and (for a commenter) ref -> ack seq.
+struct Seen {
+    events: Vec<Value>,
+    acks: Vec<(u64, u64)>,
+}
+
+#[test]
+fn comments_from_both_workers_and_ingest_events_interleave_into_one_sequence_every_member_shares() {
+    const COMMENTERS: usize = 4;
+    const WATCHERS: usize = 2;
+    const PER_SOURCE: u64 = 100;
+    const TOTAL: u64 = (COMMENTERS as u64 + 1) * PER_SOURCE;
+    let server = Server::start(&[]);
+    let mut members: Vec<_> = (0..COMMENTERS + WATCHERS)
+        .map(|i| {
+            let mut v = server.viewer(&format!("m{i}"));
+            v.join("mix");
+            v
+        })
+        .collect();
+    let seen: Vec<Seen> = std::thread::scope(|scope| {
+        let handles: Vec<_> = members
+            .drain(..)
+            .enumerate()
+            .map(|(i, mut v)| {
+                scope.spawn(move || {
+                    let commenter = i < COMMENTERS;
+                    if commenter {
+                        for k in 0..PER_SOURCE {
+                            v.send_json(json!({"op": "comment", "room": "mix", "text": format!("m{i}-{k}"), "ref": k}));
+                        }
+                    }
+                    let mut seen = Seen { events: Vec::new(), acks: Vec::new() };
+                    let acks_wanted = if commenter { PER_SOURCE as usize } else { 0 };
+                    while seen.events.len() < TOTAL as usize || seen.acks.len() < acks_wanted {
+                        let m = v.next_json();
+                        match m["op"].as_str() {
+                            Some("event") => seen.events.push(m),
+                            Some("ack") => seen.acks.push((
+                                m["ref"].as_u64().expect("numeric ref echoed"),
+                                m["seq"].as_u64().expect("ack seq"),
+                            )),
+                            Some("presence" | "reactions") => {}
+                            _ => panic!("member m{i}: unexpected {m}"),
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let commands: Vec<Value> =
+            (0..PER_SOURCE).map(|k| json!({"op": "publish", "room": "mix", "type": "up", "data": k})).collect();
+        let mut up = server.upstream();
+        up.send_raw(ndjson(&commands).as_bytes());
+        let mut last = 0;
+        for _ in 0..PER_SOURCE {
+            let seq = up.reply()["seq"].as_u64().expect("publish seq");
+            assert!(seq > last, "one connection's seqs grow");
+            last = seq;
+        }
+        handles.into_iter().map(|h| h.join().expect("member thread")).collect()
+    });
+
+    let reference = &seen[0].events;
+    for (i, s) in seen.iter().enumerate() {
+        let seqs: Vec<u64> = s.events.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+        assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>(), "member m{i}: gap-free, in order, once each");
+        for (mine, theirs) in s.events.iter().zip(reference) {
+            assert_eq!(
+                (&mine["type"], &mine["data"]),
+                (&theirs["type"], &theirs["data"]),
+                "m{i} and m0 agree on seq {}",
+                mine["seq"]
+            );
+        }
+    }
+    let upstream: Vec<&Value> = reference.iter().filter(|e| e["type"] == "up").map(|e| &e["data"]).collect();
+    assert_eq!(
+        upstream,
+        (0..PER_SOURCE).map(Value::from).collect::<Vec<_>>().iter().collect::<Vec<_>>(),
+        "ingest order kept"
+    );
+    for (i, s) in seen.iter().take(COMMENTERS).enumerate() {
+        let texts: Vec<&Value> = reference
+            .iter()
+            .filter(|e| e["type"] == "comment" && e["data"]["user"] == format!("m{i}"))
+            .map(|e| &e["data"]["text"])
+            .collect();
+        let sent: Vec<Value> = (0..PER_SOURCE).map(|k| json!(format!("m{i}-{k}"))).collect();
+        assert_eq!(texts, sent.iter().collect::<Vec<_>>(), "m{i}'s comments in the order sent");
+        for &(k, seq) in &s.acks {
+            let ev = &reference[(seq - 1) as usize];
+            assert_eq!(ev["data"]["text"], format!("m{i}-{k}"), "m{i}: ack for ref {k} names the seq of that comment");
+        }
+    }
+}

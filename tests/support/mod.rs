@@ -220,36 +220,69 @@ impl Server {
         stream
     }
 
-    /// Upgrade a plain socket to a viewer as `user` (no hello read yet).
-    pub fn viewer_raw(&self, user: &str) -> Viewer {
-        let url = format!("ws://{}/ws?user={user}", self.ws);
-        let (ws, response) = tungstenite::client(url, MaybeTlsStream::Plain(Self::tcp(&self.ws))).expect("ws upgrade");
+    /// A TCP socket to `addr` whose receive buffer is tiny (which also turns off the kernel's
+    /// buffer autotuning), so a viewer that stops reading backs up into the server quickly
+    /// instead of into megabytes of kernel memory.
+    fn small_window_tcp(addr: &str) -> TcpStream {
+        let addr: std::net::SocketAddr = addr.parse().expect("socket address");
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.set_recv_buffer_size(4096).expect("set SO_RCVBUF");
+        socket.connect(&addr.into()).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(WAIT)).expect("set read timeout");
+        stream.set_write_timeout(Some(WAIT)).expect("set write timeout");
+        stream
+    }
+
+    /// Upgrade `stream` (to the ws or, with `tls`, the wss listener) as `user`; no hello read.
+    fn upgrade(
+        &self,
+        stream: TcpStream,
+        user: &str,
+        tls: Option<&[&'static rustls::SupportedProtocolVersion]>,
+    ) -> Viewer {
+        let (ws, response) = match tls {
+            None => {
+                let url = format!("ws://{}/ws?user={user}", self.ws);
+                tungstenite::client(url, MaybeTlsStream::Plain(stream)).expect("ws upgrade")
+            }
+            Some(versions) => {
+                let addr = self.wss.as_ref().expect("server has wss");
+                let config = client_tls_config(self.cert_pem.as_deref().expect("cert"), versions);
+                let port = addr.rsplit(':').next().expect("port");
+                let url = format!("wss://localhost:{port}/ws?user={user}");
+                tungstenite::client_tls_with_config(url, stream, None, Some(tungstenite::Connector::Rustls(config)))
+                    .expect("wss upgrade")
+            }
+        };
         assert_eq!(response.status(), 101);
         Viewer { ws }
+    }
+
+    /// Upgrade a plain socket to a viewer as `user` (no hello read yet).
+    pub fn viewer_raw(&self, user: &str) -> Viewer {
+        self.upgrade(Self::tcp(&self.ws), user, None)
     }
 
     /// Open a plain viewer connection as `user` and read its `hello`.
     pub fn viewer(&self, user: &str) -> Viewer {
         let mut v = self.viewer_raw(user);
-        let hello = v.next_json();
-        assert_eq!(hello["op"], "hello", "first message is hello: {hello}");
+        v.expect_hello();
         v
     }
 
-    /// Open a plain viewer whose socket receive buffer is tiny (which also turns off the
-    /// kernel's buffer autotuning), so a viewer that stops reading backs up into the server
-    /// quickly instead of into tens of megabytes of kernel memory.
+    /// Open a plain viewer with a tiny receive window (see `small_window_tcp`), read `hello`.
     pub fn viewer_small_window(&self, user: &str) -> Viewer {
-        let addr: std::net::SocketAddr = self.ws.parse().expect("address");
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-        socket.set_recv_buffer_size(4096).expect("rcvbuf");
-        socket.connect(&addr.into()).expect("connect");
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        let url = format!("ws://{}/ws?user={user}", self.ws);
-        let (ws, _) = tungstenite::client(url, MaybeTlsStream::Plain(stream)).expect("upgrade");
-        let mut v = Viewer { ws };
-        assert_eq!(v.next_json()["op"], "hello");
+        let mut v = self.upgrade(Self::small_window_tcp(&self.ws), user, None);
+        v.expect_hello();
+        v
+    }
+
+    /// Open a TLS viewer with a tiny receive window, read `hello`.
+    pub fn tls_viewer_small_window(&self, user: &str) -> Viewer {
+        let addr = self.wss.clone().expect("server has wss");
+        let mut v = self.upgrade(Self::small_window_tcp(&addr), user, Some(&[]));
+        v.expect_hello();
         v
     }
 
@@ -260,21 +293,9 @@ impl Server {
 
     /// Open a TLS viewer limited to `versions` and read its `hello`.
     pub fn tls_viewer_with(&self, user: &str, versions: &[&'static rustls::SupportedProtocolVersion]) -> Viewer {
-        let addr = self.wss.as_ref().expect("server has wss");
-        let config = client_tls_config(self.cert_pem.as_deref().expect("cert"), versions);
-        let port = addr.rsplit(':').next().expect("port");
-        let url = format!("wss://localhost:{port}/ws?user={user}");
-        let (ws, response) = tungstenite::client_tls_with_config(
-            url,
-            Self::tcp(addr),
-            None,
-            Some(tungstenite::Connector::Rustls(config)),
-        )
-        .expect("wss upgrade");
-        assert_eq!(response.status(), 101);
-        let mut v = Viewer { ws };
-        let hello = v.next_json();
-        assert_eq!(hello["op"], "hello", "first message over TLS is hello: {hello}");
+        let addr = self.wss.clone().expect("server has wss");
+        let mut v = self.upgrade(Self::tcp(&addr), user, Some(versions));
+        v.expect_hello();
         v
     }
 
@@ -327,6 +348,13 @@ impl Viewer {
             MaybeTlsStream::Rustls(s) => s.get_ref(),
             _ => unreachable!("only plain and rustls streams are built here"),
         }
+    }
+
+    /// Read the first message and check it is `hello`.
+    pub fn expect_hello(&mut self) -> Value {
+        let hello = self.next_json();
+        assert_eq!(hello["op"], "hello", "first message is hello: {hello}");
+        hello
     }
 
     pub fn send_json(&mut self, v: Value) {
