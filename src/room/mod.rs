@@ -23,7 +23,6 @@ use std::sync::Arc;
 #[derive(Debug)]
 struct Viewer {
     conns: u32,
-    name: Arc<str>,
     joined_at_ms: u64,
 }
 
@@ -280,14 +279,10 @@ impl HomeRoom {
         if self.is_private() {
             return;
         }
-        let viewer = self.viewers.entry(Arc::clone(user)).or_insert_with(|| Viewer {
-            conns: 0,
-            name: Arc::clone(name),
-            joined_at_ms: now_ms,
-        });
+        let viewer = self.viewers.entry(Arc::clone(user)).or_insert_with(|| Viewer { conns: 0, joined_at_ms: now_ms });
         viewer.conns += 1;
         if viewer.conns == 1 {
-            let name = Arc::clone(&viewer.name);
+            let name = Arc::clone(name);
             let large = self.large_room;
             let delta = self.presence.get_or_insert_with(Box::default);
             if let Some(at) = delta.left.iter().position(|(u, _)| u == user) {
@@ -300,8 +295,9 @@ impl HomeRoom {
         }
     }
 
-    /// A member of `worker` left (or its connection closed).
-    pub fn leave(&mut self, worker: WorkerId, user: &str, now_ms: u64) {
+    /// A member of `worker` left (or its connection closed); `viewer` is its user id and
+    /// display name.
+    pub fn leave(&mut self, worker: WorkerId, (user, name): (&str, &Arc<str>), now_ms: u64) {
         if let Some(n) = self.audience.get_mut(usize::from(worker.0)) {
             *n = n.saturating_sub(1);
         }
@@ -311,13 +307,13 @@ impl HomeRoom {
         if v.conns > 0 {
             return;
         }
-        let Some((user, viewer)) = self.viewers.remove_entry(user) else { return };
+        let Some((user, _)) = self.viewers.remove_entry(user) else { return };
         let large = self.large_room;
         let delta = self.presence.get_or_insert_with(Box::default);
         if let Some(at) = delta.joined.iter().position(|(u, _)| *u == user) {
             delta.joined.swap_remove(at);
         } else if delta.left.len() < large {
-            delta.left.push((user, viewer.name));
+            delta.left.push((user, Arc::clone(name)));
         } else {
             delta.overflow = true;
         }
@@ -367,11 +363,6 @@ impl HomeRoom {
     /// When `user` joined (first connection), if online.
     pub fn viewer_joined_at(&self, user: &str) -> Option<u64> {
         self.viewers.get(user).map(|v| v.joined_at_ms)
-    }
-
-    /// The display name `user` joined with, if online.
-    pub fn viewer_name(&self, user: &str) -> Option<&str> {
-        self.viewers.get(user).map(|v| &*v.name)
     }
 }
 

@@ -63,6 +63,8 @@ pub enum Mail {
         worker: WorkerId,
         /// The viewer's user id.
         user: Arc<str>,
+        /// The viewer's display name (for the `left` list of presence).
+        name: Arc<str>,
     },
     /// A viewer's comment (to the home).
     Comment {

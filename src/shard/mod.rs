@@ -19,7 +19,7 @@ pub mod mail;
 use crate::config::Config;
 use crate::ids::{ConnId, ConnKey, WorkerId};
 use crate::room::{HomeRoom, RoomLimits};
-use crate::session::{MemberState, Membership, Session};
+use crate::session::{MemberState, Session};
 use crate::wheel::TimerWheel;
 use crate::wire::frame::{self, close_code, Incoming};
 use crate::wire::{self, server_msg, ClientOp, ErrorCode, Ref};
@@ -130,6 +130,8 @@ pub struct Shard<Io> {
     conns: Slab<Conn<Io>>,
     /// Room -> local confirmed members; a member's index is kept in its `MemberState::Joined`.
     local: HashMap<Arc<str>, Vec<ConnKey>>,
+    /// User id -> its connections here: the members of its private room `user:<id>`.
+    private: HashMap<Arc<str>, PrivateMembers>,
     homes: HashMap<Arc<str>, HomeRoom>,
     /// Homed rooms with frames waiting in their batch.
     batched: Vec<Arc<str>>,
@@ -177,6 +179,7 @@ impl<Io> Shard<Io> {
             cfg,
             conns: Slab::new(),
             local: HashMap::new(),
+            private: HashMap::new(),
             homes: HashMap::new(),
             batched: Vec::new(),
             loopback: VecDeque::new(),
@@ -356,23 +359,19 @@ impl<Io> Shard<Io> {
             server_msg::hello(out, id.0, &user, self.cfg.heartbeat_ms, self.cfg.max_message)
         });
         self.send_to(key, hello);
-        self.join_private(key, &user);
+        // The private room `user:<id>` is joined locally, indexed by the user id (shared with
+        // the session, so it costs no allocation). Private rooms keep no audience at their home
+        // (that would cost a home room and a round trip per connection): a message to one is
+        // sequenced at its home and sent to every worker, and each delivers it to the user's
+        // local connections. No `joined` is sent; the client did not ask.
+        match self.private.get_mut(&*user) {
+            Some(members) => members.push(key),
+            None => {
+                self.private.insert(user, PrivateMembers::One(key));
+            }
+        }
         self.settle(now_ms);
         key
-    }
-
-    /// Join the connection's private room `user:<id>` locally. Private rooms keep no audience
-    /// at their home (that would cost a home room and a round trip per connection): a message
-    /// to one is sequenced at its home and sent to every worker, and each delivers it to its
-    /// local members. No `joined` is sent; the client did not ask.
-    fn join_private(&mut self, key: ConnKey, user: &str) {
-        let private: Arc<str> = Arc::from(format!("{PRIVATE_ROOM_PREFIX}{user}"));
-        let members = self.local.entry(Arc::clone(&private)).or_insert_with(|| Vec::with_capacity(1));
-        let slot = members.len() as u32;
-        members.push(key);
-        if let Some(conn) = self.conns.get_mut(key.0) {
-            conn.session.rooms.push(Membership { room: private, state: MemberState::Joined { slot } });
-        }
     }
 
     /// A complete message from the connection's frame reader.
@@ -430,6 +429,11 @@ impl<Io> Shard<Io> {
             self.leave_all(key);
         }
         let conn = self.conns.try_remove(key.0)?;
+        if let Some(members) = self.private.get_mut(&*conn.session.user) {
+            if members.remove(key) {
+                self.private.remove(&*conn.session.user);
+            }
+        }
         self.deadlines.cancel(key.0);
         self.settle(now_ms);
         Some(conn.io)
@@ -541,6 +545,7 @@ impl<Io> Shard<Io> {
             if owner != &*session.user {
                 return self.reply_error(key, None, ErrorCode::Forbidden, "private rooms belong to their user");
             }
+            return self.reply_error(key, None, ErrorCode::BadRequest, "already joined: the private room is automatic");
         }
         if session.membership(room).is_some() {
             return self.reply_error(key, None, ErrorCode::BadRequest, "already joined");
@@ -597,13 +602,12 @@ impl<Io> Shard<Io> {
         let Some(conn) = self.conns.get_mut(key.0) else { return false };
         let Some(membership) = conn.session.remove_membership(room) else { return false };
         let user = Arc::clone(&conn.session.user);
+        let name = Arc::clone(&conn.session.name);
         if let MemberState::Joined { slot } = membership.state {
             self.remove_local_member(&membership.room, slot as usize);
         }
-        if !room.starts_with(PRIVATE_ROOM_PREFIX) {
-            let home = home_of(room, self.cfg.workers);
-            self.post(home, Mail::Leave { room: membership.room, worker: self.id, user });
-        }
+        let home = home_of(room, self.cfg.workers);
+        self.post(home, Mail::Leave { room: membership.room, worker: self.id, user, name });
         true
     }
 
@@ -640,8 +644,7 @@ impl<Io> Shard<Io> {
     /// the user's connections here with 4010. The user's private room lists exactly its
     /// connections on this worker, so no connection scan is needed. Returns how many.
     fn kick(&mut self, user: &str, room: Option<&str>) -> u64 {
-        let private = format!("{PRIVATE_ROOM_PREFIX}{user}");
-        let keys = self.local.get(private.as_str()).cloned().unwrap_or_default();
+        let keys = self.private.get(user).map(|m| m.keys().to_vec()).unwrap_or_default();
         let mut affected = 0;
         for key in keys {
             match room {
@@ -712,9 +715,9 @@ impl<Io> Shard<Io> {
                 self.queue_announce(&room);
                 self.post(from.worker, Mail::Joined { room, to: from, join_id, reply });
             }
-            Mail::Leave { room, worker, user } => {
+            Mail::Leave { room, worker, user, name } => {
                 if let Some(home) = self.homes.get_mut(&room) {
-                    home.leave(worker, &user, now_ms);
+                    home.leave(worker, (&user, &name), now_ms);
                     if home.is_empty() {
                         self.empty_rooms.push(Arc::clone(&room));
                     }
@@ -789,7 +792,11 @@ impl<Io> Shard<Io> {
     }
 
     fn deliver(&mut self, room: &str, frames: &Bytes) {
-        let Some(members) = self.local.get(room) else { return };
+        let members = match room.strip_prefix(PRIVATE_ROOM_PREFIX) {
+            Some(user) => self.private.get(user).map(PrivateMembers::keys),
+            None => self.local.get(room).map(Vec::as_slice),
+        };
+        let Some(members) = members else { return };
         let budget = self.cfg.outbound_budget;
         let mut slow = Vec::new();
         for &key in members {
@@ -824,8 +831,40 @@ impl<Io> Shard<Io> {
         for frame in reply.replay {
             self.send_to(to.key, frame);
         }
-        if !room.starts_with(PRIVATE_ROOM_PREFIX) {
-            self.send_to(to.key, reply.joined);
+        self.send_to(to.key, reply.joined);
+    }
+}
+
+/// One user's connections on a worker: almost always one, so that case needs no allocation.
+#[derive(Debug)]
+enum PrivateMembers {
+    One(ConnKey),
+    Many(Vec<ConnKey>),
+}
+
+impl PrivateMembers {
+    fn keys(&self) -> &[ConnKey] {
+        match self {
+            Self::One(key) => std::slice::from_ref(key),
+            Self::Many(keys) => keys,
+        }
+    }
+
+    fn push(&mut self, key: ConnKey) {
+        match self {
+            Self::One(first) => *self = Self::Many(vec![*first, key]),
+            Self::Many(keys) => keys.push(key),
+        }
+    }
+
+    /// Remove `key`; true when none is left.
+    fn remove(&mut self, key: ConnKey) -> bool {
+        match self {
+            Self::One(k) => *k == key,
+            Self::Many(keys) => {
+                keys.retain(|k| *k != key);
+                keys.is_empty()
+            }
         }
     }
 }

@@ -500,3 +500,112 @@ fn state_is_sequenced_with_events_and_carried_by_joined() {
     assert_eq!(joined["state"], serde_json::json!({"phase": "live"}));
     assert_eq!(joined["seq"], 3);
 }
+
+mod model {
+    //! Property test of presence against a naive model: after any sequence of connects,
+    //! joins, leaves, heartbeats, disconnects and clock advances, each room's `online` equals
+    //! the number of distinct users with a live, joined, unexpired connection.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    const ROOMS: [&str; 2] = ["r0", "r1"];
+    const TIMEOUT_MS: u64 = 1_000;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Connect { user: u8, worker: u8 },
+        Join { conn: u8, room: u8 },
+        Leave { conn: u8, room: u8 },
+        Heartbeat { conn: u8 },
+        Disconnect { conn: u8 },
+        Advance { ticks: u8 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..4, 0u8..2).prop_map(|(user, worker)| Op::Connect { user, worker }),
+            (any::<u8>(), 0u8..2).prop_map(|(conn, room)| Op::Join { conn, room }),
+            (any::<u8>(), 0u8..2).prop_map(|(conn, room)| Op::Leave { conn, room }),
+            any::<u8>().prop_map(|conn| Op::Heartbeat { conn }),
+            any::<u8>().prop_map(|conn| Op::Disconnect { conn }),
+            (1u8..8).prop_map(|ticks| Op::Advance { ticks }),
+        ]
+    }
+
+    struct ModelConn {
+        at: (usize, ConnKey),
+        user: u8,
+        last_seen: u64,
+        rooms: BTreeSet<u8>,
+        gone: bool,
+    }
+
+    fn live(c: &ModelConn, now: u64) -> bool {
+        !c.gone && now < c.last_seen + TIMEOUT_MS
+    }
+
+    proptest! {
+        #[test]
+        fn online_is_distinct_live_joined_users(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut cfg = config(1 << 20);
+            cfg.presence.heartbeat_ms = 400;
+            cfg.presence.timeout_ms = TIMEOUT_MS;
+            let mut sim = Sim::with_config(2, &cfg);
+            let mut conns: Vec<ModelConn> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Connect { user, worker } => {
+                        let at = sim.open(usize::from(worker), &format!("u{user}"));
+                        conns.push(ModelConn { at, user, last_seen: sim.now, rooms: BTreeSet::new(), gone: false });
+                    }
+                    Op::Join { conn, room } | Op::Leave { conn, room } if !conns.is_empty() => {
+                        let i = usize::from(conn) % conns.len();
+                        if !live(&conns[i], sim.now) {
+                            continue;
+                        }
+                        let join = matches!(op, Op::Join { .. });
+                        let verb = if join { "join" } else { "leave" };
+                        sim.send(conns[i].at, &format!(r#"{{"op":"{verb}","room":"{}"}}"#, ROOMS[usize::from(room)]));
+                        conns[i].last_seen = sim.now;
+                        if join {
+                            conns[i].rooms.insert(room);
+                        } else {
+                            conns[i].rooms.remove(&room);
+                        }
+                    }
+                    Op::Heartbeat { conn } if !conns.is_empty() => {
+                        let i = usize::from(conn) % conns.len();
+                        if live(&conns[i], sim.now) {
+                            sim.send(conns[i].at, r#"{"op":"ping"}"#);
+                            conns[i].last_seen = sim.now;
+                        }
+                    }
+                    Op::Disconnect { conn } if !conns.is_empty() => {
+                        let i = usize::from(conn) % conns.len();
+                        if !conns[i].gone {
+                            let (w, key) = conns[i].at;
+                            sim.shards[w].remove(key, sim.now);
+                            sim.settle();
+                            conns[i].gone = true;
+                        }
+                    }
+                    Op::Advance { ticks } => sim.advance(u64::from(ticks) * 100),
+                    _ => {}
+                }
+                // Expired connections are closed by the shard; the model just stops counting them.
+                for (r, room) in ROOMS.iter().enumerate() {
+                    let want: BTreeSet<u8> = conns
+                        .iter()
+                        .filter(|c| live(c, sim.now) && c.rooms.contains(&(r as u8)))
+                        .map(|c| c.user)
+                        .collect();
+                    let home = usize::from(home_of(room, 2).0);
+                    let online = sim.shards[home].home(room).map_or(0, HomeRoom::online);
+                    prop_assert_eq!(online, want.len() as u64, "room {} at {}", room, sim.now);
+                }
+            }
+        }
+    }
+}

@@ -101,8 +101,9 @@ pub struct FrameReader {
     role: Role,
     /// Bytes of an incomplete frame; empty (no capacity) between complete frames.
     pending: Vec<u8>,
-    /// A fragmented message in progress: whether it is text, and its bytes so far.
-    fragments: Option<(bool, Vec<u8>)>,
+    /// A fragmented message in progress: whether it is text, and its bytes so far. Boxed: it
+    /// is rare, and the reader lives in every connection's slot.
+    fragments: Option<Box<(bool, Vec<u8>)>>,
 }
 
 /// The largest frame header: 2 bytes, 8 of extended length, 4 of mask.
@@ -116,7 +117,7 @@ impl FrameReader {
 
     /// Bytes held between feeds (partial frame plus unfinished fragmented message).
     pub fn buffered(&self) -> usize {
-        self.pending.len() + self.fragments.as_ref().map_or(0, |(_, f)| f.len())
+        self.pending.len() + self.fragments.as_ref().map_or(0, |f| f.1.len())
     }
 
     /// Decode every complete frame of what was pending followed by `input`, calling `on` for
@@ -228,21 +229,22 @@ impl FrameReader {
                 }
                 let text = header.opcode == OpCode::Data(Data::Text);
                 if !header.is_final {
-                    self.fragments = Some((text, payload.to_vec()));
+                    self.fragments = Some(Box::new((text, payload.to_vec())));
                     return Ok(ControlFlow::Continue(()));
                 }
                 complete(text, payload, on)
             }
             OpCode::Data(Data::Continue) => {
-                let Some((text, mut buf)) = self.fragments.take() else {
+                let Some(fragments) = self.fragments.take() else {
                     return Err(FrameError::Protocol("continuation without a message"));
                 };
+                let (text, mut buf) = *fragments;
                 if buf.len() + payload.len() > max_message {
                     return Err(FrameError::TooLarge);
                 }
                 buf.extend_from_slice(payload);
                 if !header.is_final {
-                    self.fragments = Some((text, buf));
+                    self.fragments = Some(Box::new((text, buf)));
                     return Ok(ControlFlow::Continue(()));
                 }
                 complete(text, &mut buf, on)
