@@ -12,7 +12,7 @@ mod support;
 use serde_json::{json, Value};
 use std::sync::mpsc;
 use std::time::Instant;
-use support::{ndjson, Crowd, Server, WAIT};
+use support::{ndjson, Crowd, Got, Server, WAIT};
 
 /// What one fan-out run looks like.
 struct Plan {
@@ -265,4 +265,122 @@ fn comments_from_both_workers_and_ingest_events_interleave_into_one_sequence_eve
             assert_eq!(ev["data"]["text"], format!("m{i}-{k}"), "m{i}: ack for ref {k} names the seq of that comment");
         }
     }
+}
+
+/// Adds one to its counter once: when told, or when dropped (also while unwinding).
+struct CountOnDrop<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
+
+impl CountOnDrop<'_> {
+    fn count(&mut self) {
+        if let Some(counter) = self.0.take() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        self.count();
+    }
+}
+
+#[test]
+fn viewers_joining_during_a_flood_continue_exactly_after_the_seq_in_joined() {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    const JOINERS: usize = 24;
+    /// A bound on the flood, far above what the joins need.
+    const MAX_EVENTS: u64 = 200_000;
+    // History holds the whole flood, so a `since` the test picked is always recoverable.
+    let server = Server::start(&["--history-size", "1000000"]);
+    let mut anchor = server.viewer("anchor");
+    let epoch = anchor.join("race")["epoch"].clone();
+    // The anchor reads throughout, so it never falls behind however long the flood lasts.
+    let anchor = std::thread::spawn(move || {
+        let mut seq = 0u64;
+        loop {
+            let ev = anchor.until_op("event");
+            seq += 1;
+            assert_eq!(ev["seq"], seq, "the anchor sees the whole flood in order");
+            if ev["type"] == "end" {
+                return seq;
+            }
+        }
+    });
+    let latest = AtomicU64::new(0);
+    let joined = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let publisher = scope.spawn(|| {
+            let mut up = server.upstream();
+            let mut seq = 0u64;
+            while joined.load(Ordering::SeqCst) < JOINERS {
+                assert!(seq < MAX_EVENTS, "joins did not finish within {MAX_EVENTS} events");
+                let burst: Vec<Value> =
+                    (0..20).map(|_| json!({"op": "publish", "room": "race", "type": "tick", "data": null})).collect();
+                up.send_raw(ndjson(&burst).as_bytes());
+                for _ in 0..20 {
+                    seq += 1;
+                    assert_eq!(up.reply()["seq"], seq);
+                }
+                latest.store(seq, Ordering::SeqCst);
+            }
+            assert_eq!(up.call(json!({"op": "publish", "room": "race", "type": "end"}))["seq"], seq + 1);
+            seq + 1
+        });
+        let joiners: Vec<_> = (0..JOINERS)
+            .map(|i| {
+                let (server, latest, joined, epoch) = (&server, &latest, &joined, &epoch);
+                scope.spawn(move || {
+                    // Counted as joined on success or on panic, so the flood always stops.
+                    let mut joined = CountOnDrop(Some(joined));
+                    let mut v = server.viewer(&format!("j{i}"));
+                    // Odd joiners recover from a little behind the newest acked seq.
+                    let since = (i % 2 == 1).then(|| latest.load(Ordering::SeqCst).saturating_sub(15));
+                    let mut next = since.map_or(0, |s| s + 1);
+                    match since {
+                        Some(s) => v.send_json(json!({"op": "join", "room": "race", "since": s, "epoch": epoch})),
+                        None => v.send_json(json!({"op": "join", "room": "race"})),
+                    }
+                    loop {
+                        let m = v.next_msg();
+                        match m["op"].as_str() {
+                            Some("event") => {
+                                assert!(since.is_some(), "j{i}: an event before joined without since: {m}");
+                                assert_eq!(m["seq"], next, "j{i}: replay is contiguous from since+1");
+                                next += 1;
+                            }
+                            Some("joined") => {
+                                let s = m["seq"].as_u64().expect("joined seq");
+                                if since.is_some() {
+                                    assert_eq!(m["recovered"], true, "j{i}: since is inside the history");
+                                    assert_eq!(s + 1, next, "j{i}: replay ends at joined.seq");
+                                }
+                                next = s + 1;
+                                break;
+                            }
+                            _ => panic!("j{i}: unexpected {m}"),
+                        }
+                    }
+                    joined.count();
+                    loop {
+                        let m = match v.try_next() {
+                            Ok(Got::Json(m)) if m["op"] == "presence" => continue,
+                            Ok(Got::Json(m)) => m,
+                            other => panic!("j{i}: {other:?} while waiting for seq {next} (live)"),
+                        };
+                        assert_eq!(m["op"], "event", "j{i}: {m}");
+                        assert_eq!(m["seq"], next, "j{i}: live events continue right after joined.seq");
+                        next += 1;
+                        if m["type"] == "end" {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for (i, j) in joiners.into_iter().enumerate() {
+            j.join().unwrap_or_else(|_| panic!("joiner j{i} failed"));
+        }
+        let end = publisher.join().expect("publisher");
+        assert_eq!(anchor.join().expect("anchor thread"), end);
+    });
 }

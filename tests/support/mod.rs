@@ -363,20 +363,25 @@ impl Viewer {
 
     /// The next text message or close, skipping pings and pongs.
     pub fn next(&mut self) -> Got {
+        self.try_next().unwrap_or_else(|e| panic!("read failed: {e}"))
+    }
+
+    /// Like [`Viewer::next`], but a read error (such as the read timeout) is returned.
+    pub fn try_next(&mut self) -> Result<Got, tungstenite::Error> {
         loop {
             match self.ws.read() {
                 Ok(Message::Text(t)) => {
-                    return Got::Json(
+                    return Ok(Got::Json(
                         serde_json::from_str(&t).unwrap_or_else(|e| panic!("server sent non-JSON {t:?}: {e}")),
-                    )
+                    ))
                 }
-                Ok(Message::Close(frame)) => return Got::Closed(frame.map(|f| u16::from(f.code))),
+                Ok(Message::Close(frame)) => return Ok(Got::Closed(frame.map(|f| u16::from(f.code)))),
                 Ok(Message::Binary(b)) => panic!("server sent a binary message: {b:?}"),
                 Ok(_) => {}
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Got::Closed(None)
+                    return Ok(Got::Closed(None))
                 }
-                Err(e) => panic!("read failed: {e}"),
+                Err(e) => return Err(e),
             }
         }
     }
