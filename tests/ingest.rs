@@ -269,3 +269,26 @@ fn two_upstreams_publishing_into_one_room_get_distinct_seqs_matching_what_member
         );
     }
 }
+
+#[test]
+fn with_a_token_configured_commands_need_auth_first_and_a_failed_auth_closes() {
+    let server = Server::start(&["--ingest-token", "s3cret"]);
+    // PROTOCOL.md: auth is "required first"; whether a command before it also closes the
+    // connection is not said, so only the refusal is checked here.
+    let mut early = server.upstream();
+    let e = early.call(json!({"op": "publish", "room": "r", "type": "t"}));
+    assert_eq!((&e["ok"], &e["error"]), (&json!(false), &json!("unauthorized")), "{e}");
+
+    let mut intruder = server.upstream();
+    let e = intruder.call(json!({"op": "auth", "token": "guess"}));
+    assert_eq!((&e["ok"], &e["error"]), (&json!(false), &json!("unauthorized")), "{e}");
+    assert!(intruder.is_closed(), "a failed auth closes the connection");
+
+    let mut up = server.upstream();
+    assert_eq!(up.call(json!({"op": "auth", "token": "s3cret"})), json!({"ok": true}));
+    assert_eq!(
+        up.call(json!({"op": "publish", "room": "r", "type": "t"})),
+        json!({"ok": true, "seq": 1}),
+        "nothing was published before"
+    );
+}

@@ -545,3 +545,79 @@ fn an_unsupported_websocket_version_is_told_which_version_the_server_speaks() {
     assert!(!head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.to_ascii_lowercase().contains("sec-websocket-version: 13"), "{head}");
 }
+
+/// One keepalive round trip: an op `ping` answered by `pong`, or a WebSocket ping frame
+/// answered by a pong frame.
+fn keepalive(v: &mut support::Viewer, frame: bool) {
+    if !frame {
+        v.send_json(json!({"op": "ping"}));
+        assert_eq!(v.next_msg()["op"], "pong");
+        return;
+    }
+    v.ws.send(Message::Ping(b"k".to_vec().into())).expect("send ping frame");
+    loop {
+        match v.ws.read().expect("read") {
+            Message::Pong(_) => return,
+            Message::Close(c) => panic!("closed while pinging: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+fn pinging_outlives_a_silent_connection(frame: bool) {
+    let server = Server::start(&["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "300"]);
+    // The pinger connects first, so it has been connected longer than the silent one when
+    // that one is closed; only its pings can have kept it open.
+    let mut pinger = server.viewer("pinger");
+    let mut silent = server.viewer("silent");
+    let watcher = std::thread::spawn(move || silent.close_code());
+    while !watcher.is_finished() {
+        keepalive(&mut pinger, frame);
+    }
+    let code = watcher.join().expect("watcher thread");
+    assert!(code.is_some(), "the silent connection got a close frame, not just a dropped socket");
+    keepalive(&mut pinger, frame);
+}
+
+#[test]
+fn op_pings_keep_a_connection_alive_past_the_heartbeat_timeout_that_closes_a_silent_one() {
+    pinging_outlives_a_silent_connection(false);
+}
+
+#[test]
+fn ping_frames_keep_a_connection_alive_past_the_heartbeat_timeout_that_closes_a_silent_one() {
+    pinging_outlives_a_silent_connection(true);
+}
+
+#[test]
+fn reactions_are_counted_and_sent_to_the_room() {
+    let server = Server::start(&["--presence-interval-ms", "100"]);
+    let mut fans: Vec<_> = (0..3).map(|i| server.viewer(&format!("fan{i}"))).collect();
+    for f in &mut fans {
+        f.join("show");
+    }
+    let mut watcher = server.viewer("watcher");
+    watcher.join("show");
+    for f in &mut fans {
+        for _ in 0..5 {
+            f.send_json(json!({"op": "react", "room": "show", "kind": "👍"}));
+        }
+        f.send_json(json!({"op": "react", "room": "show", "kind": "🔥"}));
+    }
+    // Coalesced per interval: add up `reactions` messages until the totals are reached.
+    let (mut thumbs, mut fire) = (0u64, 0u64);
+    while thumbs < 15 || fire < 3 {
+        let m = watcher.until_op("reactions");
+        assert_eq!(m["room"], "show");
+        let counts = m["counts"].as_object().unwrap_or_else(|| panic!("counts is an object: {m}"));
+        for (kind, n) in counts {
+            let n = n.as_u64().unwrap_or_else(|| panic!("count is a number: {m}"));
+            match kind.as_str() {
+                "👍" => thumbs += n,
+                "🔥" => fire += n,
+                other => panic!("no one reacted with {other:?}: {m}"),
+            }
+        }
+    }
+    assert_eq!((thumbs, fire), (15, 3), "no reaction counted twice");
+}
