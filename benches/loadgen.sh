@@ -30,7 +30,8 @@ r = json.load(open(sys.argv[1]))
 l = r["latency"]
 keys = ["joined", "connects_per_sec", "published", "expected", "delivered", "lost", "duplicated", "reordered",
         "deliveries_per_sec", "server_cpu_seconds", "deliveries_per_server_cpu_sec", "loadgen_cpu_seconds",
-        "server_rss_per_conn", "publisher_max_lag_ms", "valid"]
+        "server_rss_per_conn", "publisher_max_lag_ms", "reconnects", "recovered", "recovery_failed",
+        "presence_per_member_per_sec", "valid"]
 print(" ".join(f"{k}={r.get(k) if not isinstance(r.get(k), float) else round(r.get(k), 2)}" for k in keys),
       f"p50={l['p50_ms']:.3f} p90={l['p90_ms']:.3f} p99={l['p99_ms']:.3f} p99.9={l['p999_ms']:.3f} max={l['max_ms']:.3f}")
 PY

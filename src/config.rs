@@ -264,6 +264,13 @@ impl Config {
         if self.workers > 256 {
             return Err(invalid("workers", format!("at most 256 (got {})", self.workers)));
         }
+        if let Some(path) = &self.ingest.unix {
+            // Better refused than silently ignored: an upstream would wait on a missing socket.
+            return Err(invalid(
+                "ingest.unix",
+                format!("Unix-socket ingest is not available yet ({})", path.display()),
+            ));
+        }
         if self.ingest.max_line < 1024 {
             return Err(invalid(
                 "ingest.max_line",

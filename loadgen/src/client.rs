@@ -78,6 +78,14 @@ pub struct Shared {
     pub comments: AtomicU64,
     /// Largest delay of a comment behind its timetable, ns.
     pub send_lag_ns: AtomicU64,
+    /// Churn: connections dropped and reopened with `since`.
+    pub reconnects: AtomicU64,
+    /// Churn: rejoins answered `recovered: true` (missed events replayed).
+    pub recovered: AtomicU64,
+    /// Churn: rejoins answered `recovered: false`.
+    pub recovery_failed: AtomicU64,
+    /// `presence` messages received (all connections).
+    pub presence: AtomicU64,
     /// Set to end the run.
     pub stop: AtomicBool,
     /// Latency so far, merged by the threads about once a second, for the progress line.
@@ -201,6 +209,44 @@ struct Conn {
     inbuf: Vec<u8>,
     out: Vec<u8>,
     check: SeqCheck,
+    /// Rejoining after a churn disconnect: `since` and `epoch` to send.
+    resume: Option<(u64, String)>,
+    /// The room's epoch from `joined`.
+    epoch: Option<String>,
+    /// Churn: when to drop this connection.
+    leave_at: Option<Instant>,
+}
+
+/// A connection to (re)open: its plan, and for a churn reconnect, where it left off.
+struct Pending {
+    plan: usize,
+    resume: Option<(u64, String, SeqCheck)>,
+}
+
+/// Churn: each connection stays a random time in `[min, max]`, then reconnects with `since`.
+#[derive(Clone, Copy, Debug)]
+pub struct ChurnPlan {
+    /// Shortest stay.
+    pub min: Duration,
+    /// Longest stay.
+    pub max: Duration,
+}
+
+/// A small xorshift generator: reproducible random stays without another dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn between(&mut self, plan: ChurnPlan) -> Duration {
+        let span = plan.max.saturating_sub(plan.min).as_millis() as u64;
+        plan.min + Duration::from_millis(if span == 0 { 0 } else { self.next() % span })
+    }
 }
 
 #[derive(Deserialize)]
@@ -212,6 +258,8 @@ struct ServerMsg<'a> {
     data: Option<Stamp<'a>>,
     #[serde(rename = "ref")]
     reference: Option<u64>,
+    epoch: Option<&'a str>,
+    recovered: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -231,8 +279,13 @@ pub fn run_thread(
     shared: &Shared,
     max_inflight: usize,
     comments: Option<CommentPlan>,
+    churn: Option<ChurnPlan>,
     thread_index: usize,
 ) -> io::Result<ThreadReport> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (thread_index as u64 + 1));
+    let mut pending: std::collections::VecDeque<Pending> =
+        (0..plans.len()).map(|plan| Pending { plan, resume: None }).collect();
+    let mut last_churn_check = Instant::now();
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
     let mut conns: Slab<Conn> = Slab::with_capacity(plans.len());
@@ -242,7 +295,7 @@ pub fn run_thread(
     let mut progress = latency_histogram();
     let mut close_codes: HashMap<u16, u64> = HashMap::new();
     let mut done: Vec<(String, SeqCheck)> = Vec::new();
-    let mut next_plan = 0usize;
+    let mut opened = 0usize;
     let mut inflight = 0usize;
     let started = Instant::now();
     let mut connect_time = Duration::ZERO;
@@ -253,9 +306,10 @@ pub fn run_thread(
     let mut comment_cursor = 0usize;
 
     loop {
-        while inflight < max_inflight && next_plan < plans.len() && !shared.stop.load(Ordering::Relaxed) {
+        while inflight < max_inflight && !pending.is_empty() && !shared.stop.load(Ordering::Relaxed) {
+            let Some(next) = pending.pop_front() else { break };
             let from = (!target.source_ips.is_empty())
-                .then(|| target.source_ips[(thread_index + next_plan) % target.source_ips.len()]);
+                .then(|| target.source_ips[(thread_index + opened) % target.source_ips.len()]);
             match crate::net::connect(target.addr, from) {
                 Ok(sock) => {
                     let stream = match &target.tls {
@@ -270,14 +324,21 @@ pub fn run_thread(
                     };
                     let entry = conns.vacant_entry();
                     let key = entry.key();
+                    let (check, resume) = match next.resume {
+                        Some((since, epoch, check)) => (check, Some((since, epoch))),
+                        None => (SeqCheck::default(), None),
+                    };
                     let mut conn = Conn {
                         stream,
                         state: State::Connecting,
-                        plan: next_plan,
+                        plan: next.plan,
                         reader: FrameReader::new(Role::Client),
                         inbuf: Vec::new(),
                         out: Vec::new(),
-                        check: SeqCheck::default(),
+                        check,
+                        resume,
+                        epoch: None,
+                        leave_at: None,
                     };
                     poll.registry().register(
                         conn.stream.socket(),
@@ -291,7 +352,7 @@ pub fn run_thread(
                     shared.failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            next_plan += 1;
+            opened += 1;
         }
 
         // Wake for the next comment on time: sending late would be the load generator's lag.
@@ -352,6 +413,30 @@ pub fn run_thread(
         }
         if stopping {
             break;
+        }
+        if let Some(plan) = churn {
+            if last_churn_check.elapsed() >= Duration::from_millis(10) {
+                last_churn_check = Instant::now();
+                let now = Instant::now();
+                let due: Vec<usize> = conns
+                    .iter()
+                    .filter(|(_, c)| c.state == State::Ready && c.leave_at.is_some_and(|t| t <= now))
+                    .map(|(k, _)| k)
+                    .collect();
+                for key in due {
+                    if let Some(mut conn) = conns.try_remove(key) {
+                        let _ = poll.registry().deregister(conn.stream.socket());
+                        shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                        let resume = conn.epoch.take().map(|e| (conn.check.last(), e, conn.check.clone()));
+                        pending.push_back(Pending { plan: conn.plan, resume });
+                    }
+                }
+                for (_, conn) in conns.iter_mut() {
+                    if conn.state == State::Ready && conn.leave_at.is_none() {
+                        conn.leave_at = Some(now + rng.between(plan));
+                    }
+                }
+            }
         }
         // Comments on a fixed timetable, spread over this thread's joined connections.
         if let Some(plan) = &comments {
@@ -447,7 +532,12 @@ fn read_conn(
                     conn.inbuf = Vec::new();
                     match &plans[conn.plan].room {
                         Some(room) => {
-                            let op = serde_json::json!({"op": "join", "room": room});
+                            let op = match &conn.resume {
+                                Some((since, epoch)) => {
+                                    serde_json::json!({"op": "join", "room": room, "since": since, "epoch": epoch})
+                                }
+                                None => serde_json::json!({"op": "join", "room": room}),
+                            };
                             encode_client_frame(0x1, op.to_string().as_bytes(), MASK, &mut conn.out);
                             conn.state = State::Joining;
                         }
@@ -463,6 +553,8 @@ fn read_conn(
         let mut closed = false;
         let state = &mut conn.state;
         let check = &mut conn.check;
+        let epoch = &mut conn.epoch;
+        let resumed = conn.resume.is_some();
         let result = conn.reader.feed(data, 1 << 24, |msg| {
             match msg {
                 Incoming::Text(text) => {
@@ -487,7 +579,20 @@ fn read_conn(
                             }
                         }
                         "joined" => {
-                            *check = SeqCheck::starting_after(m.seq.unwrap_or(0));
+                            // A churn rejoin keeps its stream check: replayed events arrived
+                            // before this `joined` and continued it. Without recovery the
+                            // stream restarts at the room's current seq.
+                            match (resumed, m.recovered) {
+                                (true, Some(true)) => {
+                                    shared.recovered.fetch_add(1, Ordering::Relaxed);
+                                }
+                                (true, _) => {
+                                    shared.recovery_failed.fetch_add(1, Ordering::Relaxed);
+                                    *check = SeqCheck::starting_after(m.seq.unwrap_or(0));
+                                }
+                                (false, _) => *check = SeqCheck::starting_after(m.seq.unwrap_or(0)),
+                            }
+                            *epoch = m.epoch.map(str::to_owned);
                             if *state == State::Joining {
                                 *state = State::Ready;
                                 *inflight = inflight.saturating_sub(1);
@@ -502,6 +607,9 @@ fn read_conn(
                         }
                         "error" => {
                             shared.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        "presence" => {
+                            shared.presence.fetch_add(1, Ordering::Relaxed);
                         }
                         _ => {}
                     }

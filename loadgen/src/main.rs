@@ -38,6 +38,9 @@ enum Scenario {
     Idle(Common),
     /// Connect N as fast as possible.
     Storm(Common),
+    /// Viewers stay a random time, disconnect and rejoin with `since`, while events are
+    /// published: every rejoin must recover exactly what it missed.
+    Churn(Common),
 }
 
 #[derive(Args, Clone)]
@@ -99,6 +102,12 @@ struct Common {
     /// Give up waiting for connections after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     connect_timeout: f64,
+    /// Churn: shortest stay of a connection, ms.
+    #[arg(long, default_value_t = 1000)]
+    hold_min_ms: u64,
+    /// Churn: longest stay of a connection, ms.
+    #[arg(long, default_value_t = 5000)]
+    hold_max_ms: u64,
 }
 
 fn target(c: &Common) -> anyhow::Result<Target> {
@@ -170,7 +179,13 @@ fn start_clients(c: &Common, scenario: &str, target: &Target) -> Run {
             start: Arc::clone(&comment_start),
         });
         let inflight = if scenario == "storm" { c.inflight.max(1024) } else { c.inflight };
-        handles.push(std::thread::spawn(move || client::run_thread(&target, &plans, &shared, inflight, comments, t)));
+        let churn = (scenario == "churn").then(|| client::ChurnPlan {
+            min: Duration::from_millis(c.hold_min_ms),
+            max: Duration::from_millis(c.hold_max_ms.max(c.hold_min_ms)),
+        });
+        handles.push(std::thread::spawn(move || {
+            client::run_thread(&target, &plans, &shared, inflight, comments, churn, t)
+        }));
     }
     Run { shared, threads: handles, comment_start }
 }
@@ -357,6 +372,22 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
                     Some(format!("comments fell {:.1} ms behind their timetable", report.publisher_max_lag_ms));
             }
         }
+        "churn" => {
+            if c.rate > 0.0 {
+                let (per_room, seqs, lag) = publish(&c, &shared, started)?;
+                report.published = per_room.iter().sum();
+                report.publisher_max_lag_ms = lag.as_secs_f64() * 1000.0;
+                last_seq = seqs;
+            } else {
+                wait_until(&shared, started, Duration::from_secs_f64(c.duration), || false);
+            }
+            // Let rejoins in flight finish before counting.
+            wait_until(&shared, started, Duration::from_secs_f64(c.drain.min(2.0)), || {
+                let s = &shared;
+                s.recovered.load(Ordering::Relaxed) + s.recovery_failed.load(Ordering::Relaxed)
+                    >= s.reconnects.load(Ordering::Relaxed)
+            });
+        }
         "idle" => {
             report.server_rss_kib = c.server_pid.and_then(|pid| Some((rss_before?, rss_kib(pid)?)));
             wait_until(&shared, started, Duration::from_secs_f64(c.duration), || false);
@@ -397,6 +428,11 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
             }
         }
     }
+    report.reconnects = shared.reconnects.load(Ordering::Relaxed);
+    report.recovered = shared.recovered.load(Ordering::Relaxed);
+    report.recovery_failed = shared.recovery_failed.load(Ordering::Relaxed);
+    report.presence_messages = shared.presence.load(Ordering::Relaxed);
+    report.presence_per_member_per_sec = report.presence_messages as f64 / (want.max(1) as f64 * active.max(1e-6));
     report.connected = shared.connected.load(Ordering::Relaxed);
     report.joined = shared.joined.load(Ordering::Relaxed);
     report.failed = shared.failed.load(Ordering::Relaxed);
@@ -452,6 +488,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Comments(c) => ("comments", c),
         Scenario::Idle(c) => ("idle", c),
         Scenario::Storm(c) => ("storm", c),
+        Scenario::Churn(c) => ("churn", c),
     };
     let report = run(name, common)?;
     print!("{}", report.table());

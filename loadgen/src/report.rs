@@ -100,6 +100,17 @@ pub struct Report {
     pub deliveries_per_server_cpu_sec: Option<f64>,
     /// CPU seconds the load generator itself used over the same period (its own cost).
     pub loadgen_cpu_seconds: f64,
+    /// Churn: connections dropped and reopened with `since`.
+    pub reconnects: u64,
+    /// Churn: rejoins that recovered every missed event.
+    pub recovered: u64,
+    /// Churn: rejoins answered `recovered: false`.
+    pub recovery_failed: u64,
+    /// `presence` messages received by all connections.
+    pub presence_messages: u64,
+    /// Presence messages per connection per second (each connection is in one room, so this is
+    /// presence messages per room per second as one member sees them).
+    pub presence_per_member_per_sec: f64,
 }
 
 impl Report {
@@ -149,6 +160,20 @@ impl Report {
                     a.p50_ms, a.p90_ms, a.p99_ms, a.p999_ms, a.max_ms
                 );
             }
+        }
+        if self.reconnects > 0 {
+            let _ = writeln!(
+                t,
+                "churn           {} reconnects: {} recovered, {} not recovered",
+                self.reconnects, self.recovered, self.recovery_failed
+            );
+        }
+        if self.presence_messages > 0 {
+            let _ = writeln!(
+                t,
+                "presence        {} messages, {:.2} per member per second",
+                self.presence_messages, self.presence_per_member_per_sec
+            );
         }
         let _ = writeln!(t, "errors          {}", self.errors);
         let _ = writeln!(

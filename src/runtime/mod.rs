@@ -201,6 +201,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
 
     let wss_text = wss_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(ws = %ws_addr, wss = %wss_text, ingest = %ingest_addr, "roomcast ready");
+    tracing::info!(admin = %config.admin.listen, "the admin HTTP port is not served yet");
     let mut stdout = io::stdout().lock();
     let _ = writeln!(stdout, "roomcast ready ws={ws_addr} wss={wss_text} ingest={ingest_addr} admin=off");
     let _ = stdout.flush();

@@ -61,7 +61,7 @@ pub struct Session {
     pub user: Arc<str>,
     /// Display name shown in presence (the user id when none was given).
     pub name: Arc<str>,
-    /// Rooms joined or being joined, the private `user:` room included.
+    /// Rooms joined or being joined (the private `user:` room is kept by the shard instead).
     pub rooms: Vec<Membership>,
     /// Frames waiting to be written.
     pub outbound: Outbound,
@@ -69,6 +69,8 @@ pub struct Session {
     pub phase: Phase,
     /// Last time any frame arrived from the peer (ms).
     pub last_seen_ms: u64,
+    /// Last comment or reaction (ms), or the connect time: what `silent_ms` is measured from.
+    pub last_spoke_ms: u64,
     next_join_id: u32,
 }
 
@@ -83,6 +85,7 @@ impl Session {
             outbound: Outbound::default(),
             phase: Phase::Open,
             last_seen_ms: now_ms,
+            last_spoke_ms: now_ms,
             next_join_id: 0,
         }
     }
@@ -118,9 +121,9 @@ impl Session {
         Some(self.rooms.swap_remove(at))
     }
 
-    /// Rooms joined or pending, the private room excluded.
-    pub fn public_room_count(&self) -> usize {
-        self.rooms.iter().filter(|m| !m.room.starts_with(crate::shard::PRIVATE_ROOM_PREFIX)).count()
+    /// Rooms joined or pending (the private `user:` room is not listed here).
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
     }
 
     /// Queue a frame for an open session within `budget`. Returns false when the budget is

@@ -14,7 +14,8 @@ use std::io::IoSlice;
 #[derive(Debug, Default)]
 pub struct Outbound {
     frames: VecDeque<Bytes>,
-    queued: usize,
+    /// Bytes queued; u32 keeps the slot small (a budget is far below 4 GiB).
+    queued: u32,
     head_partial: bool,
 }
 
@@ -25,7 +26,7 @@ pub struct OverBudget;
 impl Outbound {
     /// Queue `frame` unless that would put more than `budget` bytes in the queue.
     pub fn push(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
-        if self.queued + frame.len() > budget && !self.frames.is_empty() {
+        if self.queued as usize + frame.len() > budget && !self.frames.is_empty() {
             return Err(OverBudget);
         }
         self.push_unbounded(frame);
@@ -37,13 +38,13 @@ impl Outbound {
         if frame.is_empty() {
             return;
         }
-        self.queued += frame.len();
+        self.queued = self.queued.saturating_add(u32::try_from(frame.len()).unwrap_or(u32::MAX));
         self.frames.push_back(frame);
     }
 
     /// Bytes waiting to be written.
     pub fn queued(&self) -> usize {
-        self.queued
+        self.queued as usize
     }
 
     /// Whether nothing waits to be written.
@@ -69,7 +70,7 @@ impl Outbound {
 
     /// Mark `written` bytes as sent, dropping frames that went out completely.
     pub fn advance(&mut self, mut written: usize) {
-        self.queued -= written.min(self.queued);
+        self.queued -= u32::try_from(written).unwrap_or(u32::MAX).min(self.queued);
         while written > 0 {
             let Some(head) = self.frames.front_mut() else { break };
             if written >= head.len() {
@@ -93,7 +94,7 @@ impl Outbound {
     pub fn drop_unstarted(&mut self) {
         let keep = usize::from(self.head_partial).min(self.frames.len());
         self.frames.truncate(keep);
-        self.queued = self.frames.iter().map(Bytes::len).sum();
+        self.queued = u32::try_from(self.frames.iter().map(Bytes::len).sum::<usize>()).unwrap_or(u32::MAX);
         if self.frames.is_empty() {
             self.frames = VecDeque::new();
         }

@@ -249,20 +249,22 @@ impl<Io> Shard<Io> {
             return;
         }
         self.next_tick_ms = now_ms + self.cfg.presence_interval_ms;
-        for room in std::mem::take(&mut self.announce) {
+        let mut announce = std::mem::take(&mut self.announce);
+        for room in announce.drain(..) {
             let Some(home) = self.homes.get_mut(&room) else { continue };
-            let frames: Vec<Bytes> = [home.take_presence(), home.take_reactions()].into_iter().flatten().collect();
-            if frames.is_empty() {
+            let (presence, reactions) = (home.take_presence(), home.take_reactions());
+            if presence.is_none() && reactions.is_none() {
                 continue;
             }
-            self.flush_batch(&room);
-            let targets: Vec<WorkerId> = self.homes.get(&room).map(|h| h.subscribers().collect()).unwrap_or_default();
-            for frame in frames {
-                for &worker in &targets {
-                    self.post(worker, Mail::Deliver { room: Arc::clone(&room), frames: frame.clone() });
-                }
+            // Frames sequenced earlier in this turn go first, in the same buffer: one message
+            // per worker per room per interval.
+            let frames = concat_frames([home.take_batch(), presence, reactions]);
+            for worker in home.subscribers() {
+                let mail = Mail::Deliver { room: Arc::clone(&room), frames: frames.clone() };
+                post_to(&mut self.outbox, &mut self.loopback, self.id, worker, mail);
             }
         }
+        self.announce = announce;
         let idle_ms = self.cfg.room_idle_ms;
         let mut keep = Vec::new();
         for room in std::mem::take(&mut self.empty_rooms) {
@@ -408,6 +410,12 @@ impl<Io> Shard<Io> {
         }
         if code == close_code::SLOW_CONSUMER {
             self.stats.slow_consumers += 1;
+            tracing::warn!(
+                conn = %conn.session.id,
+                user = %conn.session.user,
+                budget = self.cfg.outbound_budget,
+                "slow consumer: outbound queue over budget, closing with 4009"
+            );
         }
         self.deadlines.arm(key.0, self.now_ms + self.cfg.close_timeout_ms);
         self.mark_dirty(key);
@@ -461,11 +469,7 @@ impl<Io> Shard<Io> {
     }
 
     fn post(&mut self, to: WorkerId, mail: Mail) {
-        if to == self.id {
-            self.loopback.push_back(mail);
-        } else if let Some(out) = self.outbox.get_mut(usize::from(to.0)) {
-            out.push(mail);
-        }
+        post_to(&mut self.outbox, &mut self.loopback, self.id, to, mail);
     }
 
     fn origin(&self, key: ConnKey) -> Option<Origin> {
@@ -511,8 +515,12 @@ impl<Io> Shard<Io> {
                 self.client_join(key, &room, since)
             }
             ClientOp::Leave { room } => self.client_leave(key, &room),
-            ClientOp::Comment { room, text, reference } => self.client_comment(key, &room, &text, reference),
+            ClientOp::Comment { room, text, reference } => {
+                self.note_spoke(key);
+                self.client_comment(key, &room, &text, reference)
+            }
             ClientOp::React { room, kind } => {
+                self.note_spoke(key);
                 if !self.is_joined(key, &room) {
                     return self.reply_error(key, None, ErrorCode::NotJoined, "react needs a joined room");
                 }
@@ -529,6 +537,34 @@ impl<Io> Shard<Io> {
                 self.send_to(key, frame)
             }
         }
+    }
+
+    fn note_spoke(&mut self, key: ConnKey) {
+        let now = self.now_ms;
+        if let Some(conn) = self.conns.get_mut(key.0) {
+            conn.session.last_spoke_ms = now;
+        }
+    }
+
+    /// What this worker knows of `user`'s activity, over all its connections here: the latest
+    /// frame seen and the time since its latest comment or reaction. Combined across workers
+    /// (max of `last_seen_ms`, min of `silent_ms`) with the home's `joined_at` it gives the
+    /// presence listing of PROTOCOL.md. Heartbeats stay local: this is read on query, never
+    /// pushed.
+    pub fn viewer_activity(&self, user: &str, now_ms: u64) -> Option<ViewerActivity> {
+        let keys = self.private.get(user)?.keys();
+        let sessions = keys.iter().filter_map(|k| self.conns.get(k.0)).map(|c| &c.session);
+        sessions.fold(None, |acc: Option<ViewerActivity>, s| {
+            let this =
+                ViewerActivity { last_seen_ms: s.last_seen_ms, silent_ms: now_ms.saturating_sub(s.last_spoke_ms) };
+            Some(match acc {
+                None => this,
+                Some(a) => ViewerActivity {
+                    last_seen_ms: a.last_seen_ms.max(this.last_seen_ms),
+                    silent_ms: a.silent_ms.min(this.silent_ms),
+                },
+            })
+        })
     }
 
     fn is_joined(&self, key: ConnKey, room: &str) -> bool {
@@ -550,7 +586,7 @@ impl<Io> Shard<Io> {
         if session.membership(room).is_some() {
             return self.reply_error(key, None, ErrorCode::BadRequest, "already joined");
         }
-        if session.public_room_count() >= self.cfg.max_rooms_per_conn {
+        if session.room_count() >= self.cfg.max_rooms_per_conn {
             return self.reply_error(key, None, ErrorCode::Forbidden, "too many rooms on one connection");
         }
         self.request_join(key, Arc::from(room), since);
@@ -833,6 +869,39 @@ impl<Io> Shard<Io> {
         }
         self.send_to(to.key, reply.joined);
     }
+}
+
+/// Send `mail` to worker `to`: into its outbox, or, for this worker itself, into the loopback
+/// queue handled before the entry point returns.
+fn post_to(outbox: &mut [Vec<Mail>], loopback: &mut VecDeque<Mail>, me: WorkerId, to: WorkerId, mail: Mail) {
+    if to == me {
+        loopback.push_back(mail);
+    } else if let Some(out) = outbox.get_mut(usize::from(to.0)) {
+        out.push(mail);
+    }
+}
+
+/// The present frames as one buffer (no copy when there is only one).
+fn concat_frames<const N: usize>(frames: [Option<Bytes>; N]) -> Bytes {
+    let mut present = frames.into_iter().flatten();
+    let Some(first) = present.next() else { return Bytes::new() };
+    let Some(second) = present.next() else { return first };
+    let mut buf = bytes::BytesMut::with_capacity(first.len() + second.len() + 256);
+    buf.extend_from_slice(&first);
+    buf.extend_from_slice(&second);
+    for more in present {
+        buf.extend_from_slice(&more);
+    }
+    buf.freeze()
+}
+
+/// A viewer's activity as one worker sees it. See [`Shard::viewer_activity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewerActivity {
+    /// Latest frame from any of the user's connections (ms).
+    pub last_seen_ms: u64,
+    /// Time since the user's latest comment or reaction (or its connect).
+    pub silent_ms: u64,
 }
 
 /// One user's connections on a worker: almost always one, so that case needs no allocation.

@@ -609,3 +609,21 @@ mod model {
         }
     }
 }
+
+#[test]
+fn viewer_activity_tracks_last_seen_and_silence_across_tabs() {
+    let mut sim = Sim::new(1);
+    let start = sim.now;
+    let tabs = [sim.open(0, "vic"), sim.open(0, "vic")];
+    sim.send(tabs[0], r#"{"op":"join","room":"r"}"#);
+    sim.advance(1_000);
+    sim.send(tabs[1], r#"{"op":"ping"}"#);
+    sim.advance(2_000);
+    sim.send(tabs[0], r#"{"op":"react","room":"r","kind":"clap"}"#);
+    sim.advance(500);
+    let a = sim.shards[0].viewer_activity("vic", sim.now).expect("online here");
+    assert_eq!(a.last_seen_ms, start + 3_000, "the reaction is the latest frame");
+    assert_eq!(a.silent_ms, 500, "silence counts from the latest reaction of any tab");
+    assert!(sim.home("r").viewer_joined_at("vic").is_some_and(|t| t == start));
+    assert_eq!(sim.shards[0].viewer_activity("nobody", sim.now), None);
+}
