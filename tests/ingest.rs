@@ -42,7 +42,7 @@ fn state_is_sequenced_with_events_and_reaches_members_in_order() {
     assert_eq!(up.call(json!({"op": "publish", "room": "show", "type": "t"}))["seq"], 3);
     let got: Vec<(String, u64)> = (0..3)
         .map(|_| {
-            let m = v.next_json();
+            let m = v.next_msg();
             (m["op"].as_str().unwrap_or("").to_owned(), m["seq"].as_u64().unwrap_or(0))
         })
         .collect();

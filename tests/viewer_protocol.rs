@@ -29,11 +29,11 @@ fn hello_join_leave_and_ping() {
     assert!(joined["epoch"].is_string());
     assert!(joined["state"].is_null());
     v.send_json(json!({"op": "ping"}));
-    assert_eq!(v.next_json(), json!({"op": "pong"}));
+    assert_eq!(v.next_msg(), json!({"op": "pong"}));
     v.send_json(json!({"op": "leave", "room": "lobby"}));
-    assert_eq!(v.next_json(), json!({"op": "left", "room": "lobby"}));
+    assert_eq!(v.next_msg(), json!({"op": "left", "room": "lobby"}));
     v.send_json(json!({"op": "leave", "room": "lobby"}));
-    assert_eq!(v.next_json()["code"], "not_joined");
+    assert_eq!(v.next_msg()["code"], "not_joined");
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn a_comment_reaches_every_member_and_is_acked() {
         assert_eq!(seen["data"], ev["data"]);
     }
     a.send_json(json!({"op": "comment", "room": "chat", "text": "x".repeat(501), "ref": 1}));
-    assert_eq!(a.next_json()["code"], "too_large");
+    assert_eq!(a.next_msg()["code"], "too_large");
 }
 
 #[test]
@@ -66,16 +66,16 @@ fn bad_input_gets_an_error_and_the_connection_stays() {
     let server = Server::start(&[]);
     let mut v = server.viewer("eve");
     v.ws.send(Message::text("{not json")).expect("send");
-    assert_eq!(v.next_json()["code"], "bad_request");
+    assert_eq!(v.next_msg()["code"], "bad_request");
     v.send_json(json!({"op": "teleport", "ref": "t"}));
-    let e = v.next_json();
+    let e = v.next_msg();
     assert_eq!((e["op"].as_str(), e["code"].as_str(), &e["ref"]), (Some("error"), Some("unknown_op"), &json!("t")));
     v.send_json(json!({"op": "comment", "room": "nowhere", "text": "hi"}));
-    assert_eq!(v.next_json()["code"], "not_joined");
+    assert_eq!(v.next_msg()["code"], "not_joined");
     v.send_json(json!({"op": "join", "room": "user:mallory"}));
-    assert_eq!(v.next_json()["code"], "forbidden");
+    assert_eq!(v.next_msg()["code"], "forbidden");
     v.send_json(json!({"op": "ping"}));
-    assert_eq!(v.next_json()["op"], "pong", "still open after every error");
+    assert_eq!(v.next_msg()["op"], "pong", "still open after every error");
 }
 
 #[test]
@@ -144,14 +144,14 @@ fn join_padded_to(room: &str, len: usize) -> String {
 fn hello_announces_the_configured_limits_and_the_user() {
     let server = Server::start(&["--max-message", "1024", "--heartbeat-ms", "7000"]);
     let mut v = server.viewer_raw("alice");
-    let hello = v.next_json();
+    let hello = v.next_msg();
     assert_eq!(hello["op"], "hello");
     assert_eq!(hello["user"], "alice");
     assert_eq!(hello["max_message"], 1024, "hello: {hello}");
     assert_eq!(hello["heartbeat_ms"], 7000, "hello: {hello}");
     assert!(!hello["conn"].is_null(), "hello carries a connection id: {hello}");
     let mut w = server.viewer_raw("alice");
-    assert_ne!(w.next_json()["conn"], hello["conn"], "each connection has its own id");
+    assert_ne!(w.next_msg()["conn"], hello["conn"], "each connection has its own id");
 }
 
 #[test]
