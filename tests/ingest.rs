@@ -292,3 +292,31 @@ fn with_a_token_configured_commands_need_auth_first_and_a_failed_auth_closes() {
         "nothing was published before"
     );
 }
+
+#[test]
+fn after_close_room_a_seq_never_repeats_within_an_epoch() {
+    let server = Server::start(&[]);
+    let mut v = server.viewer("m");
+    let first = v.join("c");
+    let mut up = server.upstream();
+    for seq in 1..=3 {
+        assert_eq!(up.call(json!({"op": "publish", "room": "c", "type": "t"}))["seq"], seq);
+    }
+    assert_eq!(up.call(json!({"op": "close_room", "room": "c", "reason": "over"})), json!({"ok": true}));
+    let left = v.until_op("left");
+    assert_eq!((&left["room"], &left["reason"]), (&json!("c"), &json!("closed")));
+    let again = v.join("c");
+    let reply = up.call(json!({"op": "publish", "room": "c", "type": "t"}));
+    let seq = reply["seq"].as_u64().expect("seq");
+    assert!(
+        again["epoch"] != first["epoch"] || seq > 3,
+        "seq {seq} reused in epoch {}: a client recovering with since=3 would miss it",
+        first["epoch"]
+    );
+    let mut back = server.viewer("back");
+    back.send_json(json!({"op": "join", "room": "c", "since": 3, "epoch": first["epoch"]}));
+    let joined = back.until_op("joined");
+    if again["epoch"] != first["epoch"] {
+        assert_eq!(joined["recovered"], false, "the old epoch is gone: {joined}");
+    }
+}

@@ -621,3 +621,54 @@ fn reactions_are_counted_and_sent_to_the_room() {
     }
     assert_eq!((thumbs, fire), (15, 3), "no reaction counted twice");
 }
+
+#[test]
+fn max_message_limits_what_clients_send_not_what_they_receive() {
+    let server = Server::start_tls(&["--max-message", "1024"]);
+    let mut plain = server.viewer("p");
+    let mut tls = server.tls_viewer("t");
+    plain.join("big");
+    tls.join("big");
+    // 50 KiB of data: beyond max_message, and beyond one TLS record (16 KiB).
+    let blob: String = (0..50 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let mut up = server.upstream();
+    assert_eq!(up.call(json!({"op": "publish", "room": "big", "type": "blob", "data": blob}))["seq"], 1);
+    for v in [&mut plain, &mut tls] {
+        let ev = v.until_op("event");
+        assert_eq!(ev["data"].as_str().map(str::len), Some(blob.len()));
+        assert_eq!(ev["data"], blob.as_str());
+    }
+}
+
+#[test]
+fn one_connection_in_fifty_rooms_gets_each_rooms_own_sequence() {
+    let server = Server::start(&[]);
+    let mut v = server.viewer("many");
+    let rooms: Vec<String> = (0..50).map(|i| format!("room-{i}")).collect();
+    for r in &rooms {
+        assert_eq!(v.join(r)["room"], r.as_str());
+    }
+    let mut up = server.upstream();
+    let before_ms = now_ms();
+    for round in 1..=2u64 {
+        let reply = up.call(json!({"op": "publish", "rooms": rooms, "type": "t", "data": round}));
+        assert_eq!(reply["seqs"], json!(vec![round; rooms.len()]));
+    }
+    let mut next = std::collections::BTreeMap::new();
+    for _ in 0..2 * rooms.len() {
+        let ev = v.until_op("event");
+        let room = ev["room"].as_str().expect("room").to_owned();
+        let seq = next.entry(room.clone()).or_insert(1u64);
+        assert_eq!((ev["seq"].as_u64(), ev["data"].as_u64()), (Some(*seq), Some(*seq)), "room {room}");
+        *seq += 1;
+        // A unit check, not a timing one: ts is in milliseconds since the Unix epoch.
+        let ts = ev["ts"].as_u64().expect("ts");
+        assert!(ts + 60_000 > before_ms && ts < now_ms() + 60_000, "ts {ts} is ms since the epoch");
+    }
+    assert_eq!(next.len(), rooms.len());
+}
+
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+    u64::try_from(since.as_millis()).expect("fits u64")
+}
