@@ -1,6 +1,7 @@
 //! A member that does not read is closed with 4009 once its queue passes the outbound budget;
 //! what it did receive is gap-free and in seq order, and every other member of the room
-//! receives everything, plain or TLS. A viewer that reads slowly but keeps up is never cut.
+//! receives everything, plain or TLS, and presence drops the closed one. A viewer that reads
+//! in small steps but keeps up is never cut.
 
 mod support;
 
@@ -19,14 +20,20 @@ fn max_send_buffer_bytes() -> usize {
         .unwrap_or(4 << 20)
 }
 
+/// A 64 KiB budget, a close handshake that may wait for the slow reader, and presence
+/// reported often.
+const SLOW_FLAGS: [&str; 6] =
+    ["--outbound-budget", "65536", "--close-timeout-ms", "60000", "--presence-interval-ms", "100"];
+
 /// Events per burst in a paced flood: 16 KiB, a quarter of the smallest budget used here.
 const BURST_EVENTS: u64 = 16;
 
 /// Publish `total` events of [`PAYLOAD_BYTES`] to `room` in bursts of [`BURST_EVENTS`]: each
 /// burst is pipelined, its replies checked, and every reader must have read it before the
 /// next is sent. So the readers keep up by construction; a member that does not read falls
-/// behind by one burst per round.
-fn paced_flood(server: &Server, room: &str, total: u64, readers: &mut [Viewer]) {
+/// behind by one burst per round. Returns the `online` of the last `presence` reader 0 saw.
+fn paced_flood(server: &Server, room: &str, total: u64, readers: &mut [Viewer]) -> Option<u64> {
+    let mut online = None;
     let mut up = server.upstream();
     let payload = "p".repeat(PAYLOAD_BYTES);
     let mut seq = 0u64;
@@ -39,13 +46,22 @@ fn paced_flood(server: &Server, room: &str, total: u64, readers: &mut [Viewer]) 
             assert_eq!(up.reply(), json!({"ok": true, "seq": seq + k}));
         }
         for (r, v) in readers.iter_mut().enumerate() {
-            for k in 1..=burst.len() as u64 {
-                let ev = v.until_op("event");
-                assert_eq!((ev["room"].as_str(), ev["seq"].as_u64()), (Some(room), Some(seq + k)), "reader {r}");
+            let mut k = 1;
+            while k <= burst.len() as u64 {
+                let m = v.next_json();
+                if m["op"] == "presence" && r == 0 {
+                    online = m["online"].as_u64();
+                }
+                if m["op"] != "event" {
+                    continue;
+                }
+                assert_eq!((m["room"].as_str(), m["seq"].as_u64()), (Some(room), Some(seq + k)), "reader {r}");
+                k += 1;
             }
         }
         seq += burst.len() as u64;
     }
+    online
 }
 
 /// Read the slow viewer to the end: a gap-free prefix of 1..=total, then a close; returns
@@ -81,22 +97,26 @@ fn slow_consumer_case(server: &Server, mut slow: Viewer) {
             v
         })
         .collect();
-    paced_flood(server, ROOM, total, &mut readers);
+    let mut online = paced_flood(server, ROOM, total, &mut readers);
     let (last, code) = drain_slow(&mut slow, total);
     assert_eq!(code, Some(4009), "the slow consumer is closed as one (it got {last} of {total} events)");
     assert!(last < total, "it was cut off before the end ({last} of {total})");
+    // It is gone from the room: presence (which only reports changes) comes down to the readers.
+    while online != Some(readers.len() as u64) {
+        online = readers[0].until_op("presence")["online"].as_u64();
+    }
 }
 
 #[test]
 fn a_plain_viewer_that_never_reads_is_closed_with_4009_and_the_rest_get_everything() {
-    let server = Server::start(&["--outbound-budget", "65536", "--close-timeout-ms", "60000"]);
+    let server = Server::start(&SLOW_FLAGS);
     let slow = server.viewer_small_window("sloth");
     slow_consumer_case(&server, slow);
 }
 
 #[test]
 fn a_tls_viewer_that_never_reads_is_closed_with_4009_and_the_rest_get_everything() {
-    let server = Server::start_tls(&["--outbound-budget", "65536", "--close-timeout-ms", "60000"]);
+    let server = Server::start_tls(&SLOW_FLAGS);
     let slow = server.tls_viewer_small_window("tls-sloth");
     slow_consumer_case(&server, slow);
 }
@@ -104,7 +124,7 @@ fn a_tls_viewer_that_never_reads_is_closed_with_4009_and_the_rest_get_everything
 #[test]
 fn a_viewer_with_default_socket_buffers_that_never_reads_is_closed_with_4009() {
     // No small window: the kernel's own buffering (with autotuning) sits in front of the budget.
-    let server = Server::start(&["--outbound-budget", "65536", "--close-timeout-ms", "60000"]);
+    let server = Server::start(&SLOW_FLAGS);
     let slow = server.viewer("default-sloth");
     slow_consumer_case(&server, slow);
 }

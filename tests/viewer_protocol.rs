@@ -672,3 +672,30 @@ fn now_ms() -> u64 {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
     u64::try_from(since.as_millis()).expect("fits u64")
 }
+
+#[test]
+fn a_stalled_handshake_is_dropped_after_the_handshake_timeout_and_blocks_no_one() {
+    use std::io::Read;
+    let server = Server::start_tls(&["--handshake-timeout-ms", "200"]);
+    // Half an HTTP request on ws, and a TCP connection that never starts TLS on wss.
+    let mut half = std::net::TcpStream::connect(&server.ws).expect("connect ws");
+    std::io::Write::write_all(&mut half, b"GET /ws?user=slowloris HTTP/1.1\r\nHost: x\r\n").expect("write");
+    let mut mute = std::net::TcpStream::connect(server.wss.as_deref().expect("wss")).expect("connect wss");
+    let mut plain = server.viewer("fine");
+    let mut tls = server.tls_viewer("fine-tls");
+    plain.join("r");
+    tls.join("r");
+    for (what, s) in [("half request", &mut half), ("no ClientHello", &mut mute)] {
+        s.set_read_timeout(Some(support::WAIT)).expect("timeout");
+        let mut rest = Vec::new();
+        // Whatever the server says (perhaps an HTTP error), it then closes: end of stream.
+        match s.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{what}: not closed by the server: {e}"),
+        }
+        assert!(!String::from_utf8_lossy(&rest).contains(" 101 "), "{what}: never upgraded");
+    }
+    plain.send_json(json!({"op": "ping"}));
+    assert_eq!(plain.next_msg()["op"], "pong");
+}
