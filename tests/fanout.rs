@@ -1,58 +1,386 @@
-//! Fan-out over real sockets: many viewers over many rooms and both workers, plain and TLS,
-//! each receive every published event of their room exactly once, in seq order.
+//! Fan-out over real sockets: many viewers spread over many rooms (and, with 2 workers, over
+//! both workers), plain and TLS, each receive every event published to their room exactly
+//! once, in seq order, without gaps; the ingest replies to a pipelined batch come back in
+//! command order carrying each room's seq.
+//!
+//! "Exactly once" without waiting for silence: after the events under test, every room gets
+//! one `end` event. A viewer must see seqs 1..=N in order and then `end` at N+1, so a
+//! duplicate, a gap or a reordering before the marker fails the check.
 
 mod support;
 
-use serde_json::json;
-use support::{Server, Viewer};
+use serde_json::{json, Value};
+use std::sync::mpsc;
+use std::time::Instant;
+use support::{ndjson, Crowd, Got, Server, WAIT};
 
-/// Join `viewers[i]` to `rooms[i % rooms]`, publish `per_room` events to every room through one
-/// pipelined ingest connection, and check what every viewer got.
-fn fan_out(server: &Server, mut viewers: Vec<Viewer>, rooms: usize, per_room: u64) {
-    for (i, v) in viewers.iter_mut().enumerate() {
-        let joined = v.join(&format!("room-{}", i % rooms));
-        assert_eq!(joined["seq"], 0);
+/// What one fan-out run looks like.
+struct Plan {
+    viewers: usize,
+    rooms: usize,
+    events_per_room: u64,
+    client_threads: usize,
+    tls: bool,
+}
+
+fn room_of(viewer: usize, rooms: usize) -> String {
+    format!("room-{}", viewer % rooms)
+}
+
+/// One client thread: connect `ids`, join each to its room, report "joined" on `joined_tx`,
+/// then read until every member saw its room's `end` marker, checking the sequence.
+fn client_thread(server: &Server, plan: &Plan, ids: Vec<usize>, joined_tx: mpsc::Sender<usize>) {
+    let deadline = Instant::now() + WAIT;
+    let mut crowd = Crowd::new();
+    for &id in &ids {
+        let user = format!("u{id}");
+        let mut v = if plan.tls { server.tls_viewer(&user) } else { server.viewer(&user) };
+        v.send_json(json!({"op": "join", "room": room_of(id, plan.rooms)}));
+        crowd.add(v);
     }
-    let mut up = server.upstream();
-    let mut batch = String::new();
-    for n in 0..per_room {
-        for r in 0..rooms {
-            batch.push_str(
-                &json!({"op": "publish", "room": format!("room-{r}"), "type": "tick", "data": {"n": n}}).to_string(),
+    crowd.pump(deadline, "joined", |i, msg| {
+        if msg["op"] != "joined" {
+            return false;
+        }
+        let id = ids[i];
+        assert_eq!(msg["room"], room_of(id, plan.rooms), "viewer u{id}: joined names the room");
+        assert_eq!(msg["seq"], 0, "viewer u{id}: a room nobody published to has latest seq 0");
+        true
+    });
+    joined_tx.send(ids.len()).expect("main thread waits for joins");
+
+    let end_seq = plan.events_per_room + 1;
+    let mut next_seq = vec![1u64; ids.len()];
+    crowd.pump(deadline, "every event and the end marker", |i, msg| {
+        let id = ids[i];
+        match msg["op"].as_str() {
+            Some("event") => {}
+            Some("presence" | "reactions" | "pong") => return false,
+            other => panic!("viewer u{id}: unexpected message {other:?}: {msg}"),
+        }
+        assert_eq!(msg["room"], room_of(id, plan.rooms), "viewer u{id}: event from its own room only");
+        let seq = msg["seq"].as_u64().unwrap_or_else(|| panic!("viewer u{id}: event without seq: {msg}"));
+        assert_eq!(seq, next_seq[i], "viewer u{id}: events arrive once each, in seq order, without gaps");
+        assert!(seq <= end_seq, "viewer u{id}: event after the end marker: {msg}");
+        next_seq[i] += 1;
+        assert!(msg["ts"].is_u64(), "viewer u{id}: event carries ts in ms: {msg}");
+        if seq == end_seq {
+            assert_eq!(msg["type"], "end", "viewer u{id}: the last seq is the end marker");
+            true
+        } else {
+            assert_eq!(msg["type"], "tick", "viewer u{id}: {msg}");
+            assert_eq!(msg["data"], json!({"n": seq - 1, "room": room_of(id, plan.rooms)}), "viewer u{id}");
+            false
+        }
+    });
+}
+
+fn fan_out(server: &Server, plan: &Plan) {
+    assert!(plan.viewers >= plan.rooms, "every room has a member");
+    let (joined_tx, joined_rx) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..plan.client_threads)
+            .map(|t| {
+                let ids: Vec<usize> = (t..plan.viewers).step_by(plan.client_threads).collect();
+                let tx = joined_tx.clone();
+                scope.spawn(move || client_thread(server, plan, ids, tx))
+            })
+            .collect();
+        drop(joined_tx);
+
+        let deadline = Instant::now() + WAIT;
+        let mut joined = 0;
+        while joined < plan.viewers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match joined_rx.recv_timeout(left) {
+                Ok(n) => joined += n,
+                Err(e) => panic!("only {joined} of {} viewers joined ({e})", plan.viewers),
+            }
+        }
+
+        // Round-robin over rooms so consecutive commands hit different rooms and workers.
+        let mut commands: Vec<Value> = Vec::new();
+        for n in 0..plan.events_per_room {
+            for r in 0..plan.rooms {
+                let room = format!("room-{r}");
+                commands.push(json!({"op": "publish", "room": room, "type": "tick", "data": {"n": n, "room": room}}));
+            }
+        }
+        for r in 0..plan.rooms {
+            commands.push(json!({"op": "publish", "room": format!("room-{r}"), "type": "end", "data": null}));
+        }
+        let mut up = server.upstream();
+        up.send_raw(ndjson(&commands).as_bytes());
+        for (k, command) in commands.iter().enumerate() {
+            let expected_seq = (k / plan.rooms) as u64 + 1;
+            assert_eq!(
+                up.reply(),
+                json!({"ok": true, "seq": expected_seq}),
+                "reply {k} (to {command}) is in command order with the room's next seq"
             );
-            batch.push('\n');
         }
-    }
-    up.send_raw(batch.as_bytes());
-    for n in 0..per_room {
-        for _ in 0..rooms {
-            let reply = up.reply();
-            assert_eq!(reply["ok"], true);
-            assert_eq!(reply["seq"], n + 1, "replies come in command order with the room's seq");
+
+        for (t, h) in handles.into_iter().enumerate() {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(Box::new(format!("client thread {t} failed: {:?}", panic_text(&panic))));
+            }
         }
-    }
-    for (i, v) in viewers.iter_mut().enumerate() {
-        let room = format!("room-{}", i % rooms);
-        for n in 0..per_room {
-            let ev = v.until_op("event");
-            assert_eq!(ev["room"], room.as_str());
-            assert_eq!(ev["seq"], n + 1, "viewer {i}: gap-free seq order");
-            assert_eq!(ev["data"]["n"], n);
-            assert_eq!(ev["type"], "tick");
-        }
-    }
+    });
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "non-string panic".into())
 }
 
 #[test]
 fn a_thousand_plain_viewers_over_twenty_rooms_get_every_event_once_in_order() {
     let server = Server::start(&[]);
-    let viewers: Vec<Viewer> = (0..1000).map(|i| server.viewer(&format!("v{i}"))).collect();
-    fan_out(&server, viewers, 20, 50);
+    fan_out(&server, &Plan { viewers: 1000, rooms: 20, events_per_room: 50, client_threads: 4, tls: false });
 }
 
 #[test]
 fn two_hundred_tls_viewers_over_five_rooms_get_every_event_once_in_order() {
     let server = Server::start_tls(&[]);
-    let viewers: Vec<Viewer> = (0..200).map(|i| server.tls_viewer(&format!("t{i}"))).collect();
-    fan_out(&server, viewers, 5, 50);
+    fan_out(&server, &Plan { viewers: 200, rooms: 5, events_per_room: 50, client_threads: 2, tls: true });
+}
+
+#[test]
+fn plain_and_tls_viewers_in_the_same_room_see_the_same_sequence() {
+    let server = Server::start_tls(&[]);
+    let mut plain = server.viewer("plain");
+    let mut tls = server.tls_viewer("tls");
+    assert_eq!(plain.join("mixed")["seq"], 0);
+    assert_eq!(tls.join("mixed")["seq"], 0);
+    let commands: Vec<Value> =
+        (0..100).map(|i| json!({"op": "publish", "room": "mixed", "type": "t", "data": {"i": i}})).collect();
+    let mut up = server.upstream();
+    up.send_raw(ndjson(&commands).as_bytes());
+    for i in 1..=100u64 {
+        assert_eq!(up.reply()["seq"], i);
+    }
+    for v in [&mut plain, &mut tls] {
+        for i in 1..=100u64 {
+            let ev = v.until_op("event");
+            assert_eq!((ev["seq"].as_u64(), &ev["data"]), (Some(i), &json!({"i": i - 1})));
+        }
+    }
+}
+
+/// What one member of the mixed room saw: events by seq, and (for a commenter) ref -> ack seq.
+struct Seen {
+    events: Vec<Value>,
+    acks: Vec<(u64, u64)>,
+}
+
+#[test]
+fn comments_from_both_workers_and_ingest_events_interleave_into_one_sequence_every_member_shares() {
+    const COMMENTERS: usize = 4;
+    const WATCHERS: usize = 2;
+    const PER_SOURCE: u64 = 100;
+    const TOTAL: u64 = (COMMENTERS as u64 + 1) * PER_SOURCE;
+    let server = Server::start(&[]);
+    let mut members: Vec<_> = (0..COMMENTERS + WATCHERS)
+        .map(|i| {
+            let mut v = server.viewer(&format!("m{i}"));
+            v.join("mix");
+            v
+        })
+        .collect();
+    let seen: Vec<Seen> = std::thread::scope(|scope| {
+        let handles: Vec<_> = members
+            .drain(..)
+            .enumerate()
+            .map(|(i, mut v)| {
+                scope.spawn(move || {
+                    let commenter = i < COMMENTERS;
+                    if commenter {
+                        for k in 0..PER_SOURCE {
+                            v.send_json(json!({"op": "comment", "room": "mix", "text": format!("m{i}-{k}"), "ref": k}));
+                        }
+                    }
+                    let mut seen = Seen { events: Vec::new(), acks: Vec::new() };
+                    let acks_wanted = if commenter { PER_SOURCE as usize } else { 0 };
+                    while seen.events.len() < TOTAL as usize || seen.acks.len() < acks_wanted {
+                        let m = v.next_json();
+                        match m["op"].as_str() {
+                            Some("event") => seen.events.push(m),
+                            Some("ack") => seen.acks.push((
+                                m["ref"].as_u64().expect("numeric ref echoed"),
+                                m["seq"].as_u64().expect("ack seq"),
+                            )),
+                            Some("presence" | "reactions") => {}
+                            _ => panic!("member m{i}: unexpected {m}"),
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let commands: Vec<Value> =
+            (0..PER_SOURCE).map(|k| json!({"op": "publish", "room": "mix", "type": "up", "data": k})).collect();
+        let mut up = server.upstream();
+        up.send_raw(ndjson(&commands).as_bytes());
+        let mut last = 0;
+        for _ in 0..PER_SOURCE {
+            let seq = up.reply()["seq"].as_u64().expect("publish seq");
+            assert!(seq > last, "one connection's seqs grow");
+            last = seq;
+        }
+        handles.into_iter().map(|h| h.join().expect("member thread")).collect()
+    });
+
+    let reference = &seen[0].events;
+    for (i, s) in seen.iter().enumerate() {
+        let seqs: Vec<u64> = s.events.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+        assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>(), "member m{i}: gap-free, in order, once each");
+        for (mine, theirs) in s.events.iter().zip(reference) {
+            assert_eq!(
+                (&mine["type"], &mine["data"]),
+                (&theirs["type"], &theirs["data"]),
+                "m{i} and m0 agree on seq {}",
+                mine["seq"]
+            );
+        }
+    }
+    let upstream: Vec<&Value> = reference.iter().filter(|e| e["type"] == "up").map(|e| &e["data"]).collect();
+    assert_eq!(
+        upstream,
+        (0..PER_SOURCE).map(Value::from).collect::<Vec<_>>().iter().collect::<Vec<_>>(),
+        "ingest order kept"
+    );
+    for (i, s) in seen.iter().take(COMMENTERS).enumerate() {
+        let texts: Vec<&Value> = reference
+            .iter()
+            .filter(|e| e["type"] == "comment" && e["data"]["user"] == format!("m{i}"))
+            .map(|e| &e["data"]["text"])
+            .collect();
+        let sent: Vec<Value> = (0..PER_SOURCE).map(|k| json!(format!("m{i}-{k}"))).collect();
+        assert_eq!(texts, sent.iter().collect::<Vec<_>>(), "m{i}'s comments in the order sent");
+        for &(k, seq) in &s.acks {
+            let ev = &reference[(seq - 1) as usize];
+            assert_eq!(ev["data"]["text"], format!("m{i}-{k}"), "m{i}: ack for ref {k} names the seq of that comment");
+        }
+    }
+}
+
+/// Adds one to its counter once: when told, or when dropped (also while unwinding).
+struct CountOnDrop<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
+
+impl CountOnDrop<'_> {
+    fn count(&mut self) {
+        if let Some(counter) = self.0.take() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        self.count();
+    }
+}
+
+#[test]
+fn viewers_joining_during_a_flood_continue_exactly_after_the_seq_in_joined() {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    const JOINERS: usize = 24;
+    /// A bound on the flood, far above what the joins need.
+    const MAX_EVENTS: u64 = 200_000;
+    // History holds the whole flood, so a `since` the test picked is always recoverable.
+    let server = Server::start(&["--history-size", "1000000"]);
+    let mut anchor = server.viewer("anchor");
+    let epoch = anchor.join("race")["epoch"].clone();
+    // The anchor reads throughout, so it never falls behind however long the flood lasts.
+    let anchor = std::thread::spawn(move || {
+        let mut seq = 0u64;
+        loop {
+            let ev = anchor.until_op("event");
+            seq += 1;
+            assert_eq!(ev["seq"], seq, "the anchor sees the whole flood in order");
+            if ev["type"] == "end" {
+                return seq;
+            }
+        }
+    });
+    let latest = AtomicU64::new(0);
+    let joined = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let publisher = scope.spawn(|| {
+            let mut up = server.upstream();
+            let mut seq = 0u64;
+            while joined.load(Ordering::SeqCst) < JOINERS {
+                assert!(seq < MAX_EVENTS, "joins did not finish within {MAX_EVENTS} events");
+                let burst: Vec<Value> =
+                    (0..20).map(|_| json!({"op": "publish", "room": "race", "type": "tick", "data": null})).collect();
+                up.send_raw(ndjson(&burst).as_bytes());
+                for _ in 0..20 {
+                    seq += 1;
+                    assert_eq!(up.reply()["seq"], seq);
+                }
+                latest.store(seq, Ordering::SeqCst);
+            }
+            assert_eq!(up.call(json!({"op": "publish", "room": "race", "type": "end"}))["seq"], seq + 1);
+            seq + 1
+        });
+        let joiners: Vec<_> = (0..JOINERS)
+            .map(|i| {
+                let (server, latest, joined, epoch) = (&server, &latest, &joined, &epoch);
+                scope.spawn(move || {
+                    // Counted as joined on success or on panic, so the flood always stops.
+                    let mut joined = CountOnDrop(Some(joined));
+                    let mut v = server.viewer(&format!("j{i}"));
+                    // Odd joiners recover from a little behind the newest acked seq.
+                    let since = (i % 2 == 1).then(|| latest.load(Ordering::SeqCst).saturating_sub(15));
+                    let mut next = since.map_or(0, |s| s + 1);
+                    match since {
+                        Some(s) => v.send_json(json!({"op": "join", "room": "race", "since": s, "epoch": epoch})),
+                        None => v.send_json(json!({"op": "join", "room": "race"})),
+                    }
+                    loop {
+                        let m = v.next_msg();
+                        match m["op"].as_str() {
+                            Some("event") => {
+                                assert!(since.is_some(), "j{i}: an event before joined without since: {m}");
+                                assert_eq!(m["seq"], next, "j{i}: replay is contiguous from since+1");
+                                next += 1;
+                            }
+                            Some("joined") => {
+                                let s = m["seq"].as_u64().expect("joined seq");
+                                if since.is_some() {
+                                    assert_eq!(m["recovered"], true, "j{i}: since is inside the history");
+                                    assert_eq!(s + 1, next, "j{i}: replay ends at joined.seq");
+                                }
+                                next = s + 1;
+                                break;
+                            }
+                            _ => panic!("j{i}: unexpected {m}"),
+                        }
+                    }
+                    joined.count();
+                    loop {
+                        let m = match v.try_next() {
+                            Ok(Got::Json(m)) if m["op"] == "presence" => continue,
+                            Ok(Got::Json(m)) => m,
+                            other => panic!("j{i}: {other:?} while waiting for seq {next} (live)"),
+                        };
+                        assert_eq!(m["op"], "event", "j{i}: {m}");
+                        assert_eq!(m["seq"], next, "j{i}: live events continue right after joined.seq");
+                        next += 1;
+                        if m["type"] == "end" {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for (i, j) in joiners.into_iter().enumerate() {
+            j.join().unwrap_or_else(|_| panic!("joiner j{i} failed"));
+        }
+        let end = publisher.join().expect("publisher");
+        assert_eq!(anchor.join().expect("anchor thread"), end);
+    });
 }

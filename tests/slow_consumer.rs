@@ -1,55 +1,192 @@
 //! A member that does not read is closed with 4009 once its queue passes the outbound budget;
-//! what it did receive is gap-free, and every other member receives everything.
+//! what it did receive is gap-free and in seq order, and every other member of the room
+//! receives everything, plain or TLS, and presence drops the closed one. A viewer that reads
+//! in small steps but keeps up is never cut.
 
 mod support;
 
-use serde_json::json;
-use support::{Got, Server};
+use serde_json::{json, Value};
+use support::{ndjson, Got, Server, Viewer};
 
-#[test]
-fn a_viewer_that_never_reads_is_closed_with_4009_and_the_rest_get_everything() {
-    let server = Server::start(&["--outbound-budget", "262144", "--close-timeout-ms", "60000"]);
-    let mut slow = server.viewer_small_window("sloth");
-    slow.join("busy");
-    let mut fast: Vec<_> = (0..3).map(|i| server.viewer(&format!("hare{i}"))).collect();
-    for f in &mut fast {
-        f.join("busy");
-    }
+/// Bytes of `data` per event.
+const PAYLOAD_BYTES: usize = 1024;
+
+/// The most a socket send buffer may grow to (tcp_wmem's third field), so the flood is sized
+/// to pass the kernel's buffers on this machine rather than on the author's.
+fn max_send_buffer_bytes() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        .unwrap_or(4 << 20)
+}
+
+/// A 64 KiB budget, a close handshake that may wait for the slow reader, and presence
+/// reported often.
+const SLOW_FLAGS: [&str; 6] =
+    ["--outbound-budget", "65536", "--close-timeout-ms", "60000", "--presence-interval-ms", "100"];
+
+/// Events per burst in a paced flood: 16 KiB, a quarter of the smallest budget used here.
+const BURST_EVENTS: u64 = 16;
+
+/// Publish `total` events of [`PAYLOAD_BYTES`] to `room` in bursts of [`BURST_EVENTS`]: each
+/// burst is pipelined, its replies checked, and every reader must have read it before the
+/// next is sent. So the readers keep up by construction; a member that does not read falls
+/// behind by one burst per round. Returns the `online` of the last `presence` reader 0 saw.
+fn paced_flood(server: &Server, room: &str, total: u64, readers: &mut [Viewer]) -> Option<u64> {
+    let mut online = None;
     let mut up = server.upstream();
-    let payload = "p".repeat(1024);
-    let (chunks, per_chunk) = (200u64, 50u64);
-    // Publish in chunks; the fast readers drain each chunk before the next is sent, so only
-    // the one that never reads falls behind. 10 MB in all: more than the kernel buffers.
-    for chunk in 0..chunks {
-        let mut batch = String::new();
-        for _ in 0..per_chunk {
-            batch.push_str(&json!({"op": "publish", "room": "busy", "type": "blob", "data": payload}).to_string());
-            batch.push('\n');
+    let payload = "p".repeat(PAYLOAD_BYTES);
+    let mut seq = 0u64;
+    while seq < total {
+        let burst: Vec<Value> = (seq..total.min(seq + BURST_EVENTS))
+            .map(|i| json!({"op": "publish", "room": room, "type": "blob", "data": {"i": i, "p": payload}}))
+            .collect();
+        up.send_raw(ndjson(&burst).as_bytes());
+        for k in 1..=burst.len() as u64 {
+            assert_eq!(up.reply(), json!({"ok": true, "seq": seq + k}));
         }
-        up.send_raw(batch.as_bytes());
-        for _ in 0..per_chunk {
-            assert_eq!(up.reply()["ok"], true);
-        }
-        for f in &mut fast {
-            for i in 1..=per_chunk {
-                assert_eq!(f.until_op("event")["seq"], chunk * per_chunk + i, "fast readers get everything in order");
+        for (r, v) in readers.iter_mut().enumerate() {
+            let mut k = 1;
+            while k <= burst.len() as u64 {
+                let m = v.next_json();
+                if m["op"] == "presence" && r == 0 {
+                    online = m["online"].as_u64();
+                }
+                if m["op"] != "event" {
+                    continue;
+                }
+                assert_eq!((m["room"].as_str(), m["seq"].as_u64()), (Some(room), Some(seq + k)), "reader {r}");
+                k += 1;
             }
         }
+        seq += burst.len() as u64;
     }
-    let total = chunks * per_chunk;
-    // Now the slow one reads what it was sent: a gap-free prefix, then 4009.
+    online
+}
+
+/// Read the slow viewer to the end: a gap-free prefix of 1..=total, then a close; returns
+/// (last seq, close code).
+fn drain_slow(slow: &mut Viewer, total: u64) -> (u64, Option<u16>) {
     let mut last = 0u64;
-    let code = loop {
+    loop {
         match slow.next() {
             Got::Json(m) if m["op"] == "event" => {
                 let seq = m["seq"].as_u64().expect("seq");
                 assert_eq!(seq, last + 1, "no gap in what the slow consumer got");
+                assert_eq!(m["data"]["i"], seq - 1, "event {seq} carries its own data");
                 last = seq;
+                assert!(last <= total);
             }
             Got::Json(_) => {}
-            Got::Closed(code) => break code,
+            Got::Closed(code) => return (last, code),
         }
-    };
-    assert_eq!(code, Some(4009));
+    }
+}
+
+fn slow_consumer_case(server: &Server, mut slow: Viewer) {
+    const ROOM: &str = "busy";
+    let budget: usize = 65536;
+    // Twice the kernel's send buffer on the server side (the slow client's receive buffer is
+    // 4 KiB): far more than the kernel, the budget and the client together can hold.
+    let total = (2 * max_send_buffer_bytes() / PAYLOAD_BYTES + 2 * budget / PAYLOAD_BYTES) as u64;
+    assert_eq!(slow.join(ROOM)["seq"], 0);
+    let mut readers: Vec<Viewer> = (0..3)
+        .map(|i| {
+            let mut v = server.viewer(&format!("reader{i}"));
+            v.join(ROOM);
+            v
+        })
+        .collect();
+    let mut online = paced_flood(server, ROOM, total, &mut readers);
+    let (last, code) = drain_slow(&mut slow, total);
+    assert_eq!(code, Some(4009), "the slow consumer is closed as one (it got {last} of {total} events)");
     assert!(last < total, "it was cut off before the end ({last} of {total})");
+    // It is gone from the room: presence (which only reports changes) comes down to the readers.
+    while online != Some(readers.len() as u64) {
+        online = readers[0].until_op("presence")["online"].as_u64();
+    }
+}
+
+#[test]
+fn a_plain_viewer_that_never_reads_is_closed_with_4009_and_the_rest_get_everything() {
+    let server = Server::start(&SLOW_FLAGS);
+    let slow = server.viewer_small_window("sloth");
+    slow_consumer_case(&server, slow);
+}
+
+#[test]
+fn a_tls_viewer_that_never_reads_is_closed_with_4009_and_the_rest_get_everything() {
+    let server = Server::start_tls(&SLOW_FLAGS);
+    let slow = server.tls_viewer_small_window("tls-sloth");
+    slow_consumer_case(&server, slow);
+}
+
+#[test]
+fn a_viewer_with_default_socket_buffers_that_never_reads_is_closed_with_4009() {
+    // No small window: the kernel's own buffering (with autotuning) sits in front of the budget.
+    let server = Server::start(&SLOW_FLAGS);
+    let slow = server.viewer("default-sloth");
+    slow_consumer_case(&server, slow);
+}
+
+#[test]
+fn a_reader_that_keeps_up_in_small_steps_is_never_cut() {
+    // Same small budget, but the reader drains each burst before the next: never 4009.
+    let server = Server::start(&["--outbound-budget", "65536"]);
+    let mut v = server.viewer_small_window("steady");
+    v.join("steady");
+    let mut up = server.upstream();
+    let payload = "q".repeat(PAYLOAD_BYTES);
+    let mut seq = 0u64;
+    for _burst in 0..100 {
+        let commands: Vec<Value> =
+            (0..20).map(|_| json!({"op": "publish", "room": "steady", "type": "b", "data": payload})).collect();
+        up.send_raw(ndjson(&commands).as_bytes());
+        for _ in 0..20 {
+            assert_eq!(up.reply()["ok"], true);
+        }
+        for _ in 0..20 {
+            seq += 1;
+            assert_eq!(v.until_op("event")["seq"], seq);
+        }
+    }
+    v.send_json(json!({"op": "ping"}));
+    assert_eq!(v.until_op("pong")["op"], "pong", "still connected after {seq} events");
+}
+
+#[test]
+#[ignore = "server bug: a turn's whole ingest burst is queued before any write, so the budget \
+            cuts members that read at full speed (4009 after 0 events)"]
+fn a_burst_slightly_over_the_budget_reaches_a_member_that_reads_all_the_time() {
+    // The member reads continuously on its own thread with an empty, default-sized socket
+    // buffer; the burst (about 100 KiB) is well within what the kernel alone holds on top of
+    // the 64 KiB budget. It is keeping up, so it must not be treated as a slow consumer.
+    const TOTAL: u64 = 100;
+    let server = Server::start(&["--outbound-budget", "65536"]);
+    let mut v = server.viewer("eager");
+    v.join("burst");
+    let reader = std::thread::spawn(move || {
+        let mut got = 0u64;
+        while got < TOTAL {
+            match v.next() {
+                Got::Json(m) if m["op"] == "event" => {
+                    got += 1;
+                    assert_eq!(m["seq"], got, "in order");
+                }
+                Got::Json(_) => {}
+                Got::Closed(code) => return Err(format!("closed with {code:?} after {got} of {TOTAL} events")),
+            }
+        }
+        Ok(got)
+    });
+    let payload = "b".repeat(PAYLOAD_BYTES);
+    let burst: Vec<Value> = (0..TOTAL)
+        .map(|i| json!({"op": "publish", "room": "burst", "type": "b", "data": {"i": i, "p": payload}}))
+        .collect();
+    let mut up = server.upstream();
+    up.send_raw(ndjson(&burst).as_bytes());
+    for seq in 1..=TOTAL {
+        assert_eq!(up.reply(), json!({"ok": true, "seq": seq}));
+    }
+    assert_eq!(reader.join().expect("reader thread"), Ok(TOTAL));
 }

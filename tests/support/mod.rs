@@ -1,15 +1,21 @@
 //! Shared harness for the black-box tests: start a `roomcast` process on free loopback ports,
-//! read its ready line, connect viewers with tungstenite's client (plain or rustls) and
-//! upstreams to the ingest socket. Every wait is bounded; the server is killed on drop.
+//! read its ready line, connect viewers with tungstenite's client (plain, or rustls with a
+//! client config built here from the generated certificate, never from the server's own TLS
+//! code) and upstreams to the ingest socket. Every wait is bounded; the server is killed on
+//! drop, and its log is printed when the test is failing.
+//!
+//! A [`Crowd`] holds hundreds of viewers in one thread: after the handshake their sockets turn
+//! non-blocking and a mio poll wakes the thread for whichever has bytes.
 
 #![allow(dead_code, unreachable_pub)]
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
@@ -18,27 +24,69 @@ use tungstenite::{Message, WebSocket};
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// The most of the server log a failing test prints.
+const LOG_TAIL_BYTES: usize = 16 * 1024;
+
 /// A running server; killed (SIGKILL) when dropped unless it already exited.
 pub struct Server {
     child: Child,
     pub ws: String,
     pub wss: Option<String>,
     pub ingest: String,
+    pub admin: Option<String>,
     pub cert_pem: Option<String>,
     dir: Option<PathBuf>,
-    stderr: Arc<std::sync::Mutex<String>>,
+    log: Arc<Mutex<String>>,
 }
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_roomcast")
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
+/// A fresh directory under the system temp dir, unique to this process and call.
+pub fn temp_dir(tag: &str) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("roomcast-test-{tag}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
+}
+
+/// Copy everything `from` produces into `log`, prefixed, until end of stream.
+fn drain_into(mut from: impl Read + Send + 'static, log: Arc<Mutex<String>>, prefix: &'static str) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut s) = log.lock() {
+                s.push_str(prefix);
+                s.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+}
+
+/// A rustls client config that trusts exactly the certificates in `cert_pem`, with the
+/// protocol versions given (all safe defaults when empty).
+pub fn client_tls_config(
+    cert_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut cert_pem.as_bytes()) {
+        roots.add(cert.expect("certificate PEM parses")).expect("certificate is a usable root");
+    }
+    assert!(!roots.is_empty(), "cert.pem holds no certificate");
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()));
+    let builder = if versions.is_empty() {
+        builder.with_safe_default_protocol_versions()
+    } else {
+        builder.with_protocol_versions(versions)
+    }
+    .expect("ring supports these protocol versions");
+    Arc::new(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 impl Server {
@@ -71,14 +119,10 @@ impl Server {
         let mut cert_pem = None;
         if tls {
             let d = temp_dir("tls");
-            let status = Command::new(bin())
-                .args(["gen-cert", "--out"])
-                .arg(&d)
-                .stdout(Stdio::null())
-                .status()
-                .expect("gen-cert runs");
-            assert!(status.success(), "gen-cert failed");
-            cert_pem = Some(std::fs::read_to_string(d.join("cert.pem")).expect("cert written"));
+            let out = Command::new(bin()).args(["gen-cert", "--out"]).arg(&d).output().expect("gen-cert runs");
+            assert!(out.status.success(), "gen-cert failed: {}", String::from_utf8_lossy(&out.stderr));
+            cert_pem = Some(std::fs::read_to_string(d.join("cert.pem")).expect("gen-cert wrote cert.pem"));
+            assert!(d.join("key.pem").exists(), "gen-cert wrote key.pem");
             args.extend(["--wss-listen".into(), "127.0.0.1:0".into(), "--tls-cert".into()]);
             args.push(d.join("cert.pem").display().to_string());
             args.push("--tls-key".into());
@@ -89,120 +133,175 @@ impl Server {
         let mut child = Command::new(bin())
             .args(&args)
             .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("server starts");
-        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
-        if let Some(mut err) = child.stderr.take() {
-            let sink = Arc::clone(&stderr);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    if let Ok(mut s) = sink.lock() {
-                        s.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    }
-                }
-            });
-        }
+        let log = Arc::new(Mutex::new(String::new()));
+        drain_into(child.stderr.take().expect("stderr piped"), Arc::clone(&log), "");
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let rest_of_stdout = Arc::clone(&log);
         std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
             let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = reader.read_line(&mut line);
             let _ = tx.send(line);
+            // Keep draining so a later print never meets a closed pipe.
+            drain_into(reader, rest_of_stdout, "[stdout] ");
         });
-        let line = rx.recv_timeout(WAIT).expect("server prints its ready line");
-        let field =
-            |name: &str| line.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{name}="))).map(str::to_owned);
-        assert!(line.starts_with("roomcast ready"), "unexpected first line: {line:?}");
-        let wss = field("wss").filter(|v| v != "off");
-        Self {
-            child,
-            ws: field("ws").expect("ws address"),
-            wss,
-            ingest: field("ingest").expect("ingest address"),
-            cert_pem,
-            dir,
-            stderr,
-        }
+        let mut server =
+            Self { child, ws: String::new(), wss: None, ingest: String::new(), admin: None, cert_pem, dir, log };
+        let line = match rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(_) => panic!("no ready line within {WAIT:?}; args {args:?}"),
+        };
+        assert!(line.starts_with("roomcast ready "), "unexpected first stdout line: {line:?}");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("ready line {line:?} lacks {name}="))
+        };
+        let on = |v: String| (v != "off").then_some(v);
+        server.ws = on(field("ws")).expect("ws listener is on");
+        server.wss = on(field("wss"));
+        server.ingest = on(field("ingest")).expect("ingest listener is on");
+        server.admin = on(field("admin"));
+        assert_eq!(server.wss.is_some(), tls, "wss= in the ready line matches the TLS flags: {line:?}");
+        server
     }
 
     /// What the server logged so far (for failure messages).
     pub fn log(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+        self.log.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    /// Send `signal` to the server process.
+    pub fn signal(&self, signal: i32) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) touches no memory of ours; the pid is our own child, not yet reaped
+        // (we only reap in `wait_exit` and `drop`), so it cannot name another process.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed: {}", self.pid(), std::io::Error::last_os_error());
+    }
+
+    /// Wait, bounded by [`WAIT`], for the process to exit and return its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait on the server") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server still running {WAIT:?} after the signal\n{}", self.log());
+            // Polling a child's exit status has no readiness event to wait on.
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Send SIGTERM and wait (bounded) for the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as i32;
-        #[allow(unsafe_code)]
-        // SAFETY: kill has no memory effects; pid is our live child.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// Connect a TCP socket to `addr` with [`WAIT`] as read and write timeout.
+    fn tcp(addr: &str) -> TcpStream {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_read_timeout(Some(WAIT)).expect("set read timeout");
+        stream.set_write_timeout(Some(WAIT)).expect("set write timeout");
+        stream.set_nodelay(true).expect("set nodelay");
+        stream
+    }
+
+    /// A TCP socket to `addr` whose receive buffer is tiny (which also turns off the kernel's
+    /// buffer autotuning), so a viewer that stops reading backs up into the server quickly
+    /// instead of into megabytes of kernel memory.
+    fn small_window_tcp(addr: &str) -> TcpStream {
+        let addr: std::net::SocketAddr = addr.parse().expect("socket address");
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.set_recv_buffer_size(4096).expect("set SO_RCVBUF");
+        socket.connect(&addr.into()).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(WAIT)).expect("set read timeout");
+        stream.set_write_timeout(Some(WAIT)).expect("set write timeout");
+        stream
+    }
+
+    /// Upgrade `stream` (to the ws or, with `tls`, the wss listener) as `user`; no hello read.
+    fn upgrade(
+        &self,
+        stream: TcpStream,
+        user: &str,
+        tls: Option<&[&'static rustls::SupportedProtocolVersion]>,
+    ) -> Viewer {
+        let (ws, response) = match tls {
+            None => {
+                let url = format!("ws://{}/ws?user={user}", self.ws);
+                tungstenite::client(url, MaybeTlsStream::Plain(stream)).expect("ws upgrade")
             }
-            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            Some(versions) => {
+                let addr = self.wss.as_ref().expect("server has wss");
+                let config = client_tls_config(self.cert_pem.as_deref().expect("cert"), versions);
+                let port = addr.rsplit(':').next().expect("port");
+                let url = format!("wss://localhost:{port}/ws?user={user}");
+                tungstenite::client_tls_with_config(url, stream, None, Some(tungstenite::Connector::Rustls(config)))
+                    .expect("wss upgrade")
+            }
+        };
+        assert_eq!(response.status(), 101);
+        Viewer { ws }
+    }
+
+    /// Upgrade a plain socket to a viewer as `user` (no hello read yet).
+    pub fn viewer_raw(&self, user: &str) -> Viewer {
+        self.upgrade(Self::tcp(&self.ws), user, None)
     }
 
     /// Open a plain viewer connection as `user` and read its `hello`.
     pub fn viewer(&self, user: &str) -> Viewer {
-        let stream = TcpStream::connect(&self.ws).expect("connect ws");
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        let url = format!("ws://{}/ws?user={user}", self.ws);
-        let (ws, _) = tungstenite::client(url, MaybeTlsStream::Plain(stream)).expect("upgrade");
-        let mut v = Viewer { ws };
-        let hello = v.next_json();
-        assert_eq!(hello["op"], "hello", "first message is hello");
+        let mut v = self.viewer_raw(user);
+        v.expect_hello();
         v
     }
 
-    /// Open a plain viewer whose socket receive buffer is tiny (which also turns off the
-    /// kernel's buffer autotuning), so a viewer that stops reading backs up into the server
-    /// quickly instead of into tens of megabytes of kernel memory.
+    /// Open a plain viewer with a tiny receive window (see `small_window_tcp`), read `hello`.
     pub fn viewer_small_window(&self, user: &str) -> Viewer {
-        let addr: std::net::SocketAddr = self.ws.parse().expect("address");
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-        socket.set_recv_buffer_size(4096).expect("rcvbuf");
-        socket.connect(&addr.into()).expect("connect");
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        let url = format!("ws://{}/ws?user={user}", self.ws);
-        let (ws, _) = tungstenite::client(url, MaybeTlsStream::Plain(stream)).expect("upgrade");
-        let mut v = Viewer { ws };
-        assert_eq!(v.next_json()["op"], "hello");
+        let mut v = self.upgrade(Self::small_window_tcp(&self.ws), user, None);
+        v.expect_hello();
         v
     }
 
-    /// Open a TLS viewer connection as `user` and read its `hello`.
+    /// Open a TLS viewer with a tiny receive window, read `hello`.
+    pub fn tls_viewer_small_window(&self, user: &str) -> Viewer {
+        let addr = self.wss.clone().expect("server has wss");
+        let mut v = self.upgrade(Self::small_window_tcp(&addr), user, Some(&[]));
+        v.expect_hello();
+        v
+    }
+
+    /// Open a TLS viewer connection as `user` (safe default TLS versions) and read its `hello`.
     pub fn tls_viewer(&self, user: &str) -> Viewer {
-        let addr = self.wss.as_ref().expect("server has wss");
-        let stream = TcpStream::connect(addr).expect("connect wss");
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        let config =
-            roomcast::tls::client_config_trusting(self.cert_pem.as_deref().expect("cert")).expect("client config");
-        let url = format!("wss://localhost:{}/ws?user={user}", addr.rsplit(':').next().expect("port"));
-        let (ws, _) =
-            tungstenite::client_tls_with_config(url, stream, None, Some(tungstenite::Connector::Rustls(config)))
-                .expect("tls upgrade");
-        let mut v = Viewer { ws };
-        assert_eq!(v.next_json()["op"], "hello");
+        self.tls_viewer_with(user, &[])
+    }
+
+    /// Open a TLS viewer limited to `versions` and read its `hello`.
+    pub fn tls_viewer_with(&self, user: &str, versions: &[&'static rustls::SupportedProtocolVersion]) -> Viewer {
+        let addr = self.wss.clone().expect("server has wss");
+        let mut v = self.upgrade(Self::tcp(&addr), user, Some(versions));
+        v.expect_hello();
         v
     }
 
     /// A connection to the ingest socket.
     pub fn upstream(&self) -> Upstream {
-        let stream = TcpStream::connect(&self.ingest).expect("connect ingest");
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        let stream = Self::tcp(&self.ingest);
         Upstream { reader: BufReader::new(stream.try_clone().expect("clone")), writer: stream }
     }
 }
@@ -211,6 +310,18 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let mut from = log.len().saturating_sub(LOG_TAIL_BYTES);
+            while !log.is_char_boundary(from) {
+                from += 1;
+            }
+            eprintln!(
+                "---- roomcast log (last {} bytes) ----\n{}\n---- end of log ----",
+                log.len() - from,
+                &log[from..]
+            );
+        }
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -223,28 +334,54 @@ pub struct Viewer {
 }
 
 /// What reading a viewer produced.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Got {
     Json(Value),
     Closed(Option<u16>),
 }
 
 impl Viewer {
+    /// The TCP socket under the WebSocket (and TLS, if any).
+    pub fn tcp(&self) -> &TcpStream {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(s) => s,
+            MaybeTlsStream::Rustls(s) => s.get_ref(),
+            _ => unreachable!("only plain and rustls streams are built here"),
+        }
+    }
+
+    /// Read the first message and check it is `hello`.
+    pub fn expect_hello(&mut self) -> Value {
+        let hello = self.next_json();
+        assert_eq!(hello["op"], "hello", "first message is hello: {hello}");
+        hello
+    }
+
     pub fn send_json(&mut self, v: Value) {
         self.ws.send(Message::text(v.to_string())).expect("send");
     }
 
     /// The next text message or close, skipping pings and pongs.
     pub fn next(&mut self) -> Got {
+        self.try_next().unwrap_or_else(|e| panic!("read failed: {e}"))
+    }
+
+    /// Like [`Viewer::next`], but a read error (such as the read timeout) is returned.
+    pub fn try_next(&mut self) -> Result<Got, tungstenite::Error> {
         loop {
             match self.ws.read() {
-                Ok(Message::Text(t)) => return Got::Json(serde_json::from_str(&t).expect("server sends JSON")),
-                Ok(Message::Close(frame)) => return Got::Closed(frame.map(|f| u16::from(f.code))),
+                Ok(Message::Text(t)) => {
+                    return Ok(Got::Json(
+                        serde_json::from_str(&t).unwrap_or_else(|e| panic!("server sent non-JSON {t:?}: {e}")),
+                    ))
+                }
+                Ok(Message::Close(frame)) => return Ok(Got::Closed(frame.map(|f| u16::from(f.code)))),
+                Ok(Message::Binary(b)) => panic!("server sent a binary message: {b:?}"),
                 Ok(_) => {}
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Got::Closed(None)
+                    return Ok(Got::Closed(None))
                 }
-                Err(e) => panic!("read failed: {e}"),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -254,6 +391,17 @@ impl Viewer {
         match self.next() {
             Got::Json(v) => v,
             Got::Closed(code) => panic!("connection closed ({code:?}) while a message was expected"),
+        }
+    }
+
+    /// The next message that is not coalesced noise (`presence`, `reactions`), which may
+    /// arrive at any moment and carries no seq.
+    pub fn next_msg(&mut self) -> Value {
+        loop {
+            let v = self.next_json();
+            if v["op"] != "presence" && v["op"] != "reactions" {
+                return v;
+            }
         }
     }
 
@@ -287,6 +435,16 @@ pub fn code(c: CloseCode) -> u16 {
     u16::from(c)
 }
 
+/// One JSON line per command, for pipelining.
+pub fn ndjson<'a>(commands: impl IntoIterator<Item = &'a Value>) -> String {
+    let mut out = String::new();
+    for c in commands {
+        out.push_str(&c.to_string());
+        out.push('\n');
+    }
+    out
+}
+
 /// An ingest connection.
 pub struct Upstream {
     reader: BufReader<TcpStream>,
@@ -307,7 +465,7 @@ impl Upstream {
         let mut line = String::new();
         let n = self.reader.read_line(&mut line).expect("reply arrives");
         assert!(n > 0, "ingest connection closed");
-        serde_json::from_str(&line).expect("reply is JSON")
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"))
     }
 
     /// Send one command and read its reply.
@@ -325,5 +483,84 @@ impl Upstream {
     pub fn is_closed(&mut self) -> bool {
         let mut line = String::new();
         matches!(self.reader.read_line(&mut line), Ok(0))
+    }
+}
+
+/// Many viewers served by one thread. Sockets are non-blocking after [`Crowd::add`]; a mio
+/// poll (edge-triggered) says which to read, and each is read until it would block.
+pub struct Crowd {
+    pub members: Vec<Viewer>,
+    poll: mio::Poll,
+}
+
+impl Default for Crowd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Crowd {
+    pub fn new() -> Self {
+        Self { members: Vec::new(), poll: mio::Poll::new().expect("mio poll") }
+    }
+
+    /// Take over `viewer` (whose handshake is done); returns its index.
+    pub fn add(&mut self, viewer: Viewer) -> usize {
+        let index = self.members.len();
+        viewer.tcp().set_nonblocking(true).expect("set non-blocking");
+        let fd = viewer.tcp().as_raw_fd();
+        self.poll
+            .registry()
+            .register(&mut mio::unix::SourceFd(&fd), mio::Token(index), mio::Interest::READABLE)
+            .expect("register with mio");
+        self.members.push(viewer);
+        index
+    }
+
+    /// Read every member that has something, handing each JSON message to `on_msg(index, msg)`,
+    /// until `on_msg` has returned true for every member ("this one is done"), or fail at
+    /// `deadline` naming `what` was awaited. A close or a read error fails at once.
+    pub fn pump(&mut self, deadline: Instant, what: &str, mut on_msg: impl FnMut(usize, Value) -> bool) {
+        let mut done = vec![false; self.members.len()];
+        let mut left = self.members.len();
+        // Messages may already sit in tungstenite's or rustls' buffers, where no readiness
+        // event will announce them: read every member once first.
+        let mut ready: Vec<usize> = (0..self.members.len()).collect();
+        let mut events = mio::Events::with_capacity(1024);
+        while left > 0 {
+            for &i in &ready {
+                loop {
+                    match self.members[i].ws.read() {
+                        Ok(Message::Text(t)) => {
+                            let v: Value =
+                                serde_json::from_str(&t).unwrap_or_else(|e| panic!("member {i}: non-JSON {t:?}: {e}"));
+                            if on_msg(i, v) && !done[i] {
+                                done[i] = true;
+                                left -= 1;
+                            }
+                        }
+                        Ok(Message::Close(frame)) => {
+                            panic!("member {i} closed by the server ({frame:?}) while waiting for {what}")
+                        }
+                        Ok(Message::Binary(_)) => panic!("member {i}: binary message"),
+                        Ok(_) => {}
+                        Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(e) => panic!("member {i}: read failed while waiting for {what}: {e}"),
+                    }
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "{left} of {} members still waiting for {what} at the deadline", done.len());
+            match self.poll.poll(&mut events, Some(deadline - now)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!("mio poll: {e}"),
+            }
+            ready = events.iter().map(|e| e.token().0).collect();
+        }
     }
 }
