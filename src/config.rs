@@ -82,7 +82,8 @@ pub struct LimitsConfig {
     pub max_message: usize,
     /// Longest comment text in characters.
     pub max_comment_chars: usize,
-    /// Bytes that may wait in one connection's outbound queue before it is closed with 4009.
+    /// Bytes that may still wait in one connection's outbound queue after a write attempt
+    /// before it is closed with 4009 (within one loop turn up to 4 times this may queue).
     pub outbound_budget: usize,
     /// Time a new connection has to complete the WebSocket handshake.
     pub handshake_timeout_ms: u64,

@@ -155,8 +155,6 @@ fn a_reader_that_keeps_up_in_small_steps_is_never_cut() {
 }
 
 #[test]
-#[ignore = "server bug: a turn's whole ingest burst is queued before any write, so the budget \
-            cuts members that read at full speed (4009 after 0 events)"]
 fn a_burst_slightly_over_the_budget_reaches_a_member_that_reads_all_the_time() {
     // The member reads continuously on its own thread with an empty, default-sized socket
     // buffer; the burst (about 100 KiB) is well within what the kernel alone holds on top of

@@ -535,7 +535,6 @@ fn the_handshake_answers_with_the_rfc_accept_key_and_refuses_plain_http_with_426
 }
 
 #[test]
-#[ignore = "server bug: an unsupported Sec-WebSocket-Version gets 400 without a Sec-WebSocket-Version header"]
 fn an_unsupported_websocket_version_is_told_which_version_the_server_speaks() {
     // RFC 6455 section 4.4: the server MUST abort the handshake with an HTTP error (such as
     // 426) "and a |Sec-WebSocket-Version| header field indicating the version(s) the server is

@@ -445,20 +445,30 @@ impl Worker {
         self.shard.take_dirty(&mut from_shard);
         keys.append(&mut from_shard);
         for key in keys.drain(..) {
-            let Some(conn) = self.shard.conn_mut(key) else { continue };
-            match conn.io.transport.write(&mut conn.session.outbound) {
-                Ok(_) => {}
-                Err(_) => {
-                    self.shard.remove(key, now);
-                    continue;
-                }
+            if !self.write_conn(key, now) {
+                continue;
             }
-            if !conn.session.is_open() {
+            // The budget judges what the socket would not take; a connection cut here gets
+            // its close frame written at once.
+            if self.shard.enforce_budget(key) && !self.write_conn(key, now) {
+                continue;
+            }
+            if self.shard.conn(key).is_some_and(|c| !c.session.is_open()) {
                 self.note_closing(key);
             }
         }
         self.dirty = keys;
         self.finish_closing(now);
+    }
+
+    /// Write what the connection has queued; false when the socket failed (it is removed).
+    fn write_conn(&mut self, key: ConnKey, now: u64) -> bool {
+        let Some(conn) = self.shard.conn_mut(key) else { return false };
+        if conn.io.transport.write(&mut conn.session.outbound).is_err() {
+            self.shard.remove(key, now);
+            return false;
+        }
+        true
     }
 
     /// Move closing connections forward: shut the write side once the close frame is out,

@@ -33,6 +33,12 @@ use std::sync::Arc;
 /// Prefix of every connection's private room, `user:<id>`.
 pub const PRIVATE_ROOM_PREFIX: &str = "user:";
 
+/// How far past its outbound budget a queue may grow within one loop turn. The budget is
+/// judged after the connection's write attempt ([`Shard::enforce_budget`]): a member that
+/// reads at full speed may receive a burst larger than the budget in one turn. The hard cap
+/// keeps memory bounded even then.
+const BUDGET_OVERSHOOT: usize = 4;
+
 /// Resolution of connection deadlines (heartbeat expiry, close timeout).
 const DEADLINE_TICK_MS: u64 = 100;
 
@@ -422,6 +428,20 @@ impl<Io> Shard<Io> {
         self.leave_all(key);
     }
 
+    /// After the shell's write attempt: a connection that still has more than its outbound
+    /// budget queued cannot keep up with its rooms and is closed with 4009 (its backlog
+    /// dropped, the close frame queued). Returns true when it was closed now.
+    pub fn enforce_budget(&mut self, key: ConnKey) -> bool {
+        let over = self
+            .conns
+            .get(key.0)
+            .is_some_and(|c| c.session.is_open() && c.session.outbound.queued() > self.cfg.outbound_budget);
+        if over {
+            self.close(key, close_code::SLOW_CONSUMER, false);
+        }
+        over
+    }
+
     /// Close every connection with `code` (shutdown: 1001).
     pub fn close_all(&mut self, code: u16, now_ms: u64) {
         self.now_ms = now_ms;
@@ -488,7 +508,7 @@ impl<Io> Shard<Io> {
 
     /// Queue `frame` for `key`; a connection over its budget is closed as a slow consumer.
     fn send_to(&mut self, key: ConnKey, frame: Bytes) {
-        let budget = self.cfg.outbound_budget;
+        let budget = self.cfg.outbound_budget * BUDGET_OVERSHOOT;
         let Some(conn) = self.conns.get_mut(key.0) else { return };
         if conn.session.send(frame, budget) {
             self.stats.deliveries += 1;
@@ -828,16 +848,16 @@ impl<Io> Shard<Io> {
     }
 
     fn deliver(&mut self, room: &str, frames: &Bytes) {
+        let hard_cap = self.cfg.outbound_budget * BUDGET_OVERSHOOT;
         let members = match room.strip_prefix(PRIVATE_ROOM_PREFIX) {
             Some(user) => self.private.get(user).map(PrivateMembers::keys),
             None => self.local.get(room).map(Vec::as_slice),
         };
         let Some(members) = members else { return };
-        let budget = self.cfg.outbound_budget;
         let mut slow = Vec::new();
         for &key in members {
             let Some(conn) = self.conns.get_mut(key.0) else { continue };
-            if conn.session.send(frames.clone(), budget) {
+            if conn.session.send(frames.clone(), hard_cap) {
                 self.stats.deliveries += 1;
                 if !conn.dirty {
                     conn.dirty = true;

@@ -229,6 +229,9 @@ fn a_consumer_over_budget_is_closed_with_4009_and_the_rest_get_everything() {
     for _ in 0..20 {
         sim.publish("r", 10);
         fast_seqs.extend(event_seqs(&sim.received(fast), "r"));
+        // The shell's write attempt for the slow one takes nothing; then the budget is judged.
+        sim.shards[slow.0].enforce_budget(slow.1);
+        sim.settle();
     }
     assert_eq!(fast_seqs, (1..=200).collect::<Vec<_>>());
     let got = sim.received(slow);

@@ -58,6 +58,13 @@ pub fn parse_upgrade(buf: &[u8], path: &str) -> Upgrade {
         return reject(404, "no WebSocket endpoint at this path");
     }
     let has_upgrade = request.headers().get("Upgrade").is_some();
+    // RFC 6455 4.4: "If this version does not match a version understood by the server, the
+    // server MUST abort the WebSocket handshake [...] and send an appropriate HTTP error code
+    // (such as 426 Upgrade Required) and a |Sec-WebSocket-Version| header field indicating the
+    // version(s) the server is capable of understanding." (`http_error(426)` carries it.)
+    if has_upgrade && request.headers().get("Sec-WebSocket-Version").is_some_and(|v| v != "13") {
+        return reject(426, "unsupported WebSocket version; this server speaks 13");
+    }
     let response = match create_response(&request) {
         Ok(response) => response,
         Err(_) if !has_upgrade => return reject(426, "this endpoint only speaks WebSocket"),
@@ -215,7 +222,11 @@ mod tests {
         assert_eq!(status(parse_upgrade(huge.as_bytes(), "/ws")), 431);
         assert_eq!(parse_upgrade(b"GET /ws HTTP/1.1\r\nHost", "/ws"), Upgrade::Incomplete);
         let bad_version = String::from_utf8(request("/ws", "")).expect("ascii").replace("Version: 13", "Version: 8");
-        assert_eq!(status(parse_upgrade(bad_version.as_bytes(), "/ws")), 400);
+        let Upgrade::Rejected { status, response, .. } = parse_upgrade(bad_version.as_bytes(), "/ws") else {
+            panic!("rejected")
+        };
+        assert_eq!(status, 426, "RFC 6455 4.4");
+        assert!(String::from_utf8_lossy(&response).contains("Sec-WebSocket-Version: 13"));
     }
 
     #[test]
