@@ -250,6 +250,13 @@ impl Config {
         if self.presence.heartbeat_ms == 0 {
             return Err(invalid("presence.heartbeat_ms", "must be positive"));
         }
+        let timeout = self.presence.timeout_ms;
+        if timeout != 0 && timeout <= self.presence.heartbeat_ms {
+            return Err(invalid(
+                "presence.timeout_ms",
+                format!("must be 0 (2.5 x heartbeat_ms) or longer than presence.heartbeat_ms (got {timeout})"),
+            ));
+        }
         if self.presence.interval_ms == 0 {
             return Err(invalid("presence.interval_ms", "must be positive"));
         }
@@ -288,6 +295,15 @@ impl Config {
         } else {
             std::thread::available_parallelism().map_or(1, usize::from)
         }
+    }
+
+    /// A copy fit for logs and `check-config` output: secrets (ingest tokens) replaced.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        for token in &mut copy.ingest.tokens {
+            *token = "<redacted>".to_owned();
+        }
+        copy
     }
 
     /// Whether the TLS listener is on.

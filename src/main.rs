@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => match args.into_config() {
             Ok(config) => {
-                tracing::debug!(?config, "effective configuration");
+                tracing::debug!(config = ?config.redacted(), "effective configuration");
                 roomcast::runtime::run(config).map_err(anyhow::Error::from)
             }
             Err(e) => {
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => {
             let args = ServeArgs { config: Some(config), ..ServeArgs::default() };
             match args.into_config() {
-                Ok(config) => match toml::to_string_pretty(&config) {
+                Ok(config) => match toml::to_string_pretty(&config.redacted()) {
                     Ok(text) => {
                         print!("{text}");
                         Ok(())

@@ -518,10 +518,11 @@ mod tests {
     use super::*;
 
     /// Memory per idle connection is a budget (BENCHMARKS.md): the slab entry is most of it, so
-    /// its size must not creep up unnoticed.
+    /// its size must not creep up unnoticed. (208: 8 of them hold one outbound frame inline,
+    /// which makes a delivery to an idle connection allocation-free.)
     #[test]
     fn a_connection_slot_stays_small() {
-        assert!(size_of::<crate::shard::Conn<ConnIo>>() <= 200);
+        assert!(size_of::<crate::shard::Conn<ConnIo>>() <= 208);
         assert!(size_of::<FrameReader>() <= 40);
     }
 }

@@ -11,12 +11,25 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 
 /// Frames waiting for the socket, oldest first. The head frame may be partly written.
+///
+/// Most of the time a connection is idle, receives one frame and writes it at once, so a
+/// single frame is held inline: no allocation, and no free, per delivery. (Allocating and
+/// freeing a small queue per delivery, a million times per fan-out wave, measurably slowed
+/// glibc's later allocations; BENCHMARKS.md.) Only a backlog of two or more frames allocates.
 #[derive(Debug, Default)]
 pub struct Outbound {
-    frames: VecDeque<Bytes>,
+    frames: Frames,
     /// Bytes queued; u32 keeps the slot small (a budget is far below 4 GiB).
     queued: u32,
     head_partial: bool,
+}
+
+#[derive(Debug, Default)]
+enum Frames {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(VecDeque<Bytes>),
 }
 
 /// The queue is over its byte budget; the frame was not queued.
@@ -26,7 +39,7 @@ pub struct OverBudget;
 impl Outbound {
     /// Queue `frame` unless that would put more than `budget` bytes in the queue.
     pub fn push(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
-        if self.queued as usize + frame.len() > budget && !self.frames.is_empty() {
+        if self.queued as usize + frame.len() > budget && !self.is_empty() {
             return Err(OverBudget);
         }
         self.push_unbounded(frame);
@@ -39,7 +52,14 @@ impl Outbound {
             return;
         }
         self.queued = self.queued.saturating_add(u32::try_from(frame.len()).unwrap_or(u32::MAX));
-        self.frames.push_back(frame);
+        self.frames = match std::mem::take(&mut self.frames) {
+            Frames::Empty => Frames::One(frame),
+            Frames::One(first) => Frames::Many(VecDeque::from([first, frame])),
+            Frames::Many(mut q) => {
+                q.push_back(frame);
+                Frames::Many(q)
+            }
+        };
     }
 
     /// Bytes waiting to be written.
@@ -49,55 +69,82 @@ impl Outbound {
 
     /// Whether nothing waits to be written.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        matches!(self.frames, Frames::Empty)
+    }
+
+    /// Iterate over the waiting frames in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        let (one, many) = match &self.frames {
+            Frames::Empty => (None, None),
+            Frames::One(b) => (Some(b), None),
+            Frames::Many(q) => (None, Some(q.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
     }
 
     /// Fill `out` with slices of the waiting frames, in order, for one vectored write.
     /// Returns how many slices were filled.
     pub fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for (slot, frame) in out.iter_mut().zip(self.frames.iter()) {
+        for (slot, frame) in out.iter_mut().zip(self.iter()) {
             *slot = IoSlice::new(frame);
             n += 1;
         }
         n
     }
 
-    /// Iterate over the waiting bytes frame by frame (for TLS, which copies them into records).
-    pub fn iter(&self) -> impl Iterator<Item = &Bytes> {
-        self.frames.iter()
-    }
-
     /// Mark `written` bytes as sent, dropping frames that went out completely.
     pub fn advance(&mut self, mut written: usize) {
         self.queued -= u32::try_from(written).unwrap_or(u32::MAX).min(self.queued);
         while written > 0 {
-            let Some(head) = self.frames.front_mut() else { break };
-            if written >= head.len() {
-                written -= head.len();
-                self.frames.pop_front();
-                self.head_partial = false;
-            } else {
+            let head = match &mut self.frames {
+                Frames::Empty => break,
+                Frames::One(b) => b,
+                Frames::Many(q) => match q.front_mut() {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
+            if written < head.len() {
                 head.advance(written);
                 self.head_partial = true;
-                written = 0;
+                break;
             }
+            written -= head.len();
+            self.head_partial = false;
+            self.pop_head();
         }
-        if self.frames.is_empty() {
-            // An idle connection keeps no queue memory at all; the next burst allocates again.
-            self.frames = VecDeque::new();
-        }
+    }
+
+    /// Remove the head frame, going back to the inline forms as the backlog shrinks (an idle
+    /// connection keeps no queue memory).
+    fn pop_head(&mut self) {
+        self.frames = match std::mem::take(&mut self.frames) {
+            Frames::Empty | Frames::One(_) => Frames::Empty,
+            Frames::Many(mut q) => {
+                q.pop_front();
+                match q.len() {
+                    0 => Frames::Empty,
+                    1 => q.pop_front().map_or(Frames::Empty, Frames::One),
+                    _ => Frames::Many(q),
+                }
+            }
+        };
     }
 
     /// Drop every frame that has not started to go out (the head may be half written and must
     /// be finished, or the stream would be corrupt). Used when a close replaces the backlog.
     pub fn drop_unstarted(&mut self) {
-        let keep = usize::from(self.head_partial).min(self.frames.len());
-        self.frames.truncate(keep);
-        self.queued = u32::try_from(self.frames.iter().map(Bytes::len).sum::<usize>()).unwrap_or(u32::MAX);
-        if self.frames.is_empty() {
-            self.frames = VecDeque::new();
-        }
+        let head = match std::mem::take(&mut self.frames) {
+            Frames::Empty => None,
+            Frames::One(b) => Some(b),
+            Frames::Many(mut q) => q.pop_front(),
+        };
+        self.frames = match head {
+            Some(b) if self.head_partial => Frames::One(b),
+            _ => Frames::Empty,
+        };
+        self.queued = u32::try_from(self.iter().map(Bytes::len).sum::<usize>()).unwrap_or(u32::MAX);
     }
 }
 
