@@ -28,6 +28,9 @@ enum Command {
         /// Host names and addresses the certificate is valid for.
         #[arg(long = "host", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])]
         hosts: Vec<String>,
+        /// Replace cert.pem and key.pem if they exist.
+        #[arg(long)]
+        force: bool,
     },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig {
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::GenCert { out, hosts } => gen_cert(&out, &hosts),
+        Command::GenCert { out, hosts, force } => gen_cert(&out, &hosts, force),
         Command::CheckConfig { config } => {
             let args = ServeArgs { config: Some(config), ..ServeArgs::default() };
             match args.into_config() {
@@ -85,10 +88,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn gen_cert(out: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
+fn gen_cert(out: &std::path::Path, hosts: &[String], force: bool) -> anyhow::Result<()> {
+    let (cert_path, key_path) = (out.join("cert.pem"), out.join("key.pem"));
+    // A key is not something to lose by accident: refuse to replace one without --force.
+    if let Some(existing) = [&cert_path, &key_path].into_iter().find(|p| p.exists()).filter(|_| !force) {
+        anyhow::bail!("{} exists; pass --force to replace it", existing.display());
+    }
     let (cert, key) = roomcast::tls::generate_self_signed(hosts)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let (cert_path, key_path) = (out.join("cert.pem"), out.join("key.pem"));
     std::fs::write(&cert_path, cert).with_context(|| format!("writing {}", cert_path.display()))?;
     write_private(&key_path, key.as_bytes()).with_context(|| format!("writing {}", key_path.display()))?;
     println!("wrote {} and {}", cert_path.display(), key_path.display());
@@ -99,6 +106,9 @@ fn gen_cert(out: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // `mode` applies only when the file is created; a replaced key gets 0600 too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     file.write_all(bytes)
 }
