@@ -84,6 +84,8 @@ pub struct Worker {
     settings: WorkerSettings,
     scratch: Vec<u8>,
     dirty: Vec<ConnKey>,
+    /// The shard's dirty list of this turn (kept to reuse its buffer).
+    from_shard: Vec<ConnKey>,
     /// Connections that may have finished closing; checked after each flush.
     closing: Vec<ConnKey>,
     /// Handshake deadlines of `upgrading`, by slab key.
@@ -117,6 +119,7 @@ impl Worker {
             settings,
             scratch: vec![0; SCRATCH_LEN],
             dirty: Vec::new(),
+            from_shard: Vec::new(),
             closing: Vec::new(),
             handshakes: TimerWheel::new(HANDSHAKE_TICK_MS, clock_ms()),
             fired: Vec::new(),
@@ -441,9 +444,9 @@ impl Worker {
     /// Write every connection with new frames (and those that became writable), once each.
     fn flush(&mut self, now: u64) {
         let mut keys = std::mem::take(&mut self.dirty);
-        let mut from_shard = Vec::new();
-        self.shard.take_dirty(&mut from_shard);
-        keys.append(&mut from_shard);
+        // Buffers swap with the shard's: no allocation per turn.
+        self.shard.take_dirty(&mut self.from_shard);
+        keys.extend_from_slice(&self.from_shard);
         for key in keys.drain(..) {
             if !self.write_conn(key, now) {
                 continue;

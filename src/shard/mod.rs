@@ -756,10 +756,21 @@ impl<Io> Shard<Io> {
         }
     }
 
-    fn note_batched(&mut self, room: &Arc<str>) {
-        if self.homes.get(room).is_some_and(|h| !h.has_batch()) {
+    /// Sequence one message in a homed room (one lookup): the room joins this turn's list of
+    /// rooms to flush with its first frame, and is flushed at once when its batch is full.
+    fn sequence<T>(&mut self, room: &Arc<str>, now_ms: u64, apply: impl FnOnce(&mut HomeRoom) -> T) -> T {
+        let home = self.home_room(room, now_ms);
+        let first_in_batch = !home.has_batch();
+        let out = apply(home);
+        let full = home.batch_full();
+        self.stats.sequenced += 1;
+        if first_in_batch {
             self.batched.push(Arc::clone(room));
         }
+        if full {
+            self.flush_batch(room);
+        }
+        out
     }
 
     fn dispatch(&mut self, mail: Mail, now_ms: u64) {
@@ -812,27 +823,13 @@ impl<Io> Shard<Io> {
                 self.post(from.worker, Mail::ToConn { to: from, frame });
             }
             Mail::Publish { room, kind, data, reply } => {
-                self.home_room(&room, now_ms);
-                self.note_batched(&room);
-                let home = self.home_room(&room, now_ms);
-                let seq = home.publish(&kind, &data, now_ms);
-                if home.batch_full() {
-                    self.flush_batch(&room);
-                }
-                self.stats.sequenced += 1;
+                let seq = self.sequence(&room, now_ms, |home| home.publish(&kind, &data, now_ms));
                 if let Some(to) = reply {
                     self.ingest.push(IngestReply::Published { to, seq });
                 }
             }
             Mail::SetState { room, state, reply } => {
-                self.home_room(&room, now_ms);
-                self.note_batched(&room);
-                let home = self.home_room(&room, now_ms);
-                let (seq, version) = home.set_state(state, now_ms);
-                if home.batch_full() {
-                    self.flush_batch(&room);
-                }
-                self.stats.sequenced += 1;
+                let (seq, version) = self.sequence(&room, now_ms, |home| home.set_state(state, now_ms));
                 if let Some(to) = reply {
                     self.ingest.push(IngestReply::State { to, seq, version });
                 }
