@@ -352,7 +352,9 @@ impl<Io> Shard<Io> {
     /// Accept an upgraded connection: queue `hello` and join its private room `user:<id>`.
     /// `user` is the identity from the handshake (an anonymous id is made up when `None`).
     pub fn open(&mut self, io: Io, user: Option<&str>, now_ms: u64) -> ConnKey {
-        let id = ConnId((u64::from(self.id.0) << 48) | self.next_conn);
+        // Worker in the top bits, below 2^53 (256 workers x 2^40 connections each) so browsers
+        // parse `hello.conn` exactly.
+        let id = ConnId((u64::from(self.id.0) << 40) | self.next_conn);
         self.next_conn += 1;
         let user: Arc<str> = match user {
             Some(u) => Arc::from(u),
