@@ -305,12 +305,9 @@ fn publish(c: &Common, shared: &Shared, started: Instant) -> anyhow::Result<(Vec
     Ok((per_room, last_seq, table.max_lag))
 }
 
-fn table_kept_up(lag: Duration, tolerance_ms: f64) -> bool {
-    lag <= Duration::from_secs_f64(tolerance_ms / 1000.0)
-}
-
 fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
     let target = target(&c)?;
+    let tolerance = Duration::from_secs_f64(c.lag_tolerance_ms / 1000.0);
     let started = Instant::now();
     let rss_before = c.server_pid.and_then(rss_kib);
     let run = start_clients(&c, scenario, &target);
@@ -352,7 +349,7 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
             wait_until(&shared, started, Duration::from_secs_f64(c.drain), || {
                 shared.deliveries.load(Ordering::Relaxed) >= expected
             });
-            if !table_kept_up(lag, c.lag_tolerance_ms) {
+            if !timetable::kept_up(lag, tolerance) {
                 report.valid = false;
                 report.invalid_reason =
                     Some(format!("publisher fell {:.1} ms behind its timetable", report.publisher_max_lag_ms));
@@ -366,7 +363,7 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
             });
             let lag = Duration::from_nanos(shared.send_lag_ns.load(Ordering::Relaxed));
             report.publisher_max_lag_ms = lag.as_secs_f64() * 1000.0;
-            if !table_kept_up(lag, c.lag_tolerance_ms) {
+            if !timetable::kept_up(lag, tolerance) {
                 report.valid = false;
                 report.invalid_reason =
                     Some(format!("comments fell {:.1} ms behind their timetable", report.publisher_max_lag_ms));
