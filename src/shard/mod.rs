@@ -138,9 +138,15 @@ pub struct Shard<Io> {
     local: HashMap<Arc<str>, Vec<ConnKey>>,
     /// User id -> its connections here: the members of its private room `user:<id>`.
     private: HashMap<Arc<str>, PrivateMembers>,
-    homes: HashMap<Arc<str>, HomeRoom>,
+    /// Rooms homed here, in a slab so that the per-turn and per-tick lists below name them
+    /// by key: a tick walks its changed rooms without hashing a name or chasing a string.
+    /// A key can be reused after its room is freed; every list's work is idempotent for
+    /// whatever room holds the key then (flush an empty batch, announce nothing new).
+    homes: Slab<HomeRoom>,
+    /// Room name -> key in `homes`.
+    home_keys: HashMap<Arc<str>, usize>,
     /// Homed rooms with frames waiting in their batch.
-    batched: Vec<Arc<str>>,
+    batched: Vec<usize>,
     loopback: VecDeque<Mail>,
     outbox: Vec<Vec<Mail>>,
     ingest: Vec<IngestReply>,
@@ -149,9 +155,9 @@ pub struct Shard<Io> {
     next_epoch: u64,
     stats: ShardStats,
     /// Homed rooms whose presence or reactions changed since the last tick.
-    announce: Vec<Arc<str>>,
+    announce: Vec<usize>,
     /// Homed rooms that lost their last member or never had one: eviction candidates.
-    empty_rooms: Vec<Arc<str>>,
+    empty_rooms: Vec<usize>,
     next_tick_ms: u64,
     /// One deadline per connection: heartbeat expiry while open, the close timeout while
     /// closing. Re-armed lazily: a frame only updates `last_seen_ms`, the wheel entry is moved
@@ -186,7 +192,8 @@ impl<Io> Shard<Io> {
             conns: Slab::new(),
             local: HashMap::new(),
             private: HashMap::new(),
-            homes: HashMap::new(),
+            homes: Slab::new(),
+            home_keys: HashMap::new(),
             batched: Vec::new(),
             loopback: VecDeque::new(),
             outbox: (0..workers).map(|_| Vec::new()).collect(),
@@ -256,8 +263,8 @@ impl<Io> Shard<Io> {
         }
         self.next_tick_ms = now_ms + self.cfg.presence_interval_ms;
         let mut announce = std::mem::take(&mut self.announce);
-        for room in announce.drain(..) {
-            let Some(home) = self.homes.get_mut(&room) else { continue };
+        for key in announce.drain(..) {
+            let Some(home) = self.homes.get_mut(key) else { continue };
             let (presence, reactions) = (home.take_presence(), home.take_reactions());
             if presence.is_none() && reactions.is_none() {
                 continue;
@@ -266,22 +273,22 @@ impl<Io> Shard<Io> {
             // per worker per room per interval.
             let frames = concat_frames([home.take_batch(), presence, reactions]);
             for worker in home.subscribers() {
-                let mail = Mail::Deliver { room: Arc::clone(&room), frames: frames.clone() };
+                let mail = Mail::Deliver { room: Arc::clone(home.name()), frames: frames.clone() };
                 post_to(&mut self.outbox, &mut self.loopback, self.id, worker, mail);
             }
         }
         self.announce = announce;
         let idle_ms = self.cfg.room_idle_ms;
         let mut keep = Vec::new();
-        for room in std::mem::take(&mut self.empty_rooms) {
-            let Some(home) = self.homes.get(&room) else { continue };
+        for key in std::mem::take(&mut self.empty_rooms) {
+            let Some(home) = self.homes.get(key) else { continue };
             if !home.is_empty() {
                 continue;
             }
             if home.last_active_ms() + idle_ms <= now_ms && !home.has_batch() {
-                self.homes.remove(&room);
+                self.remove_home(key);
             } else {
-                keep.push(room);
+                keep.push(key);
             }
         }
         self.empty_rooms = keep;
@@ -325,7 +332,7 @@ impl<Io> Shard<Io> {
 
     /// A home room, for queries and tests.
     pub fn home(&self, room: &str) -> Option<&HomeRoom> {
-        self.homes.get(room)
+        self.home_keys.get(room).and_then(|key| self.homes.get(*key))
     }
 
     /// Move the keys of connections with new outbound frames into `out` (cleared first).
@@ -478,8 +485,8 @@ impl<Io> Shard<Io> {
 
     /// The end of a loop turn: send every room batch sequenced during the turn.
     pub fn end_turn(&mut self, now_ms: u64) {
-        for room in std::mem::take(&mut self.batched) {
-            self.flush_batch(&room);
+        for key in std::mem::take(&mut self.batched) {
+            self.flush_batch(key);
         }
         self.settle(now_ms);
     }
@@ -692,9 +699,9 @@ impl<Io> Shard<Io> {
         }
     }
 
-    fn queue_announce(&mut self, room: &Arc<str>) {
-        if self.homes.get_mut(room).is_some_and(HomeRoom::queue_announce) {
-            self.announce.push(Arc::clone(room));
+    fn queue_announce(&mut self, key: usize) {
+        if self.homes.get_mut(key).is_some_and(HomeRoom::queue_announce) {
+            self.announce.push(key);
         }
     }
 
@@ -736,20 +743,29 @@ impl<Io> Shard<Io> {
         }
     }
 
-    fn home_room(&mut self, room: &Arc<str>, now_ms: u64) -> &mut HomeRoom {
-        let Self { homes, cfg, next_epoch, id, empty_rooms, .. } = self;
-        homes.entry(Arc::clone(room)).or_insert_with(|| {
-            // A room starts without members: if none come it is an eviction candidate.
-            empty_rooms.push(Arc::clone(room));
+    /// The key of a room homed here, created when it is new.
+    fn home_key(&mut self, room: &Arc<str>, now_ms: u64) -> usize {
+        let Self { homes, home_keys, cfg, next_epoch, id, empty_rooms, .. } = self;
+        *home_keys.entry(Arc::clone(room)).or_insert_with(|| {
             *next_epoch += 1;
             let epoch = cfg.epoch_seed ^ ((*next_epoch << 8) | u64::from(id.0));
-            HomeRoom::new(Arc::clone(room), epoch, cfg.workers, cfg.room_limits, now_ms)
+            let key = homes.insert(HomeRoom::new(Arc::clone(room), epoch, cfg.workers, cfg.room_limits, now_ms));
+            // A room starts without members: if none come it is an eviction candidate.
+            empty_rooms.push(key);
+            key
         })
     }
 
+    /// Free a homed room.
+    fn remove_home(&mut self, key: usize) -> Option<HomeRoom> {
+        let home = self.homes.try_remove(key)?;
+        self.home_keys.remove(home.name());
+        Some(home)
+    }
+
     /// Send the room's pending batch to every worker with members.
-    fn flush_batch(&mut self, room: &str) {
-        let Some(home) = self.homes.get_mut(room) else { return };
+    fn flush_batch(&mut self, key: usize) {
+        let Some(home) = self.homes.get_mut(key) else { return };
         let Some(frames) = home.take_batch() else { return };
         let name = Arc::clone(home.name());
         let targets: Vec<WorkerId> = home.subscribers().collect();
@@ -761,16 +777,17 @@ impl<Io> Shard<Io> {
     /// Sequence one message in a homed room (one lookup): the room joins this turn's list of
     /// rooms to flush with its first frame, and is flushed at once when its batch is full.
     fn sequence<T>(&mut self, room: &Arc<str>, now_ms: u64, apply: impl FnOnce(&mut HomeRoom) -> T) -> T {
-        let home = self.home_room(room, now_ms);
+        let key = self.home_key(room, now_ms);
+        let home = &mut self.homes[key];
         let first_in_batch = !home.has_batch();
         let out = apply(home);
         let full = home.batch_full();
         self.stats.sequenced += 1;
         if first_in_batch {
-            self.batched.push(Arc::clone(room));
+            self.batched.push(key);
         }
         if full {
-            self.flush_batch(room);
+            self.flush_batch(key);
         }
         out
     }
@@ -778,25 +795,27 @@ impl<Io> Shard<Io> {
     fn dispatch(&mut self, mail: Mail, now_ms: u64) {
         match mail {
             Mail::Join { room, from, join_id, user, name, since } => {
-                self.flush_batch(&room);
+                let key = self.home_key(&room, now_ms);
+                self.flush_batch(key);
                 let since = since.as_ref().map(|(s, e)| (*s, &**e));
-                let reply = self.home_room(&room, now_ms).join(from.worker, (&user, &name), since, now_ms);
-                self.queue_announce(&room);
+                let reply = self.homes[key].join(from.worker, (&user, &name), since, now_ms);
+                self.queue_announce(key);
                 self.post(from.worker, Mail::Joined { room, to: from, join_id, reply });
             }
             Mail::Leave { room, worker, user, name } => {
-                if let Some(home) = self.homes.get_mut(&room) {
+                if let Some(&key) = self.home_keys.get(&room) {
+                    let home = &mut self.homes[key];
                     home.leave(worker, (&user, &name), now_ms);
                     if home.is_empty() {
-                        self.empty_rooms.push(Arc::clone(&room));
+                        self.empty_rooms.push(key);
                     }
-                    self.queue_announce(&room);
+                    self.queue_announce(key);
                 }
             }
             Mail::React { room, kind } => {
-                if let Some(home) = self.homes.get_mut(&room) {
-                    home.react(&kind);
-                    self.queue_announce(&room);
+                if let Some(&key) = self.home_keys.get(&room) {
+                    self.homes[key].react(&kind);
+                    self.queue_announce(key);
                 }
             }
             Mail::Kick { user, room, reply } => {
@@ -806,8 +825,11 @@ impl<Io> Shard<Io> {
                 }
             }
             Mail::CloseRoom { room, reply } => {
-                self.flush_batch(&room);
-                if let Some(home) = self.homes.remove(&room) {
+                let home = self.home_keys.get(&room).copied().and_then(|key| {
+                    self.flush_batch(key);
+                    self.remove_home(key)
+                });
+                if let Some(home) = home {
                     for worker in home.subscribers() {
                         self.post(worker, Mail::RoomClosed { room: Arc::clone(&room) });
                     }
@@ -818,9 +840,10 @@ impl<Io> Shard<Io> {
             }
             Mail::RoomClosed { room } => self.room_closed(&room),
             Mail::Comment { room, from, user, name, text, reference } => {
-                let seq = self.home_room(&room, now_ms).comment(&user, &name, &text, now_ms);
+                let key = self.home_key(&room, now_ms);
+                let seq = self.homes[key].comment(&user, &name, &text, now_ms);
                 self.stats.sequenced += 1;
-                self.flush_batch(&room);
+                self.flush_batch(key);
                 let frame = frame::text_frame_with(|out| server_msg::ack(out, reference.as_ref(), Some(seq.0)));
                 self.post(from.worker, Mail::ToConn { to: from, frame });
             }

@@ -4,14 +4,15 @@
 //! [`super::frame::text_frame_with`] so the payload is written once, in place. Raw JSON
 //! (event `data`, room `state`) is copied through verbatim: it was validated when it came in.
 //! Strings are escaped with a fast path for the common case (nothing to escape) and serde_json
-//! otherwise. Nothing here allocates beyond `out`.
+//! otherwise; integers with `itoa` (no formatter machinery). Nothing here allocates beyond `out`.
 
 use super::{ErrorCode, Ref};
-use std::io::Write;
 
 /// Append `s` as a JSON string literal.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // A fold without early exit, so the compiler checks many bytes per instruction.
+    let needs_escape = s.bytes().fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !needs_escape {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -22,7 +23,7 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn push_u64(out: &mut Vec<u8>, n: u64) {
-    let _ = write!(out, "{n}");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn head(out: &mut Vec<u8>, op: &str) {
