@@ -5,14 +5,14 @@
 //! a fixed rate: comment -> ack and comment -> delivery latency), `idle` (hold connections;
 //! with `--server-pid`, the server's RSS per connection), `storm` (connect as fast as
 //! possible). Progress every second on stderr, a table on stdout, and `--json`, `--hgrm`,
-//! `--svg` files.
+//! `--svg` files. `--procs N` spreads the connections over N child processes ([`procs`]).
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use loadgen::client::{self, CommentPlan, ConnPlan, Shared, Target, ThreadReport};
+use loadgen::procs::{self, ChildIndex, ChildLine, Children, Counters, ParentLine, Totals};
 use loadgen::report::{self, Percentiles, Report};
 use loadgen::{net, timetable};
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -57,9 +57,16 @@ struct Common {
     /// Rooms (connection i joins room i mod R).
     #[arg(long, default_value_t = 10)]
     rooms: usize,
-    /// Client threads.
+    /// Client threads (per process).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Client processes: more than one to hold more connections than one process may open
+    /// files (connections are spread over them; counts and histograms are merged).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Internal: run as child I of N (set by a parent started with `--procs`).
+    #[arg(long, hide = true)]
+    child: Option<ChildIndex>,
     /// Messages (or comments) per second, in total.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
@@ -152,29 +159,99 @@ fn rss_kib(pid: u32) -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// Client threads of this process.
 struct Run {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<std::io::Result<ThreadReport>>>,
     comment_start: Arc<AtomicBool>,
 }
 
-fn start_clients(c: &Common, scenario: &str, target: &Target) -> Run {
+impl Run {
+    /// Stop the threads and merge what they measured.
+    fn finish(self, last_seq: &[u64]) -> anyhow::Result<Totals> {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let mut totals = Totals::default();
+        for t in self.threads {
+            totals.add_thread(t.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??, last_seq)?;
+        }
+        Ok(totals)
+    }
+}
+
+/// Where the connections are: in this process's threads, or in child processes.
+enum Clients {
+    Local(Run),
+    Children(Children),
+}
+
+impl Clients {
+    fn start(c: &Common, scenario: &str, target: &Target) -> anyhow::Result<Self> {
+        if c.procs <= 1 {
+            return Ok(Self::Local(start_clients(c, scenario, target, ChildIndex { index: 0, count: 1 })));
+        }
+        let exe = std::env::current_exe().context("finding the loadgen binary to start children")?;
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        Ok(Self::Children(Children::spawn(&exe, &args, c.procs)?))
+    }
+
+    fn shared(&self) -> Arc<Shared> {
+        match self {
+            Self::Local(run) => Arc::clone(&run.shared),
+            Self::Children(children) => children.shared(),
+        }
+    }
+
+    fn start_comments(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Local(run) => {
+                run.comment_start.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Self::Children(children) => children.start_comments(),
+        }
+    }
+
+    /// CPU seconds used by the client side: this process and its children.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let me = cpu_seconds(std::process::id())?;
+        match self {
+            Self::Local(_) => Some(me),
+            Self::Children(children) => {
+                children.pids().into_iter().map(cpu_seconds).sum::<Option<f64>>().map(|c| c + me)
+            }
+        }
+    }
+
+    fn finish(self, last_seq: &[u64]) -> anyhow::Result<Totals> {
+        match self {
+            Self::Local(run) => run.finish(last_seq),
+            Self::Children(children) => children.finish(last_seq),
+        }
+    }
+}
+
+/// Start this process's client threads, for the connections that are `me`'s share (all of
+/// them without `--procs`).
+fn start_clients(c: &Common, scenario: &str, target: &Target, me: ChildIndex) -> Run {
     let shared = Arc::new(Shared::default());
     let comment_start = Arc::new(AtomicBool::new(false));
     let threads = c.threads.max(1);
     let join = scenario != "storm";
+    let mine: Vec<usize> = (0..c.conns).filter(|i| i % me.count == me.index).collect();
     let mut handles = Vec::new();
     for t in 0..threads {
-        let plans: Vec<ConnPlan> = (0..c.conns)
-            .filter(|i| i % threads == t)
-            .map(|i| ConnPlan {
+        let plans: Vec<ConnPlan> = mine
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % threads == t)
+            .map(|(_, &i)| ConnPlan {
                 user: format!("lg{i}"),
                 room: join.then(|| format!("{}-{}", c.room_prefix, i % c.rooms.max(1))),
             })
             .collect();
         let (shared, target) = (Arc::clone(&shared), target.clone());
         let comments = (scenario == "comments").then(|| CommentPlan {
-            rate: c.rate / threads as f64,
+            rate: c.rate / (threads * me.count) as f64,
             duration: Duration::from_secs_f64(c.duration),
             start: Arc::clone(&comment_start),
         });
@@ -183,8 +260,9 @@ fn start_clients(c: &Common, scenario: &str, target: &Target) -> Run {
             min: Duration::from_millis(c.hold_min_ms),
             max: Duration::from_millis(c.hold_max_ms.max(c.hold_min_ms)),
         });
+        let thread_index = me.index * threads + t;
         handles.push(std::thread::spawn(move || {
-            client::run_thread(&target, &plans, &shared, inflight, comments, churn, t)
+            client::run_thread(&target, &plans, &shared, inflight, comments, churn, thread_index)
         }));
     }
     Run { shared, threads: handles, comment_start }
@@ -310,8 +388,8 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
     let tolerance = Duration::from_secs_f64(c.lag_tolerance_ms / 1000.0);
     let started = Instant::now();
     let rss_before = c.server_pid.and_then(rss_kib);
-    let run = start_clients(&c, scenario, &target);
-    let shared = Arc::clone(&run.shared);
+    let mut clients = Clients::start(&c, scenario, &target)?;
+    let shared = clients.shared();
     let want = c.conns as u64;
     let ready = |s: &Shared| {
         let settled = s.failed.load(Ordering::Relaxed) + s.closed.load(Ordering::Relaxed);
@@ -333,7 +411,7 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
     let deliveries_before = shared.deliveries.load(Ordering::Relaxed);
     let publish_started = Instant::now();
     let cpu_before = c.server_pid.and_then(cpu_seconds);
-    let self_cpu_before = cpu_seconds(std::process::id());
+    let self_cpu_before = clients.cpu_seconds();
     let mut last_seq: Vec<u64> = Vec::new();
     match scenario {
         "fanout" => {
@@ -356,7 +434,7 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
             }
         }
         "comments" => {
-            run.comment_start.store(true, Ordering::Relaxed);
+            clients.start_comments()?;
             wait_until(&shared, started, Duration::from_secs_f64(c.duration), || false);
             wait_until(&shared, started, Duration::from_secs_f64(c.drain), || {
                 shared.acks.load(Ordering::Relaxed) >= shared.comments.load(Ordering::Relaxed)
@@ -392,7 +470,7 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
         _ => {}
     }
     let active = publish_started.elapsed().as_secs_f64();
-    if let (Some(before), Some(after)) = (self_cpu_before, cpu_seconds(std::process::id())) {
+    if let (Some(before), Some(after)) = (self_cpu_before, clients.cpu_seconds()) {
         report.loadgen_cpu_seconds = after - before;
     }
     if let (Some(pid), Some(before)) = (c.server_pid, cpu_before) {
@@ -400,31 +478,12 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
             report.server_cpu_seconds = Some(after - before);
         }
     }
-    shared.stop.store(true, Ordering::Relaxed);
-    let mut latency = client::latency_histogram();
-    let mut ack_latency = client::latency_histogram();
-    let mut codes: HashMap<u16, u64> = HashMap::new();
-    let mut connect_time = Duration::ZERO;
-    let mut comments_sent = 0;
-    for t in run.threads {
-        let r = t.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
-        latency.add(&r.latency)?;
-        ack_latency.add(&r.ack_latency)?;
-        connect_time = connect_time.max(r.connect_time);
-        comments_sent += r.comments_sent;
-        for (code, n) in r.close_codes {
-            *codes.entry(code).or_default() += n;
-        }
-        for (room, check) in r.streams {
-            report.delivered += check.received;
-            report.duplicated += check.duplicated;
-            report.reordered += check.reordered;
-            let r_index = room.rsplit('-').next().and_then(|i| i.parse::<usize>().ok()).unwrap_or(0);
-            if let Some(&upto) = last_seq.get(r_index) {
-                report.lost += check.lost(upto);
-            }
-        }
-    }
+    let totals = clients.finish(&last_seq)?;
+    let Totals { latency, ack_latency, connect_time, comments_sent, close_codes: codes, .. } = totals;
+    report.delivered = totals.delivered;
+    report.duplicated = totals.duplicated;
+    report.reordered = totals.reordered;
+    report.lost = totals.lost;
     report.reconnects = shared.reconnects.load(Ordering::Relaxed);
     report.recovered = shared.recovered.load(Ordering::Relaxed);
     report.recovery_failed = shared.recovery_failed.load(Ordering::Relaxed);
@@ -478,6 +537,42 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// A child of `--procs`: open this process's share of the connections, report progress to the
+/// parent, start commenting and stop when told, then send what it measured (see [`procs`]).
+fn run_child(scenario: &str, c: &Common, me: ChildIndex) -> anyhow::Result<()> {
+    let target = target(c)?;
+    let run = start_clients(c, scenario, &target, me);
+    let (shared, comment_start) = (Arc::clone(&run.shared), Arc::clone(&run.comment_start));
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u64>>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str(&line) {
+                Ok(ParentLine::StartComments) => comment_start.store(true, Ordering::Relaxed),
+                Ok(ParentLine::Stop { last_seq }) => {
+                    let _ = tx.send(last_seq);
+                    return;
+                }
+                Err(e) => eprintln!("loadgen child: unreadable line from the parent ({e}): {line}"),
+            }
+        }
+        // The parent is gone: stop, reporting to no one.
+        let _ = tx.send(Vec::new());
+    });
+    let last_seq = loop {
+        let progress = shared.progress.lock().ok().and_then(|h| h.clone());
+        procs::send_to_parent(&ChildLine::Progress { counters: Counters::read(&shared), latency: progress })?;
+        match rx.recv_timeout(procs::PROGRESS_EVERY) {
+            Ok(last_seq) => break last_seq,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break Vec::new(),
+        }
+    };
+    let totals = run.finish(&last_seq)?;
+    procs::send_to_parent(&ChildLine::Progress { counters: Counters::read(&shared), latency: None })?;
+    procs::send_to_parent(&ChildLine::Totals(Box::new(totals)))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (name, common) = match cli.scenario {
@@ -487,6 +582,9 @@ fn main() -> anyhow::Result<()> {
         Scenario::Storm(c) => ("storm", c),
         Scenario::Churn(c) => ("churn", c),
     };
+    if let Some(me) = common.child {
+        return run_child(name, &common, me);
+    }
     let report = run(name, common)?;
     print!("{}", report.table());
     Ok(())

@@ -117,3 +117,58 @@ fn idle_and_storm_hold_and_count_connections() {
     assert_eq!((storm["connected"].as_u64(), storm["failed"].as_u64()), (Some(200), Some(0)));
     assert!(storm["connects_per_sec"].as_f64().is_some_and(|r| r > 0.0));
 }
+
+#[test]
+fn procs_spread_connections_over_children_and_merge_their_counts() {
+    let server = start();
+    let r = loadgen(
+        &server,
+        "fanout",
+        &["--conns", "60", "--rooms", "6", "--rate", "120", "--duration", "1", "--drain", "20", "--procs", "3"],
+    );
+    assert_eq!(r["joined"], 60, "the three children's joins add up");
+    assert_eq!(r["published"], 120);
+    assert_eq!(r["delivered"], 120 * 10, "each message goes to the 10 members of its room, whichever child holds them");
+    assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64(), r["reordered"].as_u64()), (Some(0), Some(0), Some(0)));
+    assert_eq!(r["latency"]["count"], r["delivered"], "the children's histograms are merged, not sampled");
+    let comments = loadgen(
+        &server,
+        "comments",
+        &["--conns", "20", "--rooms", "2", "--rate", "20", "--duration", "1", "--drain", "20", "--procs", "2"],
+    );
+    let sent = comments["published"].as_u64().expect("comments sent");
+    assert!(sent > 0);
+    assert_eq!(comments["ack_latency"]["count"], sent, "every comment acked, in either child");
+    assert_eq!(comments["delivered"], sent * 10);
+}
+
+#[test]
+fn churn_recovers_every_reconnect_without_loss() {
+    let server = start();
+    let r = loadgen(
+        &server,
+        "churn",
+        &[
+            "--conns",
+            "20",
+            "--rooms",
+            "2",
+            "--rate",
+            "40",
+            "--duration",
+            "2",
+            "--hold-min-ms",
+            "200",
+            "--hold-max-ms",
+            "600",
+            "--drain",
+            "20",
+        ],
+    );
+    let reconnects = r["reconnects"].as_u64().expect("reconnects counted");
+    assert!(reconnects > 0, "viewers left and came back: {r}");
+    assert_eq!(r["recovered"], reconnects, "every rejoin with `since` got exactly what it missed");
+    assert_eq!(r["recovery_failed"], 0);
+    assert_eq!(r["published"], 80);
+    assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64(), r["reordered"].as_u64()), (Some(0), Some(0), Some(0)));
+}

@@ -1,0 +1,520 @@
+//! One run over several loadgen processes (`--procs N`): past the per-process open-files limit
+//! (20,000 here), connections are spread over child processes whose counts and histograms the
+//! parent merges, so the report is the same as from one process.
+//!
+//! The parent re-executes its own binary N times with `--child I/N`; child I opens connections
+//! `i` with `i % N == I`. The parent keeps everything that has one owner: the ingest publisher
+//! and its timetable, the progress line, the server's CPU and RSS, the report files.
+//!
+//! Lines between them, one JSON object each:
+//! - child -> parent (its stdout): [`ChildLine::Progress`] about every 200 ms, and one
+//!   [`ChildLine::Totals`] after `stop`, its last line.
+//! - parent -> child (its stdin): [`ParentLine::StartComments`] and [`ParentLine::Stop`] with
+//!   each room's last seq (so a child counts lost events as a single process would). A child
+//!   whose stdin closes (the parent died) stops too.
+//!
+//! Histograms cross as HdrHistogram's V2 serialization in hex, which merges without loss; an
+//! IPC crate would add nothing over a pipe and serde_json here.
+
+use crate::client::{latency_histogram, Shared, ThreadReport};
+use anyhow::{bail, Context};
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often a child reports its counters.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// A snapshot of [`Shared`]'s counters: what a child reports and the parent sums.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// See [`Shared::connected`].
+    pub connected: u64,
+    /// See [`Shared::joined`].
+    pub joined: u64,
+    /// See [`Shared::failed`].
+    pub failed: u64,
+    /// See [`Shared::closed`].
+    pub closed: u64,
+    /// See [`Shared::deliveries`].
+    pub deliveries: u64,
+    /// See [`Shared::errors`].
+    pub errors: u64,
+    /// See [`Shared::acks`].
+    pub acks: u64,
+    /// See [`Shared::comments`].
+    pub comments: u64,
+    /// See [`Shared::send_lag_ns`] (a maximum, not a sum).
+    pub send_lag_ns: u64,
+    /// See [`Shared::reconnects`].
+    pub reconnects: u64,
+    /// See [`Shared::recovered`].
+    pub recovered: u64,
+    /// See [`Shared::recovery_failed`].
+    pub recovery_failed: u64,
+    /// See [`Shared::presence`].
+    pub presence: u64,
+}
+
+impl Counters {
+    /// Read the counters now.
+    pub fn read(s: &Shared) -> Self {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Self {
+            connected: get(&s.connected),
+            joined: get(&s.joined),
+            failed: get(&s.failed),
+            closed: get(&s.closed),
+            deliveries: get(&s.deliveries),
+            errors: get(&s.errors),
+            acks: get(&s.acks),
+            comments: get(&s.comments),
+            send_lag_ns: get(&s.send_lag_ns),
+            reconnects: get(&s.reconnects),
+            recovered: get(&s.recovered),
+            recovery_failed: get(&s.recovery_failed),
+            presence: get(&s.presence),
+        }
+    }
+
+    /// Add another process's counters (the lag is the larger of the two).
+    pub fn add(&mut self, o: &Self) {
+        self.connected += o.connected;
+        self.joined += o.joined;
+        self.failed += o.failed;
+        self.closed += o.closed;
+        self.deliveries += o.deliveries;
+        self.errors += o.errors;
+        self.acks += o.acks;
+        self.comments += o.comments;
+        self.send_lag_ns = self.send_lag_ns.max(o.send_lag_ns);
+        self.reconnects += o.reconnects;
+        self.recovered += o.recovered;
+        self.recovery_failed += o.recovery_failed;
+        self.presence += o.presence;
+    }
+
+    /// Make `s` show these counters (the parent's view of all children).
+    pub fn store(&self, s: &Shared) {
+        let set = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&s.connected, self.connected);
+        set(&s.joined, self.joined);
+        set(&s.failed, self.failed);
+        set(&s.closed, self.closed);
+        set(&s.deliveries, self.deliveries);
+        set(&s.errors, self.errors);
+        set(&s.acks, self.acks);
+        set(&s.comments, self.comments);
+        set(&s.send_lag_ns, self.send_lag_ns);
+        set(&s.reconnects, self.reconnects);
+        set(&s.recovered, self.recovered);
+        set(&s.recovery_failed, self.recovery_failed);
+        set(&s.presence, self.presence);
+    }
+}
+
+/// Everything a run's client threads measured, merged: from threads within a process, and
+/// from processes within a run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Totals {
+    /// Delivery latency (us).
+    #[serde(with = "hex_histogram")]
+    pub latency: Histogram<u64>,
+    /// Comment -> ack latency (us).
+    #[serde(with = "hex_histogram")]
+    pub ack_latency: Histogram<u64>,
+    /// Time from start to the last connection upgraded (the longest of all threads).
+    pub connect_time: Duration,
+    /// Comments sent.
+    pub comments_sent: u64,
+    /// Close codes received from the server.
+    pub close_codes: HashMap<u16, u64>,
+    /// Events received, each seq once per connection.
+    pub delivered: u64,
+    /// Events received more than once.
+    pub duplicated: u64,
+    /// Events received after a later one.
+    pub reordered: u64,
+    /// Events never received (up to each room's last published seq).
+    pub lost: u64,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Self {
+            latency: latency_histogram(),
+            ack_latency: latency_histogram(),
+            connect_time: Duration::ZERO,
+            comments_sent: 0,
+            close_codes: HashMap::new(),
+            delivered: 0,
+            duplicated: 0,
+            reordered: 0,
+            lost: 0,
+        }
+    }
+}
+
+impl Totals {
+    /// Add one client thread's report. `last_seq[r]` is the last seq published in room `r`
+    /// (rooms are named `<prefix>-<r>`); empty when nothing was published.
+    pub fn add_thread(&mut self, r: ThreadReport, last_seq: &[u64]) -> anyhow::Result<()> {
+        self.latency.add(&r.latency)?;
+        self.ack_latency.add(&r.ack_latency)?;
+        self.connect_time = self.connect_time.max(r.connect_time);
+        self.comments_sent += r.comments_sent;
+        for (code, n) in r.close_codes {
+            *self.close_codes.entry(code).or_default() += n;
+        }
+        for (room, check) in r.streams {
+            self.delivered += check.received;
+            self.duplicated += check.duplicated;
+            self.reordered += check.reordered;
+            let index = room.rsplit('-').next().and_then(|i| i.parse::<usize>().ok()).unwrap_or(0);
+            if let Some(&upto) = last_seq.get(index) {
+                self.lost += check.lost(upto);
+            }
+        }
+        Ok(())
+    }
+
+    /// Add another process's totals.
+    pub fn merge(&mut self, o: Self) -> anyhow::Result<()> {
+        self.latency.add(&o.latency)?;
+        self.ack_latency.add(&o.ack_latency)?;
+        self.connect_time = self.connect_time.max(o.connect_time);
+        self.comments_sent += o.comments_sent;
+        for (code, n) in o.close_codes {
+            *self.close_codes.entry(code).or_default() += n;
+        }
+        self.delivered += o.delivered;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+        self.lost += o.lost;
+        Ok(())
+    }
+}
+
+/// A child's line to the parent.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildLine {
+    /// Counters so far, and the latency histogram so far for the progress line.
+    Progress {
+        /// The child's counters.
+        counters: Counters,
+        /// Its latency so far (absent before the first delivery).
+        #[serde(with = "hex_histogram_opt")]
+        latency: Option<Histogram<u64>>,
+    },
+    /// The child's final measurements; its last line.
+    Totals(Box<Totals>),
+}
+
+/// The parent's line to a child.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParentLine {
+    /// Every connection of every child has joined: start commenting.
+    StartComments,
+    /// End the run and report; `last_seq[r]` is room r's last published seq.
+    Stop {
+        /// Last seq per room.
+        last_seq: Vec<u64>,
+    },
+}
+
+/// Which child this process is: `I/N` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildIndex {
+    /// This child's index, 0-based.
+    pub index: usize,
+    /// Number of children.
+    pub count: usize,
+}
+
+impl std::str::FromStr for ChildIndex {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s.split_once('/').ok_or("expected I/N")?;
+        let index = i.parse().map_err(|_| format!("bad child index {i:?}"))?;
+        let count: usize = n.parse().map_err(|_| format!("bad child count {n:?}"))?;
+        if index >= count {
+            return Err(format!("child index {index} is not below {count}"));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+/// Write one line to the parent (stdout), flushed at once.
+pub fn send_to_parent(line: &ChildLine) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string(line)?;
+    text.push('\n');
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Latest news from every child, kept by the parent's reader threads.
+#[derive(Default)]
+struct Board {
+    counters: Vec<Counters>,
+    latency: Vec<Option<Histogram<u64>>>,
+    totals: Vec<Option<Totals>>,
+}
+
+/// The parent's handle on its children.
+pub struct Children {
+    shared: Arc<Shared>,
+    children: Vec<Child>,
+    stdins: Vec<ChildStdin>,
+    readers: Vec<JoinHandle<()>>,
+    board: Arc<Mutex<Board>>,
+}
+
+impl Children {
+    /// Start `count` children: `exe args... --child I/count`. Their counters show in
+    /// [`Children::shared`] as they arrive, summed.
+    pub fn spawn(exe: &Path, args: &[OsString], count: usize) -> anyhow::Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let board = Arc::new(Mutex::new(Board {
+            counters: vec![Counters::default(); count],
+            latency: (0..count).map(|_| None).collect(),
+            totals: (0..count).map(|_| None).collect(),
+        }));
+        let mut me = Self { shared, children: Vec::new(), stdins: Vec::new(), readers: Vec::new(), board };
+        for index in 0..count {
+            let mut child = Command::new(exe)
+                .args(args)
+                .arg("--child")
+                .arg(format!("{index}/{count}"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("starting loadgen child {index} ({})", exe.display()))?;
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                bail!("loadgen child {index} has no pipes");
+            };
+            let (shared, board) = (Arc::clone(&me.shared), Arc::clone(&me.board));
+            me.readers.push(std::thread::spawn(move || read_child(index, stdout, &shared, &board)));
+            me.stdins.push(stdin);
+            me.children.push(child);
+        }
+        Ok(me)
+    }
+
+    /// The children's counters, summed.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// The children's process ids (for their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// Tell every child to start commenting.
+    pub fn start_comments(&mut self) -> anyhow::Result<()> {
+        self.tell_all(&ParentLine::StartComments)
+    }
+
+    fn tell_all(&mut self, line: &ParentLine) -> anyhow::Result<()> {
+        let mut text = serde_json::to_string(line)?;
+        text.push('\n');
+        for (index, stdin) in self.stdins.iter_mut().enumerate() {
+            stdin
+                .write_all(text.as_bytes())
+                .and_then(|()| stdin.flush())
+                .with_context(|| format!("loadgen child {index} is gone"))?;
+        }
+        Ok(())
+    }
+
+    /// Stop every child and merge what they measured. Fails, naming the child, when one
+    /// ended without reporting (its own error is on stderr).
+    pub fn finish(mut self, last_seq: &[u64]) -> anyhow::Result<Totals> {
+        let told = self.tell_all(&ParentLine::Stop { last_seq: last_seq.to_vec() });
+        self.stdins.clear();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let mut statuses = Vec::new();
+        for child in &mut self.children {
+            statuses.push(child.wait()?);
+        }
+        told?;
+        let mut board = self.board.lock().map_err(|_| anyhow::anyhow!("child board poisoned"))?;
+        let mut all = Totals::default();
+        for (index, totals) in board.totals.iter_mut().enumerate() {
+            match totals.take() {
+                Some(t) => all.merge(t)?,
+                None => bail!("loadgen child {index} ended ({}) without a report", statuses[index]),
+            }
+        }
+        Ok(all)
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stdins.clear();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A parent's reader thread for one child: keeps the board and the summed counters current.
+fn read_child(index: usize, stdout: std::process::ChildStdout, shared: &Shared, board: &Mutex<Board>) {
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let parsed: ChildLine = match serde_json::from_str(&line) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("loadgen child {index}: unreadable line ({e}): {line}");
+                continue;
+            }
+        };
+        let Ok(mut board) = board.lock() else { return };
+        match parsed {
+            ChildLine::Progress { counters, latency } => {
+                board.counters[index] = counters;
+                board.latency[index] = latency;
+                let mut sum = Counters::default();
+                board.counters.iter().for_each(|c| sum.add(c));
+                sum.store(shared);
+                let mut merged: Option<Histogram<u64>> = None;
+                for h in board.latency.iter().flatten() {
+                    match &mut merged {
+                        Some(m) => {
+                            let _ = m.add(h);
+                        }
+                        None => merged = Some(h.clone()),
+                    }
+                }
+                if let Ok(mut progress) = shared.progress.lock() {
+                    *progress = merged;
+                }
+            }
+            ChildLine::Totals(totals) => board.totals[index] = Some(*totals),
+        }
+    }
+}
+
+/// Hex text of a histogram's V2 serialization.
+fn histogram_to_hex(h: &Histogram<u64>) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    V2Serializer::new().serialize(h, &mut bytes).map_err(|e| format!("{e:?}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn histogram_from_hex(text: &str) -> Result<Histogram<u64>, String> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return Err("odd or non-ASCII hex".into());
+    }
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| format!("{e:?}"))
+}
+
+mod hex_histogram {
+    use hdrhistogram::Histogram;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(h: &Histogram<u64>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::histogram_to_hex(h).map_err(serde::ser::Error::custom)?)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram<u64>, D::Error> {
+        super::histogram_from_hex(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex_histogram_opt {
+    use hdrhistogram::Histogram;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(h: &Option<Histogram<u64>>, s: S) -> Result<S::Ok, S::Error> {
+        match h {
+            Some(h) => s.serialize_some(&super::histogram_to_hex(h).map_err(serde::ser::Error::custom)?),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Histogram<u64>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| super::histogram_from_hex(&text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_cross_a_line_and_merge_exactly() {
+        let mut a = Totals::default();
+        let mut b = Totals::default();
+        for v in [120u64, 450, 9_000, 1_000_000] {
+            a.latency.record(v).expect("in range");
+        }
+        b.latency.record_n(77, 5).expect("in range");
+        b.ack_latency.record(3_000).expect("in range");
+        a.delivered = 4;
+        b.delivered = 5;
+        b.lost = 2;
+        a.close_codes.insert(1001, 3);
+        b.close_codes.insert(1001, 1);
+        b.close_codes.insert(4010, 1);
+        let line = serde_json::to_string(&ChildLine::Totals(Box::new(b))).expect("serializes");
+        let ChildLine::Totals(b) = serde_json::from_str(&line).expect("parses") else { panic!("wrong line: {line}") };
+        a.merge(*b).expect("same bounds");
+        assert_eq!(a.latency.len(), 9);
+        assert_eq!(a.latency.count_at(77), 5);
+        assert_eq!(a.latency.max(), a.latency.highest_equivalent(1_000_000));
+        assert_eq!(a.ack_latency.len(), 1);
+        assert_eq!((a.delivered, a.lost), (9, 2));
+        assert_eq!(a.close_codes, HashMap::from([(1001, 4), (4010, 1)]));
+    }
+
+    #[test]
+    fn counters_sum_and_keep_the_largest_lag() {
+        let mut sum = Counters { joined: 3, send_lag_ns: 50, ..Counters::default() };
+        sum.add(&Counters { joined: 4, deliveries: 10, send_lag_ns: 20, ..Counters::default() });
+        assert_eq!((sum.joined, sum.deliveries, sum.send_lag_ns), (7, 10, 50));
+        let shared = Shared::default();
+        sum.store(&shared);
+        assert_eq!(Counters::read(&shared), sum);
+    }
+
+    #[test]
+    fn progress_without_latency_round_trips() {
+        let line = ChildLine::Progress { counters: Counters::default(), latency: None };
+        let text = serde_json::to_string(&line).expect("serializes");
+        assert!(matches!(serde_json::from_str(&text).expect("parses"), ChildLine::Progress { latency: None, .. }));
+    }
+
+    #[test]
+    fn child_index_is_checked() {
+        assert_eq!("1/3".parse::<ChildIndex>(), Ok(ChildIndex { index: 1, count: 3 }));
+        assert!("3/3".parse::<ChildIndex>().is_err());
+        assert!("x".parse::<ChildIndex>().is_err());
+        assert!(histogram_from_hex("abc").is_err());
+    }
+}
