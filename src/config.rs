@@ -28,6 +28,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Room history and room lifetime.
     pub history: HistoryConfig,
+    /// How a room's messages are sent to its members.
+    pub fanout: FanoutConfig,
 }
 
 /// `[ws]`: the plain viewer listener.
@@ -118,6 +120,29 @@ pub struct HistoryConfig {
     /// A room with no members and no events for this long is freed.
     pub room_idle_ms: u64,
 }
+
+/// `[fanout]`: how a room's messages reach its members.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanoutConfig {
+    /// A room that sent its members a write less than this long ago holds further messages
+    /// until this long after that write, then sends them together: each member gets at most
+    /// one write per window from a busy room, at most this much later. A quiet room's message
+    /// goes out at once. 0 sends every loop turn's messages at the end of the turn.
+    pub batch_window_ms: u64,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self { batch_window_ms: DEFAULT_BATCH_WINDOW_MS }
+    }
+}
+
+/// See [`FanoutConfig::batch_window_ms`].
+pub const DEFAULT_BATCH_WINDOW_MS: u64 = 5;
+
+/// Longest batching window accepted: beyond this a room's messages would be visibly late.
+pub const MAX_BATCH_WINDOW_MS: u64 = 1_000;
 
 impl Default for WsConfig {
     fn default() -> Self {
@@ -263,6 +288,12 @@ impl Config {
         if self.history.size == 0 {
             return Err(invalid("history.size", "must be at least 1"));
         }
+        if self.fanout.batch_window_ms > MAX_BATCH_WINDOW_MS {
+            return Err(invalid(
+                "fanout.batch_window_ms",
+                format!("at most {MAX_BATCH_WINDOW_MS} (got {})", self.fanout.batch_window_ms),
+            ));
+        }
         if !self.ws.path.starts_with('/') {
             return Err(invalid("ws.path", format!("must start with '/' (got {:?})", self.ws.path)));
         }
@@ -390,6 +421,10 @@ pub struct ServeArgs {
     /// `history.room_idle_ms`: empty quiet rooms are freed after this [default: 60000].
     #[arg(long, value_name = "MS")]
     pub room_idle_ms: Option<u64>,
+    /// `fanout.batch_window_ms`: a busy room's messages are sent together, at most this much
+    /// later; 0 = at the end of each loop turn [default: 5].
+    #[arg(long, value_name = "MS")]
+    pub batch_window_ms: Option<u64>,
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {
@@ -431,6 +466,7 @@ impl ServeArgs {
         set(&mut c.history.size, self.history_size);
         set(&mut c.history.max_age_ms, self.history_max_age_ms);
         set(&mut c.history.room_idle_ms, self.room_idle_ms);
+        set(&mut c.fanout.batch_window_ms, self.batch_window_ms);
         c.validate()?;
         Ok(c)
     }
@@ -467,6 +503,9 @@ mod tests {
         assert!(e.to_string().contains("max_message"), "{e}");
         let e = Config::from_toml_str("[limits]\nmax_message = 10\n").expect("parses").validate().expect_err("range");
         assert!(e.to_string().starts_with("limits.max_message"), "{e}");
+        let e =
+            Config::from_toml_str("[fanout]\nbatch_window_ms = 5000\n").expect("parses").validate().expect_err("range");
+        assert!(e.to_string().starts_with("fanout.batch_window_ms"), "{e}");
         let mut c = Config::default();
         c.wss.cert = Some("c.pem".into());
         assert!(c.validate().expect_err("pair").to_string().contains("wss.key"));

@@ -270,6 +270,8 @@ struct Stamp<'a> {
 
 const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
 const PING_EVERY: Duration = Duration::from_secs(10);
+/// Connections are pinged in this many slices, one slice per `PING_EVERY / PING_SLICES`.
+const PING_SLICES: usize = 100;
 
 /// Run one client thread until `shared.stop`: open every planned connection (at most
 /// `max_inflight` handshakes at once), join, receive and check, and send comments if asked.
@@ -300,6 +302,7 @@ pub fn run_thread(
     let started = Instant::now();
     let mut connect_time = Duration::ZERO;
     let mut last_ping = Instant::now();
+    let mut ping_slice = 0usize;
     let mut last_progress = Instant::now();
     let mut comments_sent = 0u64;
     let mut comment_clock: Option<(u64, u64)> = None; // (start ns, sent)
@@ -468,12 +471,18 @@ pub fn run_thread(
                 }
             }
         }
-        if last_ping.elapsed() >= PING_EVERY {
-            last_ping = Instant::now();
-            for (_, conn) in conns.iter_mut().filter(|(_, c)| c.state == State::Ready) {
-                encode_client_frame(0x1, br#"{"op":"ping"}"#, MASK, &mut conn.out);
-                let _ = conn.stream.write(&mut conn.out);
+        // Heartbeats, spread evenly: one slice of the connections per tick, each connection
+        // once per PING_EVERY. Pinging all at once would make the server answer thousands of
+        // pongs in one burst, a stall this tool itself caused, seen in the latency tail.
+        while last_ping.elapsed() >= PING_EVERY / PING_SLICES as u32 {
+            last_ping += PING_EVERY / PING_SLICES as u32;
+            for key in (ping_slice..conns.capacity()).step_by(PING_SLICES) {
+                if let Some(conn) = conns.get_mut(key).filter(|c| c.state == State::Ready) {
+                    encode_client_frame(0x1, br#"{"op":"ping"}"#, MASK, &mut conn.out);
+                    let _ = conn.stream.write(&mut conn.out);
+                }
             }
+            ping_slice = (ping_slice + 1) % PING_SLICES;
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();

@@ -80,6 +80,10 @@ pub struct HomeRoom {
     announced_online: u64,
     /// Already on the shard's list of rooms to announce at the next tick.
     announce_queued: bool,
+    /// When the batch was last sent (0: never), for the batching window.
+    last_flush_ms: u64,
+    /// Already on the shard's list of rooms with a batch to send.
+    batch_listed: bool,
 }
 
 /// Largest batch of consecutive frames sent as one buffer.
@@ -110,6 +114,8 @@ impl HomeRoom {
             large_room: limits.large_room,
             announced_online: 0,
             announce_queued: false,
+            last_flush_ms: 0,
+            batch_listed: false,
         }
     }
 
@@ -218,9 +224,13 @@ impl HomeRoom {
     }
 
     /// Frames sequenced since the last call, as one shared buffer of consecutive frames (the
-    /// frame itself when there is one: no copy). `None` when nothing is pending.
-    pub fn take_batch(&mut self) -> Option<Bytes> {
+    /// frame itself when there is one: no copy). `None` when nothing is pending. `now_ms`
+    /// starts the next batching window when something was taken.
+    pub fn take_batch(&mut self, now_ms: u64) -> Option<Bytes> {
         self.batch_bytes = 0;
+        if !self.batch.is_empty() {
+            self.last_flush_ms = now_ms;
+        }
         match self.batch.len() {
             0 => None,
             1 => self.batch.pop(),
@@ -238,6 +248,22 @@ impl HomeRoom {
     /// Whether frames wait in the batch.
     pub fn has_batch(&self) -> bool {
         !self.batch.is_empty()
+    }
+
+    /// When a batch may next be sent under a batching window of `window_ms`: a room whose
+    /// last batch went out longer ago than the window may send at once.
+    pub fn batch_due_ms(&self, window_ms: u64) -> u64 {
+        self.last_flush_ms.saturating_add(window_ms)
+    }
+
+    /// Mark the room as on the shard's list of rooms with a batch; false if it already was.
+    pub fn list_batch(&mut self) -> bool {
+        !std::mem::replace(&mut self.batch_listed, true)
+    }
+
+    /// The room left the shard's list of rooms with a batch.
+    pub fn unlist_batch(&mut self) {
+        self.batch_listed = false;
     }
 
     /// A member joins from `worker`. The caller must have flushed the batch first, so that the

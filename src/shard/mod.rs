@@ -75,6 +75,8 @@ pub struct ShardConfig {
     pub room_idle_ms: u64,
     /// Silence after which a connection is closed.
     pub heartbeat_timeout_ms: u64,
+    /// A room that sent a batch less than this long ago holds the next one until then.
+    pub batch_window_ms: u64,
     /// Time a closing connection has to finish the close handshake.
     pub close_timeout_ms: u64,
 }
@@ -98,6 +100,7 @@ impl ShardConfig {
             presence_interval_ms: config.presence.interval_ms,
             room_idle_ms: config.history.room_idle_ms,
             heartbeat_timeout_ms: config.presence.effective_timeout_ms(),
+            batch_window_ms: config.fanout.batch_window_ms,
             close_timeout_ms: config.limits.close_timeout_ms,
         }
     }
@@ -145,8 +148,13 @@ pub struct Shard<Io> {
     homes: Slab<HomeRoom>,
     /// Room name -> key in `homes`.
     home_keys: HashMap<Arc<str>, usize>,
-    /// Homed rooms with frames waiting in their batch.
+    /// Homed rooms with frames waiting in their batch (held back by the batching window, or
+    /// sequenced this turn).
     batched: Vec<usize>,
+    /// The other half of `batched` while [`Shard::end_turn`] sorts it (kept for its capacity).
+    batched_spare: Vec<usize>,
+    /// When the earliest batch held back by the window is due (`u64::MAX`: none).
+    batch_due_ms: u64,
     loopback: VecDeque<Mail>,
     outbox: Vec<Vec<Mail>>,
     ingest: Vec<IngestReply>,
@@ -195,6 +203,8 @@ impl<Io> Shard<Io> {
             homes: Slab::new(),
             home_keys: HashMap::new(),
             batched: Vec::new(),
+            batched_spare: Vec::new(),
+            batch_due_ms: u64::MAX,
             loopback: VecDeque::new(),
             outbox: (0..workers).map(|_| Vec::new()).collect(),
             ingest: Vec::new(),
@@ -215,7 +225,8 @@ impl<Io> Shard<Io> {
 
     /// The earliest time [`Shard::tick`] or [`Shard::expire`] has work.
     pub fn next_wake_ms(&self) -> u64 {
-        self.deadlines.next_deadline().map_or(self.next_tick_ms, |d| d.min(self.next_tick_ms))
+        let soonest = self.next_tick_ms.min(self.batch_due_ms);
+        self.deadlines.next_deadline().map_or(soonest, |d| d.min(soonest))
     }
 
     /// Fire due deadlines: close connections silent for longer than the heartbeat timeout
@@ -271,7 +282,7 @@ impl<Io> Shard<Io> {
             }
             // Frames sequenced earlier in this turn go first, in the same buffer: one message
             // per worker per room per interval.
-            let frames = concat_frames([home.take_batch(), presence, reactions]);
+            let frames = concat_frames([home.take_batch(now_ms), presence, reactions]);
             for worker in home.subscribers() {
                 let mail = Mail::Deliver { room: Arc::clone(home.name()), frames: frames.clone() };
                 post_to(&mut self.outbox, &mut self.loopback, self.id, worker, mail);
@@ -454,6 +465,14 @@ impl<Io> Shard<Io> {
     /// Close every connection with `code` (shutdown: 1001).
     pub fn close_all(&mut self, code: u16, now_ms: u64) {
         self.now_ms = now_ms;
+        // Batches held by the window go out before the close frames.
+        for key in std::mem::take(&mut self.batched) {
+            if let Some(home) = self.homes.get_mut(key) {
+                home.unlist_batch();
+            }
+            self.flush_batch(key);
+        }
+        self.batch_due_ms = u64::MAX;
         for key in self.keys() {
             self.close(key, code, false);
         }
@@ -483,11 +502,28 @@ impl<Io> Shard<Io> {
         self.settle(now_ms);
     }
 
-    /// The end of a loop turn: send every room batch sequenced during the turn.
+    /// The end of a loop turn: send the rooms' batches, except those of busy rooms still in
+    /// their batching window, which wait until it ends ([`Shard::next_wake_ms`] includes it).
     pub fn end_turn(&mut self, now_ms: u64) {
-        for key in std::mem::take(&mut self.batched) {
+        self.now_ms = now_ms;
+        let window = self.cfg.batch_window_ms;
+        let mut listed = std::mem::take(&mut self.batched);
+        let mut held = std::mem::take(&mut self.batched_spare);
+        let mut due = u64::MAX;
+        for key in listed.drain(..) {
+            let Some(home) = self.homes.get_mut(key) else { continue };
+            let at = home.batch_due_ms(window);
+            if window > 0 && at > now_ms && home.has_batch() {
+                due = due.min(at);
+                held.push(key);
+                continue;
+            }
+            home.unlist_batch();
             self.flush_batch(key);
         }
+        self.batched = held;
+        self.batched_spare = listed;
+        self.batch_due_ms = due;
         self.settle(now_ms);
     }
 
@@ -766,7 +802,7 @@ impl<Io> Shard<Io> {
     /// Send the room's pending batch to every worker with members.
     fn flush_batch(&mut self, key: usize) {
         let Some(home) = self.homes.get_mut(key) else { return };
-        let Some(frames) = home.take_batch() else { return };
+        let Some(frames) = home.take_batch(self.now_ms) else { return };
         let name = Arc::clone(home.name());
         let targets: Vec<WorkerId> = home.subscribers().collect();
         for worker in targets {
@@ -779,11 +815,10 @@ impl<Io> Shard<Io> {
     fn sequence<T>(&mut self, room: &Arc<str>, now_ms: u64, apply: impl FnOnce(&mut HomeRoom) -> T) -> T {
         let key = self.home_key(room, now_ms);
         let home = &mut self.homes[key];
-        let first_in_batch = !home.has_batch();
         let out = apply(home);
         let full = home.batch_full();
         self.stats.sequenced += 1;
-        if first_in_batch {
+        if home.list_batch() {
             self.batched.push(key);
         }
         if full {

@@ -630,3 +630,77 @@ fn viewer_activity_tracks_last_seen_and_silence_across_tabs() {
     assert!(sim.home("r").viewer_joined_at("vic").is_some_and(|t| t == start));
     assert_eq!(sim.shards[0].viewer_activity("nobody", sim.now), None);
 }
+
+/// Buffers waiting in a connection's queue: each is one write's worth for the shell.
+fn queued_buffers(sim: &Sim, (w, key): (usize, ConnKey)) -> usize {
+    sim.shards[w].conn(key).expect("connection exists").session.outbound.iter().count()
+}
+
+#[test]
+fn a_busy_room_holds_its_messages_for_the_batching_window_then_sends_them_as_one_buffer() {
+    let mut cfg = config(1 << 20);
+    cfg.fanout.batch_window_ms = 10;
+    let mut sim = Sim::with_config(2, &cfg);
+    let members = [sim.open(0, "a"), sim.open(1, "b")];
+    for c in members {
+        sim.received(c);
+        sim.send(c, r#"{"op":"join","room":"live"}"#);
+        sim.received(c);
+    }
+    let home = usize::from(home_of("live", 2).0);
+    for s in &mut sim.shards {
+        s.tick(sim.now);
+    }
+    let start = sim.now;
+    // A quiet room's message goes out at the end of the turn: no added latency.
+    sim.publish("live", 1);
+    for c in members {
+        assert_eq!(event_seqs(&sim.received(c), "live"), [1]);
+    }
+    // Within the window after that write, messages are held...
+    sim.now = start + 3;
+    sim.publish("live", 2);
+    for c in members {
+        assert!(event_seqs(&sim.received(c), "live").is_empty(), "held until the window ends");
+    }
+    assert!(sim.shards[home].next_wake_ms() <= start + 10, "the worker wakes by the end of the window");
+    sim.now = start + 9;
+    sim.settle();
+    for c in members {
+        assert!(event_seqs(&sim.received(c), "live").is_empty());
+    }
+    // ...and sent together when it ends: in order, one buffer per member.
+    sim.now = start + 10;
+    sim.settle();
+    for c in members {
+        assert_eq!(queued_buffers(&sim, c), 1, "one write per member for the whole window");
+        assert_eq!(event_seqs(&sim.received(c), "live"), [2, 3]);
+    }
+}
+
+#[test]
+fn a_join_during_the_batching_window_sends_the_held_messages_first() {
+    let mut cfg = config(1 << 20);
+    cfg.fanout.batch_window_ms = 50;
+    let mut sim = Sim::with_config(2, &cfg);
+    let early = sim.open(0, "a");
+    sim.received(early);
+    sim.send(early, r#"{"op":"join","room":"live"}"#);
+    sim.received(early);
+    sim.publish("live", 1);
+    assert_eq!(event_seqs(&sim.received(early), "live"), [1]);
+    sim.now += 1;
+    sim.publish("live", 2);
+    assert!(event_seqs(&sim.received(early), "live").is_empty(), "held by the window");
+    let late = sim.open(1, "b");
+    sim.received(late);
+    sim.send(late, r#"{"op":"join","room":"live"}"#);
+    assert_eq!(event_seqs(&sim.received(early), "live"), [2, 3], "the join flushed the held batch");
+    let joined = sim.received(late);
+    assert_eq!(ops(&joined), ["joined"]);
+    assert_eq!(joined[0]["seq"], 3, "the newcomer starts after the held messages, which it does not get");
+    sim.now += 100;
+    sim.publish("live", 1);
+    assert_eq!(event_seqs(&sim.received(late), "live"), [4]);
+    assert_eq!(event_seqs(&sim.received(early), "live"), [4]);
+}
