@@ -16,6 +16,9 @@ struct Sim {
 fn config(budget: usize) -> Config {
     let mut c = Config::default();
     c.limits.outbound_budget = budget;
+    // The simulated clock moves only when a test moves it, so a batching window would hold
+    // messages for ever; the window has its own tests below.
+    c.fanout.batch_window_ms = 0;
     c
 }
 
