@@ -388,6 +388,10 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
     let tolerance = Duration::from_secs_f64(c.lag_tolerance_ms / 1000.0);
     let started = Instant::now();
     let rss_before = c.server_pid.and_then(rss_kib);
+    let limits = net::Limits::raise_and_read();
+    for warning in net::capacity_warnings(c.conns, c.procs, target.source_ips.len(), limits) {
+        eprintln!("loadgen: warning: {warning}");
+    }
     let mut clients = Clients::start(&c, scenario, &target)?;
     let shared = clients.shared();
     let want = c.conns as u64;
@@ -521,6 +525,8 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
             Some((after.saturating_sub(before) * 1024) as f64 / report.joined.max(report.connected).max(1) as f64);
     }
     if report.failed > 0 && report.valid && scenario != "storm" {
+        // Figures over fewer connections than asked for do not answer the question asked.
+        report.valid = false;
         report.invalid_reason = Some(format!("{} connections failed", report.failed));
     }
     if let Some(path) = &c.json {
@@ -541,6 +547,7 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
 /// parent, start commenting and stop when told, then send what it measured (see [`procs`]).
 fn run_child(scenario: &str, c: &Common, me: ChildIndex) -> anyhow::Result<()> {
     let target = target(c)?;
+    net::Limits::raise_and_read();
     let run = start_clients(c, scenario, &target, me);
     let (shared, comment_start) = (Arc::clone(&run.shared), Arc::clone(&run.comment_start));
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u64>>();

@@ -26,6 +26,58 @@ pub fn parse_source_ips(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// What one machine lets a run open, for [`capacity_warnings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Files one process may open (after raising the soft limit to the hard one).
+    pub open_files: u64,
+    /// Ephemeral ports per source address and destination.
+    pub ephemeral_ports: u64,
+}
+
+impl Limits {
+    /// This process's limits: raises its own open-files soft limit to the hard limit (each
+    /// loadgen process holding connections calls this) and reads the ephemeral port range.
+    pub fn raise_and_read() -> Self {
+        let open_files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+        let ephemeral_ports = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| {
+                let mut it = r.split_whitespace().map(|n| n.parse::<u64>().ok());
+                Some(it.next()??.abs_diff(it.next()??) + 1)
+            })
+            .unwrap_or(28_232);
+        Self { open_files, ephemeral_ports }
+    }
+}
+
+/// Why `conns` connections over `procs` processes and `source_ips` source addresses (0: the
+/// kernel's choice, one address) would not all open here, with the flag that fixes it. Said up
+/// front, so that a run does not spend its connect timeout finding out.
+pub fn capacity_warnings(conns: usize, procs: usize, source_ips: usize, limits: Limits) -> Vec<String> {
+    let mut out = Vec::new();
+    let per_proc = conns.div_ceil(procs.max(1)) as u64;
+    // A few descriptors go to the poller, pipes, the ingest socket and stdio.
+    let usable = limits.open_files.saturating_sub(64);
+    if per_proc > usable {
+        let need = (conns as u64).div_ceil(usable.max(1));
+        out.push(format!(
+            "{per_proc} connections per process, but a process may open {} files: use --procs {need} or more",
+            limits.open_files
+        ));
+    }
+    let addresses = source_ips.max(1) as u64;
+    if conns as u64 > addresses * limits.ephemeral_ports {
+        let need = (conns as u64).div_ceil(limits.ephemeral_ports.max(1));
+        out.push(format!(
+            "{conns} connections to one address need more than the {} ephemeral ports of {addresses} source \
+             address(es): use --source-ips with {need} addresses or more (e.g. 127.0.0.1-127.0.0.{need})",
+            limits.ephemeral_ports
+        ));
+    }
+    out
+}
+
 /// Start a non-blocking connect to `to`, from `from` when given.
 pub fn connect(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<mio::net::TcpStream> {
     let stream = connect_from(to, from)?;
@@ -73,6 +125,17 @@ fn bind_address_no_port(socket: &socket2::Socket) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_too_big_for_one_process_or_one_address_is_told_what_to_add() {
+        let limits = Limits { open_files: 20_000, ephemeral_ports: 28_232 };
+        assert!(capacity_warnings(19_000, 1, 0, limits).is_empty());
+        let w = capacity_warnings(36_000, 1, 0, limits);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("--procs 2"), "{w:?}");
+        assert!(w[1].contains("--source-ips with 2 addresses"), "{w:?}");
+        assert!(capacity_warnings(36_000, 2, 2, limits).is_empty());
+    }
 
     #[test]
     fn ranges_and_lists_parse() {
