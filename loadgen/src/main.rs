@@ -222,6 +222,17 @@ impl Clients {
         }
     }
 
+    /// Fails when a child process has already exited (it printed why).
+    fn check(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Children(children) => match children.ended_early() {
+                Some(index) => bail!("loadgen child {index} exited early; its error is above"),
+                None => Ok(()),
+            },
+            Self::Local(_) => Ok(()),
+        }
+    }
+
     fn finish(self, last_seq: &[u64]) -> anyhow::Result<Totals> {
         match self {
             Self::Local(run) => run.finish(last_seq),
@@ -401,7 +412,10 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
             if scenario == "storm" { s.connected.load(Ordering::Relaxed) } else { s.joined.load(Ordering::Relaxed) };
         up + settled >= want
     };
-    wait_until(&shared, started, Duration::from_secs_f64(c.connect_timeout), || ready(&shared));
+    wait_until(&shared, started, Duration::from_secs_f64(c.connect_timeout), || {
+        ready(&shared) || clients.check().is_err()
+    });
+    clients.check()?;
     let connect_seconds = started.elapsed().as_secs_f64();
     let mut report = Report {
         scenario: scenario.into(),

@@ -271,6 +271,8 @@ struct Board {
     counters: Vec<Counters>,
     latency: Vec<Option<Histogram<u64>>>,
     totals: Vec<Option<Totals>>,
+    /// The child's stdout closed (it exited).
+    ended: Vec<bool>,
 }
 
 /// The parent's handle on its children.
@@ -291,6 +293,7 @@ impl Children {
             counters: vec![Counters::default(); count],
             latency: (0..count).map(|_| None).collect(),
             totals: (0..count).map(|_| None).collect(),
+            ended: vec![false; count],
         }));
         let mut me = Self { shared, children: Vec::new(), stdins: Vec::new(), readers: Vec::new(), board };
         for index in 0..count {
@@ -324,6 +327,12 @@ impl Children {
         self.children.iter().map(Child::id).collect()
     }
 
+    /// The first child that exited before it was told to stop (it printed its error).
+    pub fn ended_early(&self) -> Option<usize> {
+        let board = self.board.lock().ok()?;
+        board.ended.iter().position(|ended| *ended)
+    }
+
     /// Tell every child to start commenting.
     pub fn start_comments(&mut self) -> anyhow::Result<()> {
         self.tell_all(&ParentLine::StartComments)
@@ -353,7 +362,6 @@ impl Children {
         for child in &mut self.children {
             statuses.push(child.wait()?);
         }
-        told?;
         let mut board = self.board.lock().map_err(|_| anyhow::anyhow!("child board poisoned"))?;
         let mut all = Totals::default();
         for (index, totals) in board.totals.iter_mut().enumerate() {
@@ -362,6 +370,7 @@ impl Children {
                 None => bail!("loadgen child {index} ended ({}) without a report", statuses[index]),
             }
         }
+        told?;
         Ok(all)
     }
 }
@@ -410,6 +419,9 @@ fn read_child(index: usize, stdout: std::process::ChildStdout, shared: &Shared, 
             }
             ChildLine::Totals(totals) => board.totals[index] = Some(*totals),
         }
+    }
+    if let Ok(mut board) = board.lock() {
+        board.ended[index] = true;
     }
 }
 

@@ -80,8 +80,8 @@ pub struct HomeRoom {
     announced_online: u64,
     /// Already on the shard's list of rooms to announce at the next tick.
     announce_queued: bool,
-    /// When the batch was last sent (0: never), for the batching window.
-    last_flush_ms: u64,
+    /// When the batch was last sent (`None`: never), for the batching window.
+    last_flush_ms: Option<u64>,
     /// Already on the shard's list of rooms with a batch to send.
     batch_listed: bool,
 }
@@ -114,7 +114,7 @@ impl HomeRoom {
             large_room: limits.large_room,
             announced_online: 0,
             announce_queued: false,
-            last_flush_ms: 0,
+            last_flush_ms: None,
             batch_listed: false,
         }
     }
@@ -229,7 +229,7 @@ impl HomeRoom {
     pub fn take_batch(&mut self, now_ms: u64) -> Option<Bytes> {
         self.batch_bytes = 0;
         if !self.batch.is_empty() {
-            self.last_flush_ms = now_ms;
+            self.last_flush_ms = Some(now_ms);
         }
         match self.batch.len() {
             0 => None,
@@ -251,9 +251,9 @@ impl HomeRoom {
     }
 
     /// When a batch may next be sent under a batching window of `window_ms`: a room whose
-    /// last batch went out longer ago than the window may send at once.
+    /// last batch went out longer ago than the window (or never) may send at once.
     pub fn batch_due_ms(&self, window_ms: u64) -> u64 {
-        self.last_flush_ms.saturating_add(window_ms)
+        self.last_flush_ms.map_or(0, |at| at.saturating_add(window_ms))
     }
 
     /// Mark the room as on the shard's list of rooms with a batch; false if it already was.
