@@ -86,6 +86,8 @@ pub struct Shared {
     pub recovery_failed: AtomicU64,
     /// `presence` messages received (all connections).
     pub presence: AtomicU64,
+    /// Churn: stop disconnecting (publishing is over; let every stream catch up).
+    pub quiesce: AtomicBool,
     /// Set to end the run.
     pub stop: AtomicBool,
     /// Latency so far, merged by the threads about once a second, for the progress line.
@@ -417,7 +419,7 @@ pub fn run_thread(
         if stopping {
             break;
         }
-        if let Some(plan) = churn {
+        if let Some(plan) = churn.filter(|_| !shared.quiesce.load(Ordering::Relaxed)) {
             if last_churn_check.elapsed() >= Duration::from_millis(10) {
                 last_churn_check = Instant::now();
                 let now = Instant::now();
@@ -500,6 +502,12 @@ pub fn run_thread(
     for (_, conn) in conns.into_iter() {
         if let Some(room) = &plans[conn.plan].room {
             done.push((room.clone(), conn.check));
+        }
+    }
+    // Churned connections not yet reopened: their streams count too (what they missed is lost).
+    for p in pending {
+        if let (Some(room), Some((_, _, check))) = (&plans[p.plan].room, p.resume) {
+            done.push((room.clone(), check));
         }
     }
     Ok(ThreadReport { latency, ack_latency, streams: done, close_codes, connect_time, comments_sent })

@@ -211,6 +211,17 @@ impl Clients {
         }
     }
 
+    /// Churn: stop disconnecting, so that every stream can catch up before the count.
+    fn quiesce(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Local(run) => {
+                run.shared.quiesce.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Self::Children(children) => children.quiesce(),
+        }
+    }
+
     /// CPU seconds used by the client side: this process and its children.
     fn cpu_seconds(&self) -> Option<f64> {
         let me = cpu_seconds(std::process::id())?;
@@ -470,15 +481,28 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
                 let (per_room, seqs, lag) = publish(&c, &shared, started)?;
                 report.published = per_room.iter().sum();
                 report.publisher_max_lag_ms = lag.as_secs_f64() * 1000.0;
+                // Every viewer joined before publishing and rejoins with `since`, so each must
+                // end up with every event of its room.
+                let members = |r: usize| (0..c.conns).filter(|i| i % c.rooms.max(1) == r).count() as u64;
+                report.expected = per_room.iter().enumerate().map(|(r, n)| n * members(r)).sum();
                 last_seq = seqs;
+                if !timetable::kept_up(lag, tolerance) {
+                    report.valid = false;
+                    report.invalid_reason =
+                        Some(format!("publisher fell {:.1} ms behind its timetable", report.publisher_max_lag_ms));
+                }
             } else {
                 wait_until(&shared, started, Duration::from_secs_f64(c.duration), || false);
             }
-            // Let rejoins in flight finish before counting.
-            wait_until(&shared, started, Duration::from_secs_f64(c.drain.min(2.0)), || {
+            // Stop churning, then let rejoins in flight and the last events arrive before
+            // counting: a stream cut short by this tool is not a loss by the server.
+            clients.quiesce()?;
+            let expected = report.expected + deliveries_before;
+            wait_until(&shared, started, Duration::from_secs_f64(c.drain), || {
                 let s = &shared;
                 s.recovered.load(Ordering::Relaxed) + s.recovery_failed.load(Ordering::Relaxed)
                     >= s.reconnects.load(Ordering::Relaxed)
+                    && s.deliveries.load(Ordering::Relaxed) >= expected
             });
         }
         "idle" => {
@@ -564,12 +588,14 @@ fn run_child(scenario: &str, c: &Common, me: ChildIndex) -> anyhow::Result<()> {
     net::Limits::raise_and_read();
     let run = start_clients(c, scenario, &target, me);
     let (shared, comment_start) = (Arc::clone(&run.shared), Arc::clone(&run.comment_start));
+    let quiesce = Arc::clone(&run.shared);
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u64>>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
             match serde_json::from_str(&line) {
                 Ok(ParentLine::StartComments) => comment_start.store(true, Ordering::Relaxed),
+                Ok(ParentLine::Quiesce) => quiesce.quiesce.store(true, Ordering::Relaxed),
                 Ok(ParentLine::Stop { last_seq }) => {
                     let _ = tx.send(last_seq);
                     return;

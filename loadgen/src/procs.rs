@@ -226,6 +226,8 @@ pub enum ChildLine {
 pub enum ParentLine {
     /// Every connection of every child has joined: start commenting.
     StartComments,
+    /// Churn: publishing is over, stop disconnecting.
+    Quiesce,
     /// End the run and report; `last_seq[r]` is room r's last published seq.
     Stop {
         /// Last seq per room.
@@ -336,6 +338,11 @@ impl Children {
     /// Tell every child to start commenting.
     pub fn start_comments(&mut self) -> anyhow::Result<()> {
         self.tell_all(&ParentLine::StartComments)
+    }
+
+    /// Tell every child to stop churning.
+    pub fn quiesce(&mut self) -> anyhow::Result<()> {
+        self.tell_all(&ParentLine::Quiesce)
     }
 
     fn tell_all(&mut self, line: &ParentLine) -> anyhow::Result<()> {

@@ -170,5 +170,7 @@ fn churn_recovers_every_reconnect_without_loss() {
     assert_eq!(r["recovered"], reconnects, "every rejoin with `since` got exactly what it missed");
     assert_eq!(r["recovery_failed"], 0);
     assert_eq!(r["published"], 80);
+    assert_eq!(r["expected"], 80 * 10, "every viewer ends with every event of its room, across its rejoins");
+    assert_eq!(r["delivered"], r["expected"]);
     assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64(), r["reordered"].as_u64()), (Some(0), Some(0), Some(0)));
 }
