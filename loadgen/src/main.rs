@@ -465,8 +465,13 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
         "comments" => {
             clients.start_comments()?;
             wait_until(&shared, started, Duration::from_secs_f64(c.duration), || false);
+            // Every comment acked and, when rooms are equal, delivered to every member of its
+            // room (the ack can reach the sender before the comment reaches the others).
+            let per_room = (c.conns % c.rooms.max(1) == 0).then(|| (c.conns / c.rooms.max(1)) as u64);
             wait_until(&shared, started, Duration::from_secs_f64(c.drain), || {
-                shared.acks.load(Ordering::Relaxed) >= shared.comments.load(Ordering::Relaxed)
+                let sent = shared.comments.load(Ordering::Relaxed);
+                shared.acks.load(Ordering::Relaxed) >= sent
+                    && per_room.is_none_or(|n| shared.deliveries.load(Ordering::Relaxed) >= sent * n)
             });
             let lag = Duration::from_nanos(shared.send_lag_ns.load(Ordering::Relaxed));
             report.publisher_max_lag_ms = lag.as_secs_f64() * 1000.0;
