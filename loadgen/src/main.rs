@@ -94,6 +94,11 @@ struct Common {
     /// Publisher lag (ms) beyond which the run is marked invalid.
     #[arg(long, default_value_t = 10.0)]
     lag_tolerance_ms: f64,
+    /// Seconds to wait after every connection joined before publishing (fanout, churn) or
+    /// commenting: lets the join phase's presence announcements pass, so the run measures the
+    /// steady state only.
+    #[arg(long, default_value_t = 0.0)]
+    settle: f64,
     /// Seconds to wait for deliveries after publishing ends.
     #[arg(long, default_value_t = 5.0)]
     drain: f64,
@@ -437,6 +442,9 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
         valid: true,
         ..Report::default()
     };
+    if c.settle > 0.0 {
+        wait_until(&shared, started, Duration::from_secs_f64(c.settle), || false);
+    }
     let deliveries_before = shared.deliveries.load(Ordering::Relaxed);
     let publish_started = Instant::now();
     let cpu_before = c.server_pid.and_then(cpu_seconds);
