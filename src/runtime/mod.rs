@@ -115,7 +115,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let files = raise_open_files();
     // Each process needs a few descriptors for listeners, epoll, eventfds and logs.
     let reserved = 16 + 4 * workers as u64;
-    tracing::info!(open_files = files, max_connections = files.saturating_sub(reserved), workers, "roomcast starting");
+    tracing::info!(
+        open_files = files,
+        max_connections = files.saturating_sub(reserved),
+        workers,
+        batch_window_ms = config.fanout.batch_window_ms,
+        "roomcast starting"
+    );
 
     let tls = match (&config.wss.cert, &config.wss.key) {
         (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
