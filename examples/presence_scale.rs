@@ -111,6 +111,13 @@ fn main() {
     };
     now += 1_000;
     tick("every room changed (all just joined, lists of 100)", &mut shards, &mut dirty, now);
+    // The joins' presence deltas are gone once announced: the steady memory per viewer.
+    let steady = rss_kib();
+    println!(
+        "after the first tick (the joins announced): RSS {} MiB = {:.0} bytes per viewer",
+        steady / 1024,
+        (steady - before) as f64 * 1024.0 / viewers as f64
+    );
     // 15 intervals, each with a fresh 1% of viewers leaving (spread over all rooms): the
     // median home tick is the figure (single ticks are noisy on a shared machine).
     let mut ticks = Vec::new();

@@ -11,11 +11,13 @@
 //! never talks to other workers itself and never reads a clock: `now_ms` is a parameter.
 
 pub mod history;
+pub mod presence;
 
 use crate::ids::{Seq, WorkerId};
 use crate::wire::{frame, server_msg};
 use bytes::{Bytes, BytesMut};
 use history::History;
+use presence::ViewerList;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -41,8 +43,8 @@ pub struct RoomLimits {
 /// and went within one interval appears in neither list.
 #[derive(Debug, Default)]
 struct PresenceDelta {
-    joined: Vec<(Arc<str>, Arc<str>)>,
-    left: Vec<(Arc<str>, Arc<str>)>,
+    joined: ViewerList,
+    left: ViewerList,
     /// The lists grew past the large-room threshold: send `online` only this time.
     overflow: bool,
 }
@@ -308,13 +310,12 @@ impl HomeRoom {
         let viewer = self.viewers.entry(Arc::clone(user)).or_insert_with(|| Viewer { conns: 0, joined_at_ms: now_ms });
         viewer.conns += 1;
         if viewer.conns == 1 {
-            let name = Arc::clone(name);
             let large = self.large_room;
             let delta = self.presence.get_or_insert_with(Box::default);
-            if let Some(at) = delta.left.iter().position(|(u, _)| u == user) {
-                delta.left.swap_remove(at);
+            if delta.left.remove(user) {
+                // Went and came back within the interval: nothing to announce.
             } else if delta.joined.len() < large {
-                delta.joined.push((Arc::clone(user), name));
+                delta.joined.push(user, name);
             } else {
                 delta.overflow = true;
             }
@@ -333,13 +334,15 @@ impl HomeRoom {
         if v.conns > 0 {
             return;
         }
-        let Some((user, _)) = self.viewers.remove_entry(user) else { return };
+        if self.viewers.remove(user).is_none() {
+            return;
+        }
         let large = self.large_room;
         let delta = self.presence.get_or_insert_with(Box::default);
-        if let Some(at) = delta.joined.iter().position(|(u, _)| *u == user) {
-            delta.joined.swap_remove(at);
+        if delta.joined.remove(user) {
+            // Came and went within the interval: nothing to announce.
         } else if delta.left.len() < large {
-            delta.left.push((user, Arc::clone(name)));
+            delta.left.push(user, name);
         } else {
             delta.overflow = true;
         }
@@ -365,13 +368,9 @@ impl HomeRoom {
         }
         self.announced_online = online;
         let (room, lists) = (&self.name, !delta.overflow && online <= self.large_room as u64);
-        Some(frame::text_frame_with(|out| {
-            if lists {
-                server_msg::presence(out, room, online, Some(&delta.joined), Some(&delta.left));
-            } else {
-                server_msg::presence::<Arc<str>>(out, room, online, None, None);
-            }
-        }))
+        let lists = lists.then(|| (delta.joined.json(), delta.left.json()));
+        let size = 96 + room.len() + lists.map_or(0, |(j, l)| j.len() + l.len());
+        Some(frame::text_frame_sized(size, |out| server_msg::presence(out, room, online, lists)))
     }
 
     /// The coalesced `reactions` message for the interval that ends now, if any arrived.

@@ -357,6 +357,11 @@ pub fn text_frame_with(build: impl FnOnce(&mut Vec<u8>)) -> Bytes {
     server_frame_with(0x1, 128, build)
 }
 
+/// [`text_frame_with`] for a payload of about `capacity` bytes, allocated once.
+pub fn text_frame_sized(capacity: usize, build: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    server_frame_with(0x1, capacity, build)
+}
+
 /// A pong answering a ping with `payload` (RFC 6455 5.5.3: "Application data" is echoed).
 pub fn pong_frame(payload: &[u8]) -> Bytes {
     server_frame_with(0xA, payload.len(), |out| out.extend_from_slice(payload))

@@ -106,39 +106,35 @@ pub fn state(out: &mut Vec<u8>, room: &str, seq: u64, version: u64, state: &str)
     out.push(b'}');
 }
 
-fn viewers<S: AsRef<str>>(out: &mut Vec<u8>, name: &str, list: &[(S, S)]) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":[");
-    for (i, (user, display)) in list.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"user\":");
-        push_str(out, user.as_ref());
-        out.extend_from_slice(b",\"name\":");
-        push_str(out, display.as_ref());
-        out.push(b'}');
-    }
-    out.push(b']');
+/// One viewer of a `presence` list: `{"user":..,"name":..}`.
+pub fn viewer(out: &mut Vec<u8>, user: &str, name: &str) {
+    viewer_prefix(out, user);
+    out.extend_from_slice(b"\"name\":");
+    push_str(out, name);
+    out.push(b'}');
 }
 
-/// `presence`: the coalesced online count, with `joined`/`left` lists for small rooms.
-pub fn presence<S: AsRef<str>>(
-    out: &mut Vec<u8>,
-    room: &str,
-    online: u64,
-    joined: Option<&[(S, S)]>,
-    left: Option<&[(S, S)]>,
-) {
+/// The start of [`viewer`]'s object up to and including the comma after the user id: equal
+/// for two entries exactly when their user ids are equal.
+pub fn viewer_prefix(out: &mut Vec<u8>, user: &str) {
+    out.extend_from_slice(b"{\"user\":");
+    push_str(out, user);
+    out.push(b',');
+}
+
+/// `presence`: the coalesced online count, with `joined`/`left` lists for small rooms. The
+/// lists are given encoded: the inside of each JSON array, viewers written by [`viewer`]
+/// separated by commas.
+pub fn presence(out: &mut Vec<u8>, room: &str, online: u64, lists: Option<(&[u8], &[u8])>) {
     head(out, "presence");
     field_str(out, "room", room);
     field_u64(out, "online", online);
-    if let Some(joined) = joined {
-        viewers(out, "joined", joined);
-    }
-    if let Some(left) = left {
-        viewers(out, "left", left);
+    if let Some((joined, left)) = lists {
+        out.extend_from_slice(b",\"joined\":[");
+        out.extend_from_slice(joined);
+        out.extend_from_slice(b"],\"left\":[");
+        out.extend_from_slice(left);
+        out.push(b']');
     }
     out.push(b'}');
 }
@@ -236,14 +232,15 @@ mod tests {
             parse(|o| state(o, "r", 2, 1, r#"{"live":true}"#)),
             json!({"op":"state","room":"r","seq":2,"version":1,"state":{"live":true}})
         );
+        let mut joined = Vec::new();
+        viewer(&mut joined, "u", "U");
+        joined.push(b',');
+        viewer(&mut joined, "v\"", "V");
         assert_eq!(
-            parse(|o| presence(o, "r", 2, Some(&[("u", "U")]), Some(&[]))),
-            json!({"op":"presence","room":"r","online":2,"joined":[{"user":"u","name":"U"}],"left":[]})
+            parse(|o| presence(o, "r", 2, Some((&joined, b"")))),
+            json!({"op":"presence","room":"r","online":2,"joined":[{"user":"u","name":"U"},{"user":"v\"","name":"V"}],"left":[]})
         );
-        assert_eq!(
-            parse(|o| presence::<&str>(o, "r", 500, None, None)),
-            json!({"op":"presence","room":"r","online":500})
-        );
+        assert_eq!(parse(|o| presence(o, "r", 500, None)), json!({"op":"presence","room":"r","online":500}));
         assert_eq!(
             parse(|o| reactions(o, "r", &[("❤", 3), ("fire", 1)])),
             json!({"op":"reactions","room":"r","counts":{"❤":3,"fire":1}})
