@@ -3,8 +3,8 @@
 //!
 //! Each side of a delta (who came, who went) is one buffer of encoded viewers,
 //! `{"user":..,"name":..}` separated by commas. The tick at the end of the interval copies one
-//! buffer per side instead of visiting every viewer's strings (100 names per room cost 23 us
-//! per room that way, 1.5 us this way: BENCHMARKS.md, presence at scale), and a viewer's id and
+//! buffer per side instead of visiting every viewer's strings (100 names per room cost ~24 us
+//! per room that way, ~1.3 us this way: BENCHMARKS.md, presence at scale), and a viewer's id and
 //! name are let go when it leaves, while they are still in cache.
 //!
 //! A viewer who comes and goes within one interval must appear in neither list, so an entry
