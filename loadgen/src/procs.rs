@@ -34,92 +34,61 @@ use std::time::Duration;
 /// How often a child reports its counters.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
-/// A snapshot of [`Shared`]'s counters: what a child reports and the parent sums.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    /// See [`Shared::connected`].
-    pub connected: u64,
-    /// See [`Shared::joined`].
-    pub joined: u64,
-    /// See [`Shared::failed`].
-    pub failed: u64,
-    /// See [`Shared::closed`].
-    pub closed: u64,
-    /// See [`Shared::deliveries`].
-    pub deliveries: u64,
-    /// See [`Shared::errors`].
-    pub errors: u64,
-    /// See [`Shared::acks`].
-    pub acks: u64,
-    /// See [`Shared::comments`].
-    pub comments: u64,
-    /// See [`Shared::send_lag_ns`] (a maximum, not a sum).
-    pub send_lag_ns: u64,
-    /// See [`Shared::reconnects`].
-    pub reconnects: u64,
-    /// See [`Shared::recovered`].
-    pub recovered: u64,
-    /// See [`Shared::recovery_failed`].
-    pub recovery_failed: u64,
-    /// See [`Shared::presence`].
-    pub presence: u64,
+/// Declares [`Counters`] from one list of [`Shared`]'s counters, each with how two processes'
+/// values combine (`sum`, or `max` for a worst case), so reading, merging and storing them
+/// cannot drift apart.
+macro_rules! counters {
+    ($($field:ident: $combine:ident),* $(,)?) => {
+        /// A snapshot of [`Shared`]'s counters: what a child reports and the parent sums.
+        #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct Counters {
+            $(
+                #[doc = concat!("See [`Shared::", stringify!($field), "`].")]
+                pub $field: u64,
+            )*
+        }
+
+        impl Counters {
+            /// Read the counters now.
+            pub fn read(s: &Shared) -> Self {
+                Self { $($field: s.$field.load(Ordering::Relaxed)),* }
+            }
+
+            /// Add another process's counters.
+            pub fn add(&mut self, o: &Self) {
+                $(self.$field = $combine(self.$field, o.$field);)*
+            }
+
+            /// Make `s` show these counters (the parent's view of all children).
+            pub fn store(&self, s: &Shared) {
+                $(s.$field.store(self.$field, Ordering::Relaxed);)*
+            }
+        }
+    };
 }
 
-impl Counters {
-    /// Read the counters now.
-    pub fn read(s: &Shared) -> Self {
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        Self {
-            connected: get(&s.connected),
-            joined: get(&s.joined),
-            failed: get(&s.failed),
-            closed: get(&s.closed),
-            deliveries: get(&s.deliveries),
-            errors: get(&s.errors),
-            acks: get(&s.acks),
-            comments: get(&s.comments),
-            send_lag_ns: get(&s.send_lag_ns),
-            reconnects: get(&s.reconnects),
-            recovered: get(&s.recovered),
-            recovery_failed: get(&s.recovery_failed),
-            presence: get(&s.presence),
-        }
-    }
+fn sum(a: u64, b: u64) -> u64 {
+    a + b
+}
 
-    /// Add another process's counters (the lag is the larger of the two).
-    pub fn add(&mut self, o: &Self) {
-        self.connected += o.connected;
-        self.joined += o.joined;
-        self.failed += o.failed;
-        self.closed += o.closed;
-        self.deliveries += o.deliveries;
-        self.errors += o.errors;
-        self.acks += o.acks;
-        self.comments += o.comments;
-        self.send_lag_ns = self.send_lag_ns.max(o.send_lag_ns);
-        self.reconnects += o.reconnects;
-        self.recovered += o.recovered;
-        self.recovery_failed += o.recovery_failed;
-        self.presence += o.presence;
-    }
+fn max(a: u64, b: u64) -> u64 {
+    a.max(b)
+}
 
-    /// Make `s` show these counters (the parent's view of all children).
-    pub fn store(&self, s: &Shared) {
-        let set = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-        set(&s.connected, self.connected);
-        set(&s.joined, self.joined);
-        set(&s.failed, self.failed);
-        set(&s.closed, self.closed);
-        set(&s.deliveries, self.deliveries);
-        set(&s.errors, self.errors);
-        set(&s.acks, self.acks);
-        set(&s.comments, self.comments);
-        set(&s.send_lag_ns, self.send_lag_ns);
-        set(&s.reconnects, self.reconnects);
-        set(&s.recovered, self.recovered);
-        set(&s.recovery_failed, self.recovery_failed);
-        set(&s.presence, self.presence);
-    }
+counters! {
+    connected: sum,
+    joined: sum,
+    failed: sum,
+    closed: sum,
+    deliveries: sum,
+    errors: sum,
+    acks: sum,
+    comments: sum,
+    send_lag_ns: max,
+    reconnects: sum,
+    recovered: sum,
+    recovery_failed: sum,
+    presence: sum,
 }
 
 /// Everything a run's client threads measured, merged: from threads within a process, and

@@ -148,12 +148,14 @@ pub struct Shard<Io> {
     homes: Slab<HomeRoom>,
     /// Room name -> key in `homes`.
     home_keys: HashMap<Arc<str>, usize>,
-    /// Homed rooms with frames waiting in their batch (held back by the batching window, or
-    /// sequenced this turn).
+    /// Homed rooms that sequenced their first frame since their last batch went out, this turn.
     batched: Vec<usize>,
-    /// The other half of `batched` while [`Shard::end_turn`] sorts it (kept for its capacity).
-    batched_spare: Vec<usize>,
-    /// When the earliest batch held back by the window is due (`u64::MAX`: none).
+    /// Homed rooms whose batch the window holds back; looked at only once the earliest is due,
+    /// so a turn does not walk every busy room.
+    held: Vec<usize>,
+    /// A spare list, so [`Shard::end_turn`] allocates nothing while it sorts the two above.
+    spare: Vec<usize>,
+    /// When the earliest batch in `held` is due (`u64::MAX`: none).
     batch_due_ms: u64,
     loopback: VecDeque<Mail>,
     outbox: Vec<Vec<Mail>>,
@@ -203,7 +205,8 @@ impl<Io> Shard<Io> {
             homes: Slab::new(),
             home_keys: HashMap::new(),
             batched: Vec::new(),
-            batched_spare: Vec::new(),
+            held: Vec::new(),
+            spare: Vec::new(),
             batch_due_ms: u64::MAX,
             loopback: VecDeque::new(),
             outbox: (0..workers).map(|_| Vec::new()).collect(),
@@ -466,7 +469,9 @@ impl<Io> Shard<Io> {
     pub fn close_all(&mut self, code: u16, now_ms: u64) {
         self.now_ms = now_ms;
         // Batches held by the window go out before the close frames.
-        for key in std::mem::take(&mut self.batched) {
+        let mut listed = std::mem::take(&mut self.batched);
+        listed.append(&mut self.held);
+        for key in listed {
             if let Some(home) = self.homes.get_mut(key) {
                 home.unlist_batch();
             }
@@ -506,25 +511,32 @@ impl<Io> Shard<Io> {
     /// their batching window, which wait until it ends ([`Shard::next_wake_ms`] includes it).
     pub fn end_turn(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
+        let fresh = std::mem::replace(&mut self.batched, std::mem::take(&mut self.spare));
+        self.send_or_hold(fresh, now_ms);
+        if now_ms >= self.batch_due_ms {
+            self.batch_due_ms = u64::MAX;
+            let due = std::mem::replace(&mut self.held, std::mem::take(&mut self.spare));
+            self.send_or_hold(due, now_ms);
+        }
+        self.settle(now_ms);
+    }
+
+    /// Send each listed room's batch, or hold it in `held` while its window lasts. `rooms` is
+    /// emptied and kept as the spare list.
+    fn send_or_hold(&mut self, mut rooms: Vec<usize>, now_ms: u64) {
         let window = self.cfg.batch_window_ms;
-        let mut listed = std::mem::take(&mut self.batched);
-        let mut held = std::mem::take(&mut self.batched_spare);
-        let mut due = u64::MAX;
-        for key in listed.drain(..) {
+        for key in rooms.drain(..) {
             let Some(home) = self.homes.get_mut(key) else { continue };
             let at = home.batch_due_ms(window);
             if window > 0 && at > now_ms && home.has_batch() {
-                due = due.min(at);
-                held.push(key);
+                self.batch_due_ms = self.batch_due_ms.min(at);
+                self.held.push(key);
                 continue;
             }
             home.unlist_batch();
             self.flush_batch(key);
         }
-        self.batched = held;
-        self.batched_spare = listed;
-        self.batch_due_ms = due;
-        self.settle(now_ms);
+        self.spare = rooms;
     }
 
     fn settle(&mut self, now_ms: u64) {
