@@ -27,12 +27,15 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often a child reports its counters.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// How long children have to report after `stop` before they are killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Declares [`Counters`] from one list of [`Shared`]'s counters, each with how two processes'
 /// values combine (`sum`, or `max` for a worst case), so reading, merging and storing them
@@ -252,6 +255,8 @@ pub struct Children {
     children: Vec<Child>,
     stdins: Vec<ChildStdin>,
     readers: Vec<JoinHandle<()>>,
+    /// Each reader thread sends its child's index here when the child's output ends.
+    ended_rx: mpsc::Receiver<usize>,
     board: Arc<Mutex<Board>>,
 }
 
@@ -266,7 +271,8 @@ impl Children {
             totals: (0..count).map(|_| None).collect(),
             ended: vec![false; count],
         }));
-        let mut me = Self { shared, children: Vec::new(), stdins: Vec::new(), readers: Vec::new(), board };
+        let (ended_tx, ended_rx) = mpsc::channel();
+        let mut me = Self { shared, children: Vec::new(), stdins: Vec::new(), readers: Vec::new(), ended_rx, board };
         for index in 0..count {
             let mut child = Command::new(exe)
                 .args(args)
@@ -280,8 +286,11 @@ impl Children {
             let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                 bail!("loadgen child {index} has no pipes");
             };
-            let (shared, board) = (Arc::clone(&me.shared), Arc::clone(&me.board));
-            me.readers.push(std::thread::spawn(move || read_child(index, stdout, &shared, &board)));
+            let (shared, board, ended) = (Arc::clone(&me.shared), Arc::clone(&me.board), ended_tx.clone());
+            me.readers.push(std::thread::spawn(move || {
+                read_child(index, stdout, &shared, &board);
+                let _ = ended.send(index);
+            }));
             me.stdins.push(stdin);
             me.children.push(child);
         }
@@ -331,6 +340,21 @@ impl Children {
     pub fn finish(mut self, last_seq: &[u64]) -> anyhow::Result<Totals> {
         let told = self.tell_all(&ParentLine::Stop { last_seq: last_seq.to_vec() });
         self.stdins.clear();
+        // A child that does not report in time is killed, so the run still ends.
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let mut ended = 0;
+        while ended < self.children.len() {
+            match self.ended_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(_) => ended += 1,
+                Err(_) => {
+                    eprintln!("loadgen: children did not report within {STOP_TIMEOUT:?} of stop; killing them");
+                    for child in &mut self.children {
+                        let _ = child.kill();
+                    }
+                    break;
+                }
+            }
+        }
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
