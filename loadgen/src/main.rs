@@ -175,7 +175,7 @@ impl Run {
     /// Stop the threads and merge what they measured.
     fn finish(self, last_seq: &[u64]) -> anyhow::Result<Totals> {
         self.shared.stop.store(true, Ordering::Relaxed);
-        let mut totals = Totals::default();
+        let mut totals = Totals { processes: 1, ..Totals::default() };
         for t in self.threads {
             totals.add_thread(t.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??, last_seq)?;
         }
@@ -539,6 +539,7 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
     report.duplicated = totals.duplicated;
     report.reordered = totals.reordered;
     report.lost = totals.lost;
+    report.loadgen_processes = totals.processes;
     report.reconnects = shared.reconnects.load(Ordering::Relaxed);
     report.recovered = shared.recovered.load(Ordering::Relaxed);
     report.recovery_failed = shared.recovery_failed.load(Ordering::Relaxed);

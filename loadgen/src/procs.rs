@@ -118,6 +118,8 @@ pub struct Totals {
     pub reordered: u64,
     /// Events never received (up to each room's last published seq).
     pub lost: u64,
+    /// Processes whose measurements these are.
+    pub processes: u64,
 }
 
 impl Default for Totals {
@@ -132,6 +134,7 @@ impl Default for Totals {
             duplicated: 0,
             reordered: 0,
             lost: 0,
+            processes: 0,
         }
     }
 }
@@ -172,6 +175,7 @@ impl Totals {
         self.duplicated += o.duplicated;
         self.reordered += o.reordered;
         self.lost += o.lost;
+        self.processes += o.processes;
         Ok(())
     }
 }

@@ -100,6 +100,8 @@ pub struct Report {
     pub deliveries_per_server_cpu_sec: Option<f64>,
     /// CPU seconds the load generator itself used over the same period (its own cost).
     pub loadgen_cpu_seconds: f64,
+    /// Client processes whose measurements were merged into this report (`--procs`).
+    pub loadgen_processes: u64,
     /// Churn: connections dropped and reopened with `since`.
     pub reconnects: u64,
     /// Churn: rejoins that recovered every missed event.
@@ -146,7 +148,11 @@ impl Report {
             if let (Some(cpu), Some(eff)) = (self.server_cpu_seconds, self.deliveries_per_server_cpu_sec) {
                 let _ = writeln!(t, "server CPU      {cpu:.2} s: {eff:.0} deliveries per server CPU-second");
             }
-            let _ = writeln!(t, "loadgen CPU     {:.2} s over the same period", self.loadgen_cpu_seconds);
+            let _ = writeln!(
+                t,
+                "loadgen CPU     {:.2} s over the same period, {} process(es)",
+                self.loadgen_cpu_seconds, self.loadgen_processes
+            );
             let l = &self.latency;
             let _ = writeln!(
                 t,

@@ -126,6 +126,7 @@ fn procs_spread_connections_over_children_and_merge_their_counts() {
         "fanout",
         &["--conns", "60", "--rooms", "6", "--rate", "120", "--duration", "1", "--drain", "20", "--procs", "3"],
     );
+    assert_eq!(r["loadgen_processes"], 3, "three children reported and were merged");
     assert_eq!(r["joined"], 60, "the three children's joins add up");
     assert_eq!(r["published"], 120);
     assert_eq!(r["delivered"], 120 * 10, "each message goes to the 10 members of its room, whichever child holds them");
@@ -136,6 +137,7 @@ fn procs_spread_connections_over_children_and_merge_their_counts() {
         "comments",
         &["--conns", "20", "--rooms", "2", "--rate", "20", "--duration", "1", "--drain", "20", "--procs", "2"],
     );
+    assert_eq!(comments["loadgen_processes"], 2);
     let sent = comments["published"].as_u64().expect("comments sent");
     assert!(sent > 0);
     assert_eq!(comments["ack_latency"]["count"], sent, "every comment acked, in either child");
