@@ -410,6 +410,33 @@ fn publish(c: &Common, shared: &Shared, started: Instant) -> anyhow::Result<(Vec
     Ok((per_room, last_seq, table.max_lag))
 }
 
+/// Publish on the timetable and put it in `report`: messages published, the publisher's lag
+/// (the run is invalid when it fell behind) and the deliveries expected if every planned
+/// connection is a member. Returns each room's last seq.
+fn publish_and_record(
+    c: &Common,
+    shared: &Shared,
+    started: Instant,
+    tolerance: Duration,
+    report: &mut Report,
+) -> anyhow::Result<Vec<u64>> {
+    let (per_room, last_seq, lag) = publish(c, shared, started)?;
+    report.published = per_room.iter().sum();
+    let members = |r: usize| (0..c.conns).filter(|i| i % c.rooms.max(1) == r).count() as u64;
+    report.expected = per_room.iter().enumerate().map(|(r, n)| n * members(r)).sum();
+    record_lag(report, lag, tolerance, "publisher");
+    Ok(last_seq)
+}
+
+/// Record how far `who` fell behind its timetable; beyond `tolerance` the run is invalid.
+fn record_lag(report: &mut Report, lag: Duration, tolerance: Duration, who: &str) {
+    report.publisher_max_lag_ms = lag.as_secs_f64() * 1000.0;
+    if !timetable::kept_up(lag, tolerance) {
+        report.valid = false;
+        report.invalid_reason = Some(format!("{who} fell {:.1} ms behind the timetable", report.publisher_max_lag_ms));
+    }
+}
+
 fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
     let target = target(&c)?;
     let tolerance = Duration::from_secs_f64(c.lag_tolerance_ms / 1000.0);
@@ -452,23 +479,13 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
     let mut last_seq: Vec<u64> = Vec::new();
     match scenario {
         "fanout" => {
-            let (per_room, seqs, lag) = publish(&c, &shared, started)?;
-            report.published = per_room.iter().sum();
-            report.publisher_max_lag_ms = lag.as_secs_f64() * 1000.0;
-            let joined = shared.joined.load(Ordering::Relaxed);
-            let members = |r: usize| (0..c.conns).filter(|i| i % c.rooms.max(1) == r).count() as u64;
-            report.expected =
-                per_room.iter().enumerate().map(|(r, n)| n * members(r)).sum::<u64>() * joined / want.max(1);
-            last_seq = seqs;
+            last_seq = publish_and_record(&c, &shared, started, tolerance, &mut report)?;
+            // Connections that never joined expect nothing.
+            report.expected = report.expected * shared.joined.load(Ordering::Relaxed) / want.max(1);
             let expected = report.expected + deliveries_before;
             wait_until(&shared, started, Duration::from_secs_f64(c.drain), || {
                 shared.deliveries.load(Ordering::Relaxed) >= expected
             });
-            if !timetable::kept_up(lag, tolerance) {
-                report.valid = false;
-                report.invalid_reason =
-                    Some(format!("publisher fell {:.1} ms behind its timetable", report.publisher_max_lag_ms));
-            }
         }
         "comments" => {
             clients.start_comments()?;
@@ -482,28 +499,13 @@ fn run(scenario: &str, c: Common) -> anyhow::Result<Report> {
                     && per_room.is_none_or(|n| shared.deliveries.load(Ordering::Relaxed) >= sent * n)
             });
             let lag = Duration::from_nanos(shared.send_lag_ns.load(Ordering::Relaxed));
-            report.publisher_max_lag_ms = lag.as_secs_f64() * 1000.0;
-            if !timetable::kept_up(lag, tolerance) {
-                report.valid = false;
-                report.invalid_reason =
-                    Some(format!("comments fell {:.1} ms behind their timetable", report.publisher_max_lag_ms));
-            }
+            record_lag(&mut report, lag, tolerance, "comments");
         }
         "churn" => {
             if c.rate > 0.0 {
-                let (per_room, seqs, lag) = publish(&c, &shared, started)?;
-                report.published = per_room.iter().sum();
-                report.publisher_max_lag_ms = lag.as_secs_f64() * 1000.0;
                 // Every viewer joined before publishing and rejoins with `since`, so each must
-                // end up with every event of its room.
-                let members = |r: usize| (0..c.conns).filter(|i| i % c.rooms.max(1) == r).count() as u64;
-                report.expected = per_room.iter().enumerate().map(|(r, n)| n * members(r)).sum();
-                last_seq = seqs;
-                if !timetable::kept_up(lag, tolerance) {
-                    report.valid = false;
-                    report.invalid_reason =
-                        Some(format!("publisher fell {:.1} ms behind its timetable", report.publisher_max_lag_ms));
-                }
+                // end up with every event of its room: the expected count stands as it is.
+                last_seq = publish_and_record(&c, &shared, started, tolerance, &mut report)?;
             } else {
                 wait_until(&shared, started, Duration::from_secs_f64(c.duration), || false);
             }

@@ -472,10 +472,7 @@ impl<Io> Shard<Io> {
         let mut listed = std::mem::take(&mut self.batched);
         listed.append(&mut self.held);
         for key in listed {
-            if let Some(home) = self.homes.get_mut(key) {
-                home.unlist_batch();
-            }
-            self.flush_batch(key);
+            self.send_listed(key);
         }
         self.batch_due_ms = u64::MAX;
         for key in self.keys() {
@@ -533,10 +530,17 @@ impl<Io> Shard<Io> {
                 self.held.push(key);
                 continue;
             }
-            home.unlist_batch();
-            self.flush_batch(key);
+            self.send_listed(key);
         }
         self.spare = rooms;
+    }
+
+    /// Send a listed room's batch now and take it off the lists.
+    fn send_listed(&mut self, key: usize) {
+        if let Some(home) = self.homes.get_mut(key) {
+            home.unlist_batch();
+        }
+        self.flush_batch(key);
     }
 
     fn settle(&mut self, now_ms: u64) {
