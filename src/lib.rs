@@ -10,7 +10,8 @@
 //! * core (no sockets, no threads, no clock reads; `now` is always a parameter):
 //!   [`wire`] (bytes <-> typed messages), [`session`] (one viewer connection's protocol state),
 //!   [`room`] (a room's home state: seq, epoch, state, history, audience), [`shard`] (everything
-//!   one worker owns, driven by `handle_*` calls and drained through outboxes), [`wheel`]
+//!   one worker owns, driven by `handle_*` calls and drained through outboxes), [`upstream`]
+//!   (an ingest connection's protocol: lines in, mail and ordered replies out), [`wheel`]
 //!   (per-connection deadlines), [`ids`] (newtypes shared by all of them).
 //! * shell: [`runtime`] (mio listeners, the per-core worker loop, TLS byte layer, the mailbox
 //!   mesh, the ingest loop, signals), [`config`] (typed settings with embedded defaults),
@@ -23,5 +24,6 @@ pub mod runtime;
 pub mod session;
 pub mod shard;
 pub mod tls;
+pub mod upstream;
 pub mod wheel;
 pub mod wire;

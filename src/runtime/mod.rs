@@ -162,12 +162,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let mesh = Arc::new(Mesh { workers: worker_boxes, ingest: ingest_box });
 
     let epoch_seed = clock_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let settings = WorkerSettings {
-        path: config.ws.path.clone(),
-        max_message: config.limits.max_message,
-        handshake_timeout_ms: config.limits.handshake_timeout_ms,
-        tls,
-    };
+    let settings = WorkerSettings { tls };
     let mut threads = Vec::new();
     for (i, ((poll, inbox), ws)) in polls.into_iter().zip(inboxes).zip(ws_listeners).enumerate() {
         let id = WorkerId(i as u16);
@@ -189,7 +184,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         threads.push(handle);
     }
     let ingest_settings =
-        ingest::IngestSettings { max_line: config.ingest.max_line, tokens: config.ingest.tokens, workers };
+        crate::upstream::UpstreamSettings { max_line: config.ingest.max_line, tokens: config.ingest.tokens, workers };
     let ingest_loop =
         ingest::IngestLoop::new(ingest_poll, ingest_listener, ingest_inbox, Arc::clone(&mesh), ingest_settings)
             .map_err(io_err("ingest setup"))?;
