@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use loadgen::client::{self, CommentPlan, ConnPlan, Shared, Target, ThreadReport};
+use loadgen::client::{self, CommentPlan, ConnPlan, Shared, Target, ThreadPlan, ThreadReport};
 use loadgen::procs::{self, ChildIndex, ChildLine, Children, Counters, ParentLine, Totals};
 use loadgen::report::{self, Percentiles, Report};
 use loadgen::{net, timetable};
@@ -287,10 +287,8 @@ fn start_clients(c: &Common, scenario: &str, target: &Target, me: ChildIndex) ->
             min: Duration::from_millis(c.hold_min_ms),
             max: Duration::from_millis(c.hold_max_ms.max(c.hold_min_ms)),
         });
-        let thread_index = me.index * threads + t;
-        handles.push(std::thread::spawn(move || {
-            client::run_thread(&target, &plans, &shared, inflight, comments, churn, thread_index)
-        }));
+        let plan = ThreadPlan { target, plans, max_inflight: inflight, comments, churn, thread_index: me.index * threads + t };
+        handles.push(std::thread::spawn(move || client::run_thread(&plan, &shared)));
     }
     Run { shared, threads: handles, comment_start }
 }
