@@ -5,6 +5,7 @@
 
 pub mod accounting;
 pub mod client;
+pub mod hgrm;
 pub mod net;
 pub mod procs;
 pub mod report;
