@@ -6,6 +6,7 @@
 pub mod accounting;
 pub mod client;
 pub mod hgrm;
+pub mod jwt;
 pub mod net;
 pub mod procs;
 pub mod report;
