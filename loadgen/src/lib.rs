@@ -10,4 +10,5 @@ pub mod jwt;
 pub mod net;
 pub mod procs;
 pub mod report;
+pub mod server;
 pub mod timetable;
