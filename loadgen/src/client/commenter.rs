@@ -1,7 +1,8 @@
 //! Comments on an open-loop timetable: comment k is due at `start + k / rate`, sent from the
 //! thread's ready connections in turn, carrying its intended send time (as text and as `ref`)
 //! so its ack and delivery latency include any time it waited to be sent. How far sending fell
-//! behind the timetable is recorded in [`Shared::send_lag_ns`]; this never waits for the server.
+//! behind the timetable is recorded in [`Shared::send_lag_ns`] (the worst) and
+//! [`Shared::late_comments`]; this never waits for the server.
 
 use super::conn::Conn;
 use super::viewer::Phase;
@@ -51,7 +52,11 @@ impl Commenter {
         let keys: Vec<usize> = conns.iter().filter(|(_, c)| c.viewer.phase == Phase::Ready).map(|(k, _)| k).collect();
         while *sent < due && !keys.is_empty() {
             let intended = *start + (*sent as f64 * 1e9 / plan.rate) as u64;
-            shared.send_lag_ns.fetch_max(now.saturating_sub(intended), Ordering::Relaxed);
+            let lag = now.saturating_sub(intended);
+            shared.send_lag_ns.fetch_max(lag, Ordering::Relaxed);
+            if Duration::from_nanos(lag) >= plan.late_after {
+                shared.late_comments.fetch_add(1, Ordering::Relaxed);
+            }
             self.cursor = (self.cursor + 1) % keys.len();
             if let Some(conn) = conns.get_mut(keys[self.cursor]) {
                 if let Some(room) = &plans[conn.viewer.plan].room {

@@ -8,7 +8,7 @@
 use super::stream::Stream;
 use super::tally::Tally;
 use super::viewer::{Phase, Viewer};
-use super::Target;
+use super::{ConnPlan, Target};
 use mio::net::TcpStream;
 use roomcast::wire::frame::{FrameReader, Role};
 use roomcast::wire::upgrade;
@@ -53,13 +53,23 @@ impl Conn {
     }
 
     /// The socket became writable (or reported an error) while connecting: if it connected,
-    /// queue the upgrade request for `user`.
-    pub(super) fn on_connect_event(&mut self, target: &Target, user: &str, error: bool) -> Connect {
+    /// queue the upgrade request for `plan`'s user (and token).
+    pub(super) fn on_connect_event(
+        &mut self,
+        target: &Target,
+        plan: &ConnPlan,
+        error: bool,
+        tally: &mut Tally<'_>,
+    ) -> Connect {
         match self.stream.socket().peer_addr() {
             Ok(_) => {
-                let path = format!("{}?user={user}", target.path);
-                self.viewer.out.extend(upgrade::client_request(&target.host, &path, UPGRADE_KEY));
-                self.viewer.phase = Phase::Upgrading;
+                tally.connected(self.viewer.opened_at);
+                let mut path = format!("{}?user={}", target.path, plan.user);
+                if let Some(token) = &plan.token {
+                    path.push_str("&token=");
+                    path.push_str(token);
+                }
+                self.viewer.on_connected(upgrade::client_request(&target.host, &path, UPGRADE_KEY));
                 Connect::Done
             }
             Err(e) if e.kind() == io::ErrorKind::NotConnected && !error => Connect::NotYet,
@@ -92,7 +102,7 @@ impl Conn {
                     Err(()) => return true,
                     Ok(None) => continue,
                     Ok(Some(mut rest)) => {
-                        tally.upgraded();
+                        tally.upgraded(self.viewer.opened_at);
                         self.viewer.on_upgraded(room);
                         self.feed(&mut rest, tally)
                     }
@@ -103,7 +113,8 @@ impl Conn {
             if over {
                 return true;
             }
-            if self.viewer.phase == Phase::Joining && self.flush().is_err() {
+            // The join, or a pong, goes out before the next read.
+            if self.flush().is_err() {
                 return true;
             }
         }

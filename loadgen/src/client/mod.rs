@@ -10,7 +10,7 @@
 //! One job per part: [`stream`] moves bytes (plain or TLS), [`conn`] moves them between a
 //! socket and its [`viewer`] (the protocol state of one viewer), [`tally`] keeps the thread's
 //! measurements, [`dialer`] decides what to open next, and [`churn`], [`commenter`] and
-//! [`pinger`] are the scenarios' timetables. [`run_thread`] is the event loop that ties them.
+//! [`pinger`] (opt-in application pings) are the scenarios' timetables. [`run_thread`] is the event loop that ties them.
 //! A client thread must never block except in `poll`, and never panic on what a server sends.
 
 mod churn;
@@ -73,6 +73,8 @@ pub struct ConnPlan {
     pub user: String,
     /// The room to join (none: only connect, as in `storm`).
     pub room: Option<String>,
+    /// A JWT to send as `?token=` (`--jwt-secret`).
+    pub token: Option<String>,
 }
 
 /// Counters every thread updates and the progress line reads.
@@ -96,6 +98,8 @@ pub struct Shared {
     pub comments: AtomicU64,
     /// Largest delay of a comment behind its timetable, ns.
     pub send_lag_ns: AtomicU64,
+    /// Comments sent [`CommentPlan::late_after`] or more behind their timetable.
+    pub late_comments: AtomicU64,
     /// Churn: connections dropped and reopened with `since`.
     pub reconnects: AtomicU64,
     /// Churn: rejoins answered `recovered: true` (missed events replayed).
@@ -121,6 +125,8 @@ pub struct CommentPlan {
     pub duration: Duration,
     /// When to start (after every thread has joined).
     pub start: Arc<AtomicBool>,
+    /// A comment this far behind its timetable is late.
+    pub late_after: Duration,
 }
 
 /// What a thread measured.
@@ -129,6 +135,10 @@ pub struct ThreadReport {
     pub latency: Histogram<u64>,
     /// Comment -> ack latency (us).
     pub ack_latency: Histogram<u64>,
+    /// Connect start -> TCP connected (us).
+    pub connect_latency: Histogram<u64>,
+    /// Connect start -> `101` read (us).
+    pub upgrade_latency: Histogram<u64>,
     /// Per connection: room and its stream check.
     pub streams: Vec<(String, SeqCheck)>,
     /// Close codes received from the server.
@@ -162,6 +172,9 @@ pub struct ThreadPlan {
     pub churn: Option<ChurnPlan>,
     /// This thread's index in the run (seeds its churn and picks its first source address).
     pub thread_index: usize,
+    /// Send `{"op":"ping"}` from each ready connection this often (for a server that does not
+    /// ping silent connections itself); `None`: send nothing unasked but pongs.
+    pub app_ping_every: Option<Duration>,
 }
 
 /// Longest wait in `poll` when nothing is due.
@@ -195,7 +208,7 @@ struct ClientThread<'a> {
     dialer: Dialer,
     churn: Option<Churn>,
     commenter: Option<Commenter>,
-    pinger: Pinger,
+    pinger: Option<Pinger>,
     /// Streams of connections that ended: their room and check.
     done: Vec<(String, SeqCheck)>,
 }
@@ -212,7 +225,7 @@ impl<'a> ClientThread<'a> {
             dialer: Dialer::new(plan.plans.len(), plan.max_inflight),
             churn: plan.churn.map(|c| Churn::new(c, plan.thread_index)),
             commenter: plan.comments.clone().map(Commenter::new),
-            pinger: Pinger::new(),
+            pinger: plan.app_ping_every.map(Pinger::new),
             done: Vec::new(),
         })
     }
@@ -254,7 +267,12 @@ impl<'a> ClientThread<'a> {
         let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         self.poll.poll(&mut events, Some(timeout))?;
         for e in events.iter() {
-            self.on_event(e.token().0, e.is_writable() || e.is_error(), e.is_readable() || e.is_read_closed(), e.is_error());
+            self.on_event(
+                e.token().0,
+                e.is_writable() || e.is_error(),
+                e.is_readable() || e.is_read_closed(),
+                e.is_error(),
+            );
         }
         self.events = events;
         Ok(())
@@ -267,7 +285,7 @@ impl<'a> ClientThread<'a> {
         let was_ready = conn.viewer.phase == Phase::Ready;
         let mut broken = false;
         if conn.viewer.phase == Phase::Connecting && writable {
-            match conn.on_connect_event(&self.plan.target, &plans[conn.viewer.plan].user, error) {
+            match conn.on_connect_event(&self.plan.target, &plans[conn.viewer.plan], error, &mut self.tally) {
                 Connect::Done => {}
                 Connect::NotYet => return,
                 Connect::Failed => broken = true,
@@ -317,7 +335,9 @@ impl<'a> ClientThread<'a> {
         if let Some(commenter) = &mut self.commenter {
             commenter.send_due(&mut self.conns, &self.plan.plans, shared);
         }
-        self.pinger.tick(&mut self.conns);
+        if let Some(pinger) = &mut self.pinger {
+            pinger.tick(&mut self.conns);
+        }
         self.tally.hand_over_progress();
     }
 
@@ -350,6 +370,8 @@ impl<'a> ClientThread<'a> {
         ThreadReport {
             latency: tally.latency,
             ack_latency: tally.ack_latency,
+            connect_latency: tally.connect_latency,
+            upgrade_latency: tally.upgrade_latency,
             streams,
             close_codes: tally.close_codes,
             connect_time: tally.connect_time,

@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 /// How often a thread hands its recent latencies to the progress line.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
+/// A latency in whole microseconds, at least 1 (the histograms' lowest value).
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
 /// One thread's measurements. See the module doc.
 pub(super) struct Tally<'a> {
     /// The counters every thread updates.
@@ -22,6 +27,10 @@ pub(super) struct Tally<'a> {
     pub(super) latency: Histogram<u64>,
     /// Comment -> ack latency (us).
     pub(super) ack_latency: Histogram<u64>,
+    /// Connect start -> TCP connected (us).
+    pub(super) connect_latency: Histogram<u64>,
+    /// Connect start -> `101` read (us): the whole wait before a viewer can send.
+    pub(super) upgrade_latency: Histogram<u64>,
     /// Latency since the last hand-over to the progress line.
     progress: Histogram<u64>,
     last_progress: Instant,
@@ -39,6 +48,8 @@ impl<'a> Tally<'a> {
             shared,
             latency: latency_histogram(),
             ack_latency: latency_histogram(),
+            connect_latency: latency_histogram(),
+            upgrade_latency: latency_histogram(),
             progress: latency_histogram(),
             last_progress: Instant::now(),
             close_codes: HashMap::new(),
@@ -47,8 +58,14 @@ impl<'a> Tally<'a> {
         }
     }
 
-    /// A connection got its `101`.
-    pub(super) fn upgraded(&mut self) {
+    /// A connection whose connect started at `opened_at` is connected (TCP).
+    pub(super) fn connected(&mut self, opened_at: Instant) {
+        let _ = self.connect_latency.record(micros(opened_at.elapsed()));
+    }
+
+    /// A connection whose connect started at `opened_at` got its `101`.
+    pub(super) fn upgraded(&mut self, opened_at: Instant) {
+        let _ = self.upgrade_latency.record(micros(opened_at.elapsed()));
         self.shared.connected.fetch_add(1, Ordering::Relaxed);
         self.connect_time = self.started.elapsed();
     }

@@ -4,7 +4,9 @@
 //! thread's [`Tally`].
 //!
 //! It never touches a socket or the poller, so the decisions it makes (what a `joined` means for
-//! a churn rejoin, which timestamp an event's latency is measured from) are plain data changes.
+//! a churn rejoin, which timestamp an event's latency is measured from, the pong that answers a
+//! ping) are plain data changes. Unasked, it sends nothing but pongs: a scenario's own traffic
+//! (joins, comments, optional application pings) is queued by the scenario.
 
 use super::tally::Tally;
 use crate::accounting::SeqCheck;
@@ -48,6 +50,8 @@ pub(super) struct Viewer {
     pub(super) epoch: Option<String>,
     /// Churn: when to drop this connection.
     pub(super) leave_at: Option<Instant>,
+    /// When its connect started (connect and upgrade latency count from here).
+    pub(super) opened_at: Instant,
 }
 
 #[derive(Deserialize)]
@@ -78,12 +82,19 @@ impl Viewer {
             Some((since, epoch, check)) => (check, Some((since, epoch))),
             None => (SeqCheck::default(), None),
         };
-        Self { phase: Phase::Connecting, plan, out: Vec::new(), check, resume, epoch: None, leave_at: None }
+        let opened_at = Instant::now();
+        Self { phase: Phase::Connecting, plan, out: Vec::new(), check, resume, epoch: None, leave_at: None, opened_at }
     }
 
     /// Queue a text frame.
     pub(super) fn send_text(&mut self, payload: &[u8]) {
         encode_client_frame(0x1, payload, MASK, &mut self.out);
+    }
+
+    /// The request went out for a connection that just connected.
+    pub(super) fn on_connected(&mut self, request: Vec<u8>) {
+        self.out.extend(request);
+        self.phase = Phase::Upgrading;
     }
 
     /// The server answered `101`: join `room` (with `since` when resuming), or, without a room,
@@ -109,6 +120,11 @@ impl Viewer {
                     self.on_server_msg(&m, tally);
                 }
             }
+            // RFC 6455 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in
+            // response [...]". 5.5.3: "A Pong frame sent in response to a Ping frame must have
+            // identical "Application data" as found in the message body of the Ping frame".
+            // 5.3: a client masks every frame it sends.
+            Incoming::Ping(payload) => encode_client_frame(0xA, payload, MASK, &mut self.out),
             Incoming::Close(code, _) => {
                 tally.closed_with(code);
                 return ControlFlow::Break(());
