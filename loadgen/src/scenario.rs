@@ -28,6 +28,7 @@ struct Baseline {
 }
 
 impl Baseline {
+    /// Sample server `pid` now (nothing without one).
     fn sample(pid: Option<u32>) -> Self {
         let Some(pid) = pid else { return Self::default() };
         Self { rss_kib: server::rss_kib(pid), connections: server::established_connections(pid) }
@@ -108,6 +109,7 @@ struct Window {
 }
 
 impl Window {
+    /// The period begins now.
     fn open(s: &Settings, clients: &Clients, shared: &Shared) -> Self {
         Self {
             deliveries_before: shared.deliveries.load(Ordering::Relaxed),
@@ -154,6 +156,7 @@ fn drive(
     }
 }
 
+/// Publish, then wait until every member of every room has every event (or `--drain`).
 fn fanout(
     s: &Settings,
     shared: &Shared,
@@ -170,6 +173,8 @@ fn fanout(
     Ok(sent)
 }
 
+/// Comment for `--duration`, then wait until every comment is acked and delivered (or
+/// `--drain`).
 fn comments(s: &Settings, clients: &mut Clients, shared: &Shared, progress: &mut Progress<'_>) -> anyhow::Result<Sent> {
     let Some(pace) = &s.comments else { return Ok(Sent::default()) };
     clients.start_comments()?;
@@ -191,6 +196,8 @@ fn comments(s: &Settings, clients: &mut Clients, shared: &Shared, progress: &mut
     Ok(Sent { last_seq: Vec::new(), lateness: Some(lateness), sender: "comment sender" })
 }
 
+/// Publish while viewers churn, then stop churning and wait until every rejoin is answered and
+/// every event delivered (or `--drain`).
 fn churn(
     s: &Settings,
     clients: &mut Clients,

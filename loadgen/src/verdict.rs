@@ -42,8 +42,15 @@ pub fn reasons(r: &Report, cx: &Context) -> Vec<String> {
         ));
     }
     if r.closed_by_server > 0 {
+        // Viewers send nothing unasked but pongs, so a server that does not ping silent
+        // connections closes them with 1001 after its heartbeat timeout.
+        let hint = if r.close_codes.iter().any(|c| c.starts_with("1001:")) {
+            ": 1001 is also how a server that does not ping closes silent viewers (try --app-ping-every 10)"
+        } else {
+            ""
+        };
         out.push(format!(
-            "the server closed {} connections (close codes {})",
+            "the server closed {} connections (close codes {}){hint}",
             r.closed_by_server,
             if r.close_codes.is_empty() { "none".into() } else { r.close_codes.join(", ") }
         ));
@@ -84,6 +91,20 @@ mod tests {
     fn a_clean_run_has_no_reason() {
         let r = Report { conns: 10, joined: 10, connected: 10, expected: 50, delivered: 50, ..Report::default() };
         assert!(reasons(&r, &context(Kind::Fanout)).is_empty());
+    }
+
+    #[test]
+    fn a_1001_close_points_at_application_pings() {
+        let r = Report {
+            conns: 2,
+            joined: 2,
+            closed_by_server: 2,
+            close_codes: vec!["1001:2".into()],
+            ..Report::default()
+        };
+        let why = reasons(&r, &context(Kind::Idle));
+        assert_eq!(why.len(), 1);
+        assert!(why[0].contains("--app-ping-every"), "{why:?}");
     }
 
     #[test]
