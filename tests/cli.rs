@@ -47,16 +47,21 @@ fn collect(mut from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
-/// Run `roomcast ARGS` to completion (killed and failed after [`WAIT`]).
-fn run(args: &[&str]) -> Outcome {
-    let mut child = Command::new(bin())
+/// `roomcast ARGS` with piped output and only warnings logged.
+fn spawn(args: &[&str]) -> Child {
+    Command::new(bin())
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("roomcast starts");
+        .expect("roomcast starts")
+}
+
+/// Run `roomcast ARGS` to completion (killed and failed after [`WAIT`]).
+fn run(args: &[&str]) -> Outcome {
+    let mut child = spawn(args);
     let stdout = collect(child.stdout.take().expect("stdout piped"));
     let stderr = collect(child.stderr.take().expect("stderr piped"));
     let deadline = Instant::now() + WAIT;
@@ -86,15 +91,7 @@ impl Serving {
     /// Start `roomcast serve ARGS` and wait for the ready line; `Err` with what the process
     /// printed when it exited instead.
     fn start(args: &[&str]) -> Result<Self, Outcome> {
-        let mut child = Command::new(bin())
-            .arg("serve")
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("roomcast starts");
+        let mut child = spawn(&[&["serve"], args].concat());
         let stderr = collect(child.stderr.take().expect("stderr piped"));
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
