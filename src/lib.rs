@@ -15,9 +15,11 @@
 //!   (per-connection deadlines), [`ids`] (newtypes shared by all of them).
 //! * shell: [`runtime`] (mio listeners, the per-core worker loop, TLS byte layer, the mailbox
 //!   mesh, the ingest loop, signals), [`config`] (typed settings with embedded defaults),
-//!   [`tls`] (rustls configuration and self-signed certificates).
+//!   [`tls`] (rustls configuration and self-signed certificates), [`demo`] (the demo page's
+//!   HTTP response, built once; pure, the worker writes it).
 
 pub mod config;
+pub mod demo;
 pub mod ids;
 pub mod room;
 pub mod runtime;
