@@ -74,6 +74,9 @@ pub struct IngestConfig {
 pub struct AdminConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// When set, every admin path but `/healthz` needs `Authorization: Bearer <token>`;
+    /// required when `listen` is not a loopback address.
+    pub token: Option<String>,
 }
 
 /// `[limits]`: what one viewer connection may cost.
@@ -164,7 +167,7 @@ impl Default for IngestConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), token: None }
     }
 }
 
@@ -310,6 +313,19 @@ impl Config {
                 format!("Unix-socket ingest is not available yet ({})", path.display()),
             ));
         }
+        if self.admin.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(invalid("admin.token", "must not be empty (leave it out for no token)"));
+        }
+        if self.admin.token.is_none() && !self.admin.listen.ip().is_loopback() {
+            // Anyone who can reach the port could read every room and publish into it.
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address: set admin.token (--admin-token) too, or listen on 127.0.0.1",
+                    self.admin.listen
+                ),
+            ));
+        }
         if self.ingest.max_line < 1024 {
             return Err(invalid(
                 "ingest.max_line",
@@ -328,10 +344,11 @@ impl Config {
         }
     }
 
-    /// A copy fit for logs and `check-config` output: secrets (ingest tokens) replaced.
+    /// A copy fit for logs and `check-config` output: secrets (ingest and admin tokens)
+    /// replaced.
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
-        for token in &mut copy.ingest.tokens {
+        for token in copy.ingest.tokens.iter_mut().chain(copy.admin.token.as_mut()) {
             *token = "<redacted>".to_owned();
         }
         copy
@@ -382,6 +399,9 @@ pub struct ServeArgs {
     /// `admin.listen`: admin HTTP address [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// `admin.token`: bearer token every admin path but /healthz needs [default: none].
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
     /// `limits.max_message`: largest client message [default: 4096].
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
@@ -453,6 +473,7 @@ impl ServeArgs {
             c.ingest.tokens = self.ingest_tokens;
         }
         set(&mut c.admin.listen, self.admin_listen);
+        set(&mut c.admin.token, self.admin_token.map(Some));
         set(&mut c.limits.max_message, self.max_message);
         set(&mut c.limits.max_comment_chars, self.max_comment_chars);
         set(&mut c.limits.outbound_budget, self.outbound_budget);
@@ -509,6 +530,25 @@ mod tests {
         let mut c = Config::default();
         c.wss.cert = Some("c.pem".into());
         assert!(c.validate().expect_err("pair").to_string().contains("wss.key"));
+    }
+
+    #[test]
+    fn a_public_admin_port_needs_a_token() {
+        let mut c = Config::default();
+        c.admin.listen = "0.0.0.0:9090".parse().expect("addr");
+        let e = c.validate().expect_err("no token");
+        assert!(e.to_string().starts_with("admin.listen: 0.0.0.0:9090 is not a loopback address"), "{e}");
+        assert!(e.to_string().contains("admin.token"), "{e}");
+        c.admin.token = Some("s3cret".into());
+        c.validate().expect("with a token");
+        assert_eq!(c.redacted().admin.token.as_deref(), Some("<redacted>"));
+        c.admin.token = Some(" ".into());
+        assert!(c.validate().expect_err("empty").to_string().starts_with("admin.token"));
+        c.admin.listen = "[::1]:0".parse().expect("addr");
+        c.admin.token = None;
+        c.validate().expect("IPv6 loopback needs no token");
+        let args = ServeArgs { admin_token: Some("t".into()), ..ServeArgs::default() };
+        assert_eq!(args.into_config().expect("valid").admin.token.as_deref(), Some("t"));
     }
 
     #[test]

@@ -11,13 +11,18 @@
 //!   [`wire`] (bytes <-> typed messages), [`session`] (one viewer connection's protocol state),
 //!   [`room`] (a room's home state: seq, epoch, state, history, audience), [`shard`] (everything
 //!   one worker owns, driven by `handle_*` calls and drained through outboxes), [`wheel`]
-//!   (per-connection deadlines), [`ids`] (newtypes shared by all of them).
+//!   (per-connection deadlines), [`ids`] (newtypes shared by all of them), [`query`] (the
+//!   answers of the query API and how lists are paged), [`metrics`] (per-worker counters).
 //! * shell: [`runtime`] (mio listeners, the per-core worker loop, TLS byte layer, the mailbox
-//!   mesh, the ingest loop, signals), [`config`] (typed settings with embedded defaults),
-//!   [`tls`] (rustls configuration and self-signed certificates).
+//!   mesh, the ingest loop, signals), [`admin`] (the admin HTTP port on its own thread: query
+//!   API, `/metrics`, dashboard), [`config`] (typed settings with embedded defaults), [`tls`]
+//!   (rustls configuration and self-signed certificates).
 
+pub mod admin;
 pub mod config;
 pub mod ids;
+pub mod metrics;
+pub mod query;
 pub mod room;
 pub mod runtime;
 pub mod session;
