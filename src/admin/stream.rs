@@ -200,10 +200,11 @@ async fn run(mut socket: WebSocket, state: AppState, watched: Option<Watched>) {
                 }
             }
             item = next_item(tap.as_mut()) => {
-                let item = item.unwrap_or_else(|| {
+                // The home sends `Closed` and drops its end; either ends the feed.
+                let item = item.unwrap_or(FeedItem::Closed);
+                if matches!(item, FeedItem::Closed) {
                     tap = None;
-                    FeedItem::Closed
-                });
+                }
                 let frame = FeedFrame { kind: "feed", room: room.as_deref().unwrap_or_default(), item: &item };
                 match serde_json::to_string(&frame) {
                     Ok(text) => text,
