@@ -938,7 +938,7 @@ mod tests {
 
             // Following the cursors from here walks the rest of the model in order.
             let mut walked = merged.rooms.clone();
-            let mut next = merged.next.clone();
+            let mut next = merged.next;
             while let Some(cursor) = next {
                 let q = RoomsParams { prefix: prefix.clone(), sort: Some(sort), cursor: Some(cursor), page: None, limit: Some(limit) }
                     .validate().expect("valid");
