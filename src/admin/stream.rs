@@ -24,7 +24,7 @@ use super::{stopped, AppState};
 use crate::query::{FeedItem, PageQuery, PresencePage, RoomDetail, Since};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -35,10 +35,11 @@ use tokio::sync::{watch, Notify};
 /// Members a watched room's `room` frame lists (the first page, by user id).
 const ROOM_PRESENCE_LIMIT: usize = 200;
 
-/// The latest snapshot frame, shared by every open stream.
+/// The latest snapshot frame, shared by every open stream (one buffer, refcounted: sending it
+/// to N dashboards copies nothing).
 #[derive(Debug)]
 pub(super) struct PulseHub {
-    frames: watch::Sender<Option<Arc<str>>>,
+    frames: watch::Sender<Option<Utf8Bytes>>,
     /// Wakes the producer when a stream opens while it idles.
     wake: Notify,
 }
@@ -152,7 +153,7 @@ async fn next_item(tap: Option<&mut Tap>) -> Option<FeedItem> {
     }
 }
 
-async fn send(socket: &mut WebSocket, text: String) -> bool {
+async fn send(socket: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
     socket.send(Message::Text(text.into())).await.is_ok()
 }
 
@@ -162,7 +163,7 @@ async fn run(mut socket: WebSocket, state: AppState, watched: Option<Watched>) {
     state.hub.wake.notify_one();
     let current = frames.borrow_and_update().clone();
     if let Some(text) = current {
-        if !send(&mut socket, text.to_string()).await {
+        if !send(&mut socket, text).await {
             return;
         }
     }
@@ -183,7 +184,7 @@ async fn run(mut socket: WebSocket, state: AppState, watched: Option<Watched>) {
     let stop = stopped(state.stop.clone());
     tokio::pin!(stop);
     loop {
-        let text = tokio::select! {
+        let text: Utf8Bytes = tokio::select! {
             () = &mut stop => {
                 let close = CloseFrame { code: 1001, reason: "the server is shutting down".into() };
                 let _ = socket.send(Message::Close(Some(close))).await;
@@ -195,7 +196,7 @@ async fn run(mut socket: WebSocket, state: AppState, watched: Option<Watched>) {
                 }
                 let frame = frames.borrow_and_update().clone();
                 match frame {
-                    Some(text) => text.to_string(),
+                    Some(text) => text,
                     None => continue,
                 }
             }
@@ -207,7 +208,7 @@ async fn run(mut socket: WebSocket, state: AppState, watched: Option<Watched>) {
                 }
                 let frame = FeedFrame { kind: "feed", room: room.as_deref().unwrap_or_default(), item: &item };
                 match serde_json::to_string(&frame) {
-                    Ok(text) => text,
+                    Ok(text) => text.into(),
                     Err(_) => continue,
                 }
             }
@@ -216,13 +217,13 @@ async fn run(mut socket: WebSocket, state: AppState, watched: Option<Watched>) {
                 // `since` past any seq: the refresh carries no events (the feed has them).
                 let since = Since { since: Some(u64::MAX), epoch: None };
                 match room_frame(&state, &name, since).await {
-                    Ok(text) => text,
+                    Ok(text) => text.into(),
                     Err(ApiError::NotFound(_)) => {
                         room = None;
                         tap = None;
-                        json!({"type": "room_closed", "room": name}).to_string()
+                        json!({"type": "room_closed", "room": name}).to_string().into()
                     }
-                    Err(e) => json!({"type": "error", "message": e.to_string()}).to_string(),
+                    Err(e) => json!({"type": "error", "message": e.to_string()}).to_string().into(),
                 }
             }
             message = socket.recv() => match message {
