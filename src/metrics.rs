@@ -224,30 +224,18 @@ pub enum IngestOutcome {
     Error(ErrorCode),
 }
 
-/// Error codes an upstream reply can carry, in counting order.
-const INGEST_ERRORS: [ErrorCode; 8] = [
-    ErrorCode::BadRequest,
-    ErrorCode::Unauthorized,
-    ErrorCode::Forbidden,
-    ErrorCode::NotJoined,
-    ErrorCode::RateLimited,
-    ErrorCode::TooLarge,
-    ErrorCode::UnknownOp,
-    ErrorCode::Unavailable,
-];
-
-const OUTCOMES: usize = INGEST_ERRORS.len() + 1;
+const OUTCOMES: usize = ErrorCode::ALL.len() + 1;
 
 impl IngestOutcome {
     fn index(self) -> usize {
         match self {
             Self::Ok => 0,
-            Self::Error(code) => 1 + INGEST_ERRORS.iter().position(|c| *c == code).unwrap_or(0),
+            Self::Error(code) => 1 + code as usize,
         }
     }
 
     fn all() -> impl Iterator<Item = Self> {
-        std::iter::once(Self::Ok).chain(INGEST_ERRORS.into_iter().map(Self::Error))
+        std::iter::once(Self::Ok).chain(ErrorCode::ALL.into_iter().map(Self::Error))
     }
 
     /// The `result` label value: `ok` or the error code.
@@ -511,7 +499,7 @@ impl RateMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::{CommentRejection, LeaveReason};
+    use crate::query::LeaveReason;
 
     #[test]
     fn closes_count_known_codes_and_other() {
@@ -546,7 +534,7 @@ mod tests {
         a.ingest.record(IngestOp::Publish, IngestOutcome::Ok);
         a.ingest.record(IngestOp::Kick, IngestOutcome::Error(ErrorCode::Unauthorized));
         a.published.add(Source::Http, 2);
-        a.comments.rejected.record(CommentRejection::RateLimited);
+        a.comments.rejected.record(ErrorCode::RateLimited);
         a.leaves.record(LeaveReason::Kicked);
         a.deliveries = 10;
         let mut b = a;
@@ -559,7 +547,10 @@ mod tests {
         assert_eq!((t.deliveries, t.published.get(Source::Http), t.published.get(Source::Ingest)), (20, 4, 0));
         assert_eq!(t.ingest.get(IngestOp::Kick, IngestOutcome::Error(ErrorCode::Unauthorized)), 2);
         assert_eq!(t.errors(), 2 + 2, "two 1008 closes and two refused commands");
-        assert_eq!((t.comments.rejected.rate_limited, t.leaves.kicked, t.publish_to_write.count()), (2, 2, 1));
+        assert_eq!(
+            (t.comments.rejected.get(ErrorCode::RateLimited), t.leaves.kicked, t.publish_to_write.count()),
+            (2, 2, 1)
+        );
         assert_eq!(total.workers.iter().map(|w| w.worker.0).collect::<Vec<_>>(), [0, 1]);
         let labelled: Vec<_> = t.ingest.labelled().collect();
         assert_eq!(labelled, [("publish", "ok", 2), ("kick", "unauthorized", 2)]);

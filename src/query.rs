@@ -23,6 +23,7 @@
 //! shifts when rooms before it come and go. `limit` defaults to 100 and is capped at 1,000
 //! (the effective limit is in the answer).
 
+use crate::wire::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::cmp::Ordering;
@@ -489,106 +490,51 @@ impl LeaveCounts {
     }
 }
 
-/// Why a comment was refused: the `error` code its sender got (PROTOCOL.md error codes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CommentRejection {
-    /// Empty or malformed.
-    BadRequest,
-    /// Not authenticated.
-    Unauthorized,
-    /// Not allowed to comment in the room.
-    Forbidden,
-    /// Not a member of the room.
-    NotJoined,
-    /// Over the sender's rate limit.
-    RateLimited,
-    /// Longer than the comment limit.
-    TooLarge,
-    /// The comment could not be taken (sink backpressure).
-    Unavailable,
-}
-
-impl CommentRejection {
-    /// Every reason, in the order of [`RejectionCounts`]' fields.
-    pub const ALL: [Self; 7] = [
-        Self::BadRequest,
-        Self::Unauthorized,
-        Self::Forbidden,
-        Self::NotJoined,
-        Self::RateLimited,
-        Self::TooLarge,
-        Self::Unavailable,
-    ];
-
-    /// The reason as written in JSON and in metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "bad_request",
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden => "forbidden",
-            Self::NotJoined => "not_joined",
-            Self::RateLimited => "rate_limited",
-            Self::TooLarge => "too_large",
-            Self::Unavailable => "unavailable",
-        }
-    }
-}
-
-/// Refused comments by reason.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+/// Refused comments by the `error` code their sender got (PROTOCOL.md error codes; the
+/// session refuses with [`ErrorCode`], so it is counted by the same type). Serialized as an
+/// object with every code: `{"bad_request":0,...}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RejectionCounts {
-    /// [`CommentRejection::BadRequest`].
-    pub bad_request: u64,
-    /// [`CommentRejection::Unauthorized`].
-    pub unauthorized: u64,
-    /// [`CommentRejection::Forbidden`].
-    pub forbidden: u64,
-    /// [`CommentRejection::NotJoined`].
-    pub not_joined: u64,
-    /// [`CommentRejection::RateLimited`].
-    pub rate_limited: u64,
-    /// [`CommentRejection::TooLarge`].
-    pub too_large: u64,
-    /// [`CommentRejection::Unavailable`].
-    pub unavailable: u64,
+    counts: [u64; ErrorCode::ALL.len()],
 }
 
 impl RejectionCounts {
-    fn slot(&mut self, reason: CommentRejection) -> &mut u64 {
-        match reason {
-            CommentRejection::BadRequest => &mut self.bad_request,
-            CommentRejection::Unauthorized => &mut self.unauthorized,
-            CommentRejection::Forbidden => &mut self.forbidden,
-            CommentRejection::NotJoined => &mut self.not_joined,
-            CommentRejection::RateLimited => &mut self.rate_limited,
-            CommentRejection::TooLarge => &mut self.too_large,
-            CommentRejection::Unavailable => &mut self.unavailable,
-        }
-    }
-
     /// Count one refusal.
-    pub fn record(&mut self, reason: CommentRejection) {
-        *self.slot(reason) += 1;
+    pub fn record(&mut self, code: ErrorCode) {
+        self.counts[code as usize] += 1;
     }
 
-    /// The count of one reason.
-    pub fn get(&self, reason: CommentRejection) -> u64 {
-        let mut copy = *self;
-        *copy.slot(reason)
+    /// Refusals with `code`.
+    pub fn get(&self, code: ErrorCode) -> u64 {
+        self.counts[code as usize]
     }
 
-    /// Refusals of every reason together.
+    /// Refusals of every code together.
     pub fn sum(&self) -> u64 {
-        CommentRejection::ALL.iter().map(|r| self.get(*r)).sum()
+        self.counts.iter().sum()
     }
 
     /// Add another set of counts.
     pub fn merge(&mut self, other: &Self) {
-        for reason in CommentRejection::ALL {
-            *self.slot(reason) += other.get(reason);
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
         }
     }
+}
+
+impl Serialize for RejectionCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(ErrorCode::ALL.len()))?;
+        for code in ErrorCode::ALL {
+            map.serialize_entry(code.as_str(), &self.get(code))?;
+        }
+        map.end()
+    }
+}
+
+fn error_code<S: serde::Serializer>(code: &ErrorCode, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(code.as_str())
 }
 
 /// Comments taken and refused.
@@ -698,8 +644,9 @@ pub enum FeedItem {
     Rejected {
         /// The user id of the sender.
         user: String,
-        /// Why.
-        reason: CommentRejection,
+        /// The error code the sender got.
+        #[serde(serialize_with = "error_code")]
+        reason: ErrorCode,
     },
     /// The reader fell behind and this many items were dropped before the next one.
     Lagged {
@@ -849,12 +796,20 @@ mod tests {
             assert_eq!(serde_json::to_value(reason).expect("json"), json!(reason.as_str()));
         }
         let mut c = CommentCounts { accepted: 3, ..CommentCounts::default() };
-        c.rejected.record(CommentRejection::TooLarge);
+        c.rejected.record(ErrorCode::TooLarge);
         c.merge(&c.clone());
-        assert_eq!((c.accepted, c.rejected.too_large, c.rejected.sum()), (6, 2, 2));
-        for reason in CommentRejection::ALL {
-            assert_eq!(serde_json::to_value(reason).expect("json"), json!(reason.as_str()));
+        assert_eq!((c.accepted, c.rejected.get(ErrorCode::TooLarge), c.rejected.sum()), (6, 2, 2));
+        let json = serde_json::to_value(c.rejected).expect("json");
+        assert_eq!(json["too_large"], 2);
+        assert_eq!(json.as_object().map(|o| o.len()), Some(ErrorCode::ALL.len()), "every code is listed");
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::ALL[code as usize], code);
         }
+        let rejected = FeedItem::Rejected { user: "u".into(), reason: ErrorCode::RateLimited };
+        assert_eq!(
+            serde_json::to_value(&rejected).expect("json"),
+            json!({"kind": "rejected", "user": "u", "reason": "rate_limited"})
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ mod admin_support;
 use admin_support::{member, post, start, start_on, FakeRoom, Step, WAIT};
 use roomcast::admin::AdminSettings;
 use roomcast::metrics::ListenerKind;
-use roomcast::query::{CommentRejection, FeedItem, LeaveReason};
+use roomcast::query::{FeedItem, LeaveReason};
+use roomcast::wire::ErrorCode;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -175,7 +176,7 @@ fn the_dashboard_follows_the_server_without_a_reload() {
         live.leaves.heartbeat = 4;
         live.leaves.slow_consumer = 1;
         live.comments.accepted = 412;
-        live.comments.rejected.record(CommentRejection::RateLimited);
+        live.comments.rejected.record(ErrorCode::RateLimited);
         w.rooms.insert("live-1".into(), live);
         let mut second = FakeRoom::new(40);
         second.comment_rate = 1.5;
@@ -325,7 +326,7 @@ fn the_dashboard_follows_the_server_without_a_reload() {
         }
     }
     fake.feed("live-1", || FeedItem::Left { user: "viewer-044".into(), reason: LeaveReason::Heartbeat });
-    fake.feed("live-1", || FeedItem::Rejected { user: "viewer-090".into(), reason: CommentRejection::RateLimited });
+    fake.feed("live-1", || FeedItem::Rejected { user: "viewer-090".into(), reason: ErrorCode::RateLimited });
     fake.feed("live-1", || {
         FeedItem::message(r#"{"op":"reactions","room":"live-1","counts":{"heart":42,"clap":17}}"#).expect("json")
     });

@@ -8,7 +8,7 @@ use admin_support::{get, member, post, request, start, stream, FakeRoom, Step};
 use roomcast::admin::{AdminSettings, Caller, Health, UpstreamOp};
 use roomcast::ids::WorkerId;
 use roomcast::metrics::{IngestOp, IngestOutcome, ListenerKind, Metrics, Source, WorkerLoad};
-use roomcast::query::{CommentRejection, FeedItem, LeaveReason};
+use roomcast::query::{FeedItem, LeaveReason};
 use roomcast::wire::ErrorCode;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -173,7 +173,7 @@ fn a_room_in_full_with_the_since_rule() {
         r.version = 2;
         r.leaves.record(LeaveReason::Heartbeat);
         r.comments.accepted = 9;
-        r.comments.rejected.record(CommentRejection::TooLarge);
+        r.comments.rejected.record(ErrorCode::TooLarge);
         w.rooms.insert("a b/c".into(), r);
     }
     let detail = get(addr, "/api/rooms/a%20b%2Fc", None).json();
@@ -189,7 +189,10 @@ fn a_room_in_full_with_the_since_rule() {
     assert_eq!(detail["leaves"]["heartbeat"], 1);
     assert_eq!(
         detail["comments"],
-        json!({"accepted": 9, "rejected": {"bad_request": 0, "unauthorized": 0, "forbidden": 0, "not_joined": 0, "rate_limited": 0, "too_large": 1, "unavailable": 0}})
+        json!({"accepted": 9, "rejected": {
+            "bad_request": 0, "unauthorized": 0, "forbidden": 0, "not_joined": 0,
+            "rate_limited": 0, "too_large": 1, "unknown_op": 0, "unavailable": 0,
+        }})
     );
 
     let seqs = |path: &str| -> (Vec<u64>, Value) {
@@ -345,7 +348,7 @@ fn exact_metrics() -> Metrics {
     worker0.bytes_out = 512_000;
     worker0.slow_consumer_closes = 1;
     worker0.comments.accepted = 17;
-    worker0.comments.rejected.record(CommentRejection::RateLimited);
+    worker0.comments.rejected.record(ErrorCode::RateLimited);
     worker0.ingest.record(IngestOp::Publish, IngestOutcome::Ok);
     worker0.ingest.record(IngestOp::Publish, IngestOutcome::Error(ErrorCode::BadRequest));
     worker0.presence_ticks = 30;

@@ -9,7 +9,8 @@
 //! `result` and `worker`.
 
 use crate::metrics::{Metrics, Source, LATENCY_BUCKETS_US};
-use crate::query::{CommentRejection, LeaveReason};
+use crate::query::LeaveReason;
+use crate::wire::ErrorCode;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -112,7 +113,7 @@ impl Collector for Scrape {
             "comments_rejected",
             "Comments refused, by the error code their sender got.",
             c,
-            CommentRejection::ALL.map(|r| ([("reason", r.as_str())], ConstCounter::new(t.comments.rejected.get(r)))),
+            ErrorCode::ALL.map(|r| ([("reason", r.as_str())], ConstCounter::new(t.comments.rejected.get(r)))),
         )?;
         family(
             e,
