@@ -217,3 +217,20 @@ async fn serve(listener: tokio::net::TcpListener, state: AppState, mut drained: 
     }
     tracing::info!("admin port stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_follow_the_configuration() {
+        let mut config = Config::default();
+        let s = AdminSettings::from_config(&config);
+        assert_eq!((s.token, s.ingest_tokens, s.max_body), (None, false, 64 * 1024));
+        config.admin.token = Some("t".into());
+        config.ingest.tokens = vec!["i".into()];
+        config.ingest.max_line = 4096;
+        let s = AdminSettings::from_config(&config);
+        assert_eq!((s.token.as_deref(), s.ingest_tokens, s.max_body), (Some("t"), true, 4096));
+    }
+}
