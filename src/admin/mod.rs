@@ -125,7 +125,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 /// The running admin port. [`AdminHandle::shutdown`] (or dropping it) stops it: dashboards
-/// are closed with 1001, open requests get [`SHUTDOWN_GRACE`] to finish, then the thread
+/// are closed with 1001, open requests get a grace period (2 s) to finish, then the thread
 /// ends.
 #[derive(Debug)]
 pub struct AdminHandle {
@@ -140,7 +140,7 @@ impl AdminHandle {
         self.addr
     }
 
-    /// Stop the port and wait for its thread (at most about twice [`SHUTDOWN_GRACE`]).
+    /// Stop the port and wait for its thread (a few seconds at most).
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
