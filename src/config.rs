@@ -92,6 +92,9 @@ pub struct AdminConfig {
     /// Address to listen on.
     #[serde(deserialize_with = "addr::deserialize")]
     pub listen: SocketAddr,
+    /// When set, every admin path but `/healthz` needs `Authorization: Bearer <token>`;
+    /// required when `listen` is not a loopback address.
+    pub token: Option<String>,
 }
 
 /// `[limits]`: what one viewer connection may cost.
@@ -182,7 +185,7 @@ impl Default for IngestConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), token: None }
     }
 }
 
@@ -391,6 +394,20 @@ impl Config {
                 format!("Unix-socket ingest is not available yet ({}); use ingest.listen", path.display()),
             ));
         }
+        if self.admin.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(invalid("admin.token", "must not be empty (leave it out for no token)".into()));
+        }
+        if self.admin.token.is_none() && !self.admin.listen.ip().is_loopback() {
+            // Anyone who can reach the port could read every room and publish into it.
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address: set {} too, or listen on 127.0.0.1",
+                    self.admin.listen,
+                    name("admin.token")
+                ),
+            ));
+        }
         if self.ingest.max_line < 1024 {
             return Err(invalid(
                 "ingest.max_line",
@@ -409,10 +426,11 @@ impl Config {
         }
     }
 
-    /// A copy fit for logs and `check-config` output: secrets (ingest tokens) replaced.
+    /// A copy fit for logs and `check-config` output: secrets (ingest and admin tokens)
+    /// replaced.
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
-        for token in &mut copy.ingest.tokens {
+        for token in copy.ingest.tokens.iter_mut().chain(copy.admin.token.as_mut()) {
             *token = "<redacted>".to_owned();
         }
         copy
@@ -440,6 +458,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("ingest.max_line", "--ingest-max-line"),
     ("ingest.tokens", "--ingest-token"),
     ("admin.listen", "--admin-listen"),
+    ("admin.token", "--admin-token"),
     ("limits.max_message", "--max-message"),
     ("limits.max_comment_chars", "--max-comment-chars"),
     ("limits.outbound_budget", "--outbound-budget"),
@@ -507,6 +526,9 @@ pub struct ServeArgs {
     /// `admin.listen`: admin HTTP address, HOST:PORT [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR", value_parser = addr::parse)]
     pub admin_listen: Option<SocketAddr>,
+    /// `admin.token`: bearer token every admin path but /healthz needs [default: none].
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
     /// `limits.max_message`: largest client message [default: 4096].
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
@@ -590,6 +612,7 @@ impl ServeArgs {
         let tokens = (!self.ingest_tokens.is_empty()).then_some(self.ingest_tokens);
         o.set("ingest.tokens", |c| &mut c.ingest.tokens, tokens);
         o.set("admin.listen", |c| &mut c.admin.listen, self.admin_listen);
+        o.set("admin.token", |c| &mut c.admin.token, self.admin_token.map(Some));
         o.set("limits.max_message", |c| &mut c.limits.max_message, self.max_message);
         o.set("limits.max_comment_chars", |c| &mut c.limits.max_comment_chars, self.max_comment_chars);
         o.set("limits.outbound_budget", |c| &mut c.limits.outbound_budget, self.outbound_budget);
@@ -743,6 +766,25 @@ mod tests {
         assert!(c.ws.listen.ip().is_loopback() && c.ws.listen.port() == 8081, "{}", c.ws.listen);
         assert!(!c.ws.demo_page && c.reuse_port);
         assert!(Cli::try_parse_from(["serve", "--ws-listen", "8080"]).is_err(), "a port alone is not an address");
+    }
+
+    #[test]
+    fn a_public_admin_port_needs_a_token() {
+        let mut c = Config::default();
+        c.admin.listen = "0.0.0.0:9090".parse().expect("addr");
+        let e = c.validate().expect_err("no token");
+        assert!(e.to_string().starts_with("admin.listen: 0.0.0.0:9090 is not a loopback address"), "{e}");
+        assert!(e.to_string().contains("admin.token"), "{e}");
+        c.admin.token = Some("s3cret".into());
+        c.validate().expect("with a token");
+        assert_eq!(c.redacted().admin.token.as_deref(), Some("<redacted>"));
+        c.admin.token = Some(" ".into());
+        assert!(c.validate().expect_err("empty").to_string().starts_with("admin.token"));
+        c.admin.listen = "[::1]:0".parse().expect("addr");
+        c.admin.token = None;
+        c.validate().expect("IPv6 loopback needs no token");
+        let args = ServeArgs { admin_token: Some("t".into()), ..ServeArgs::default() };
+        assert_eq!(args.into_config().expect("valid").admin.token.as_deref(), Some("t"));
     }
 
     #[test]
