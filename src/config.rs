@@ -702,6 +702,7 @@ mod tests {
         full.wss.cert = Some("c.pem".into());
         full.wss.key = Some("k.pem".into());
         full.ingest.unix = Some("i.sock".into());
+        full.admin.token = Some("t".into());
         let mut all = Vec::new();
         key_paths(&toml::Table::try_from(&full).expect("config serializes"), "", &mut all);
         listed.sort();

@@ -10,16 +10,16 @@
 //! Life, forward only:
 //!
 //! ```text
-//! Upgrading --accept--> Open --close--> Closing --(written, peer done)--> gone
-//!     |                                    ^
-//!     +--refuse--> Refused --(written)--> gone
+//! Upgrading --upgrade--> Open --close--> Closing --(close written, peer done)--> gone
+//!     |
+//!     +--answer--> Answered --(response written)--> gone
 //! ```
 //!
 //! `Upgrading` buffers the request; `Open` serves; `Closing` has its close frame queued after
 //! whatever was queued before it, and lets the socket go once that is written and the peer
-//! answered (or, when the peer closed first, once the echo is written); `Refused` has an HTTP
-//! error queued and lets the socket go once it is written. [`Session::after_write`] says which
-//! step the socket takes next.
+//! answered (or, when the peer closed first, once the echo is written); `Answered` has an HTTP
+//! response other than the upgrade queued (an error, or the demo page) and lets the socket go
+//! once it is written. [`Session::after_write`] says which step the socket takes next.
 
 pub mod outbound;
 
@@ -44,8 +44,8 @@ pub enum Phase {
         /// Whether the peer started the close handshake.
         by_peer: bool,
     },
-    /// The upgrade was refused: an HTTP error response is queued.
-    Refused,
+    /// The request got an HTTP response other than the upgrade (a refusal, or the demo page).
+    Answered,
 }
 
 /// The life with the data that exists only in some phases: the request buffer only while
@@ -56,7 +56,7 @@ enum Life {
     Upgrading { request: Vec<u8> },
     Open { identity: Identity },
     Closing { identity: Identity, code: u16, by_peer: bool },
-    Refused,
+    Answered,
 }
 
 /// Who the viewer is, from the handshake.
@@ -160,7 +160,7 @@ impl Session {
             Life::Upgrading { .. } => Phase::Upgrading,
             Life::Open { .. } => Phase::Open,
             Life::Closing { code, by_peer, .. } => Phase::Closing { code, by_peer },
-            Life::Refused => Phase::Refused,
+            Life::Answered => Phase::Answered,
         }
     }
 
@@ -173,7 +173,7 @@ impl Session {
     pub fn identity(&self) -> Option<&Identity> {
         match &self.life {
             Life::Open { identity } | Life::Closing { identity, .. } => Some(identity),
-            Life::Upgrading { .. } | Life::Refused => None,
+            Life::Upgrading { .. } | Life::Answered => None,
         }
     }
 
@@ -205,10 +205,11 @@ impl Session {
         request.split_off(consumed.min(request.len()))
     }
 
-    /// The upgrade is refused: queue the HTTP error response; the socket goes once it is out.
-    pub fn refuse(&mut self, response: Vec<u8>) {
+    /// Answer the request with an HTTP response other than the upgrade (an error, the demo
+    /// page); the socket goes once it is out.
+    pub fn answer(&mut self, response: Vec<u8>) {
         if matches!(self.life, Life::Upgrading { .. }) {
-            self.life = Life::Refused;
+            self.life = Life::Answered;
             self.outbound.push_unbounded(Bytes::from(response));
         }
     }
@@ -331,7 +332,7 @@ impl Session {
     pub fn send(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
         match self.life {
             Life::Open { .. } => self.outbound.push(frame, budget),
-            Life::Upgrading { .. } | Life::Closing { .. } | Life::Refused => Ok(()),
+            Life::Upgrading { .. } | Life::Closing { .. } | Life::Answered => Ok(()),
         }
     }
 
@@ -360,7 +361,7 @@ impl Session {
         if !self.is_open() {
             return false;
         }
-        let Life::Open { identity } = std::mem::replace(&mut self.life, Life::Refused) else {
+        let Life::Open { identity } = std::mem::replace(&mut self.life, Life::Answered) else {
             return false;
         };
         if code == close_code::SLOW_CONSUMER {
@@ -378,8 +379,8 @@ impl Session {
         match self.life {
             Life::Upgrading { .. } if self.peer_closed => SocketStep::Drop,
             Life::Upgrading { .. } | Life::Open { .. } => SocketStep::Keep,
-            Life::Refused if written => SocketStep::Drop,
-            Life::Refused => SocketStep::Keep,
+            Life::Answered if written => SocketStep::Drop,
+            Life::Answered => SocketStep::Keep,
             Life::Closing { by_peer, .. } => {
                 if written && (by_peer || self.peer_closed) {
                     SocketStep::Drop
@@ -474,8 +475,8 @@ mod tests {
         let rest = s.upgrade(b"101".to_vec(), 3, identity);
         assert_eq!((rest, s.phase(), s.user()), (b"\x81\x80".to_vec(), Phase::Open, "a"));
         let mut r = Session::accept(ConnId(3), 0);
-        r.refuse(b"HTTP/1.1 404".to_vec());
-        assert_eq!((r.phase(), r.after_write()), (Phase::Refused, SocketStep::Keep));
+        r.answer(b"HTTP/1.1 404".to_vec());
+        assert_eq!((r.phase(), r.after_write()), (Phase::Answered, SocketStep::Keep));
         r.outbound_mut().advance(12);
         assert_eq!(r.after_write(), SocketStep::Drop);
         assert!(r.send(Bytes::from_static(b"x"), 10).is_ok() && r.outbound().is_empty(), "nothing after a refusal");

@@ -46,7 +46,7 @@ impl<Io> Shard<Io> {
         match conn.session.phase() {
             Phase::Upgrading => self.upgrade(key, bytes, now_ms),
             Phase::Open | Phase::Closing { .. } => self.feed(key, bytes, now_ms),
-            Phase::Refused => {}
+            Phase::Answered => {}
         }
         self.step_socket(key);
         self.drain_loopback(now_ms);
@@ -67,7 +67,7 @@ impl<Io> Shard<Io> {
         match conn.session.phase() {
             // Gone without a close frame: 1006 on its side, gone on ours.
             Phase::Open | Phase::Upgrading => self.drop_conn(key, now_ms),
-            Phase::Closing { .. } | Phase::Refused => self.step_socket(key),
+            Phase::Closing { .. } | Phase::Answered => self.step_socket(key),
         }
     }
 
@@ -139,7 +139,7 @@ impl<Io> Shard<Io> {
         for key in self.conns.keys() {
             let phase = self.conns.get(key).map(|c| c.session.phase());
             match phase {
-                Some(Phase::Upgrading | Phase::Refused) => self.drop_conn(key, now_ms),
+                Some(Phase::Upgrading | Phase::Answered) => self.drop_conn(key, now_ms),
                 _ => self.close(key, code, false),
             }
         }
@@ -186,12 +186,17 @@ impl<Io> Shard<Io> {
 
     fn upgrade(&mut self, key: ConnKey, bytes: &[u8], now_ms: u64) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let decision = upgrade::parse_upgrade(conn.session.push_request(bytes), &self.cfg.ws_path);
+        let request = conn.session.push_request(bytes);
+        if let Some(page) = self.cfg.demo_page.as_ref().and_then(|page| page.respond_to(request)) {
+            let page = page.to_vec();
+            return self.answer(key, page);
+        }
+        let decision = upgrade::parse_upgrade(request, &self.cfg.ws_path);
         match decision {
             Upgrade::Incomplete => {}
             Upgrade::Rejected { response, reason, status } => {
                 tracing::debug!(conn = %conn.session.id(), status, reason, "upgrade refused");
-                self.refuse(key, response);
+                self.answer(key, response);
             }
             Upgrade::Accepted { consumed, response, user, token: _ } => {
                 let user: Arc<str> = match user {
@@ -199,7 +204,7 @@ impl<Io> Shard<Io> {
                         Ok(()) => Arc::from(user),
                         Err(why) => {
                             tracing::debug!(conn = %conn.session.id(), why, "upgrade refused: bad user");
-                            return self.refuse(key, upgrade::http_error(400, &format!("bad user: {why}")));
+                            return self.answer(key, upgrade::http_error(400, &format!("bad user: {why}")));
                         }
                     },
                     None => Arc::from(format!("anon-{}", conn.session.id())),
@@ -214,9 +219,9 @@ impl<Io> Shard<Io> {
         }
     }
 
-    fn refuse(&mut self, key: ConnKey, response: Vec<u8>) {
+    fn answer(&mut self, key: ConnKey, response: Vec<u8>) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        conn.session.refuse(response);
+        conn.session.answer(response);
         self.conns.mark_dirty(key);
     }
 

@@ -74,6 +74,8 @@ pub struct ShardConfig {
     pub workers: usize,
     /// The upgrade path (`/ws`).
     pub ws_path: String,
+    /// The demo page served at `GET /` on the viewer ports (`ws.demo_page`), if on.
+    pub demo_page: Option<crate::demo::DemoPage>,
     /// Time a new connection has to complete its upgrade.
     pub handshake_timeout_ms: u64,
     /// Largest client message, for `hello` and the frame reader.
@@ -108,6 +110,7 @@ impl ShardConfig {
         Self {
             workers,
             ws_path: config.ws.path.clone(),
+            demo_page: config.ws.demo_page.then(|| crate::demo::DemoPage::new(&config.ws.path)),
             handshake_timeout_ms: config.limits.handshake_timeout_ms,
             max_message: config.limits.max_message,
             max_comment_chars: config.limits.max_comment_chars,

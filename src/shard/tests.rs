@@ -548,6 +548,9 @@ mod model {
 
     struct ModelConn {
         at: (usize, ConnKey),
+        /// Keys are reused once a connection is gone (an expired one is dropped when its close
+        /// handshake times out), so the model names its connection by id as well.
+        id: crate::ids::ConnId,
         user: u8,
         last_seen: u64,
         rooms: BTreeSet<u8>,
@@ -570,7 +573,8 @@ mod model {
                 match op {
                     Op::Connect { user, worker } => {
                         let at = sim.open(usize::from(worker), &format!("u{user}"));
-                        conns.push(ModelConn { at, user, last_seen: sim.now, rooms: BTreeSet::new(), gone: false });
+                        let id = sim.shards[at.0].conn(at.1).expect("just opened").session.id();
+                        conns.push(ModelConn { at, id, user, last_seen: sim.now, rooms: BTreeSet::new(), gone: false });
                     }
                     Op::Join { conn, room } | Op::Leave { conn, room } if !conns.is_empty() => {
                         let i = usize::from(conn) % conns.len();
@@ -598,7 +602,9 @@ mod model {
                         let i = usize::from(conn) % conns.len();
                         if !conns[i].gone {
                             let (w, key) = conns[i].at;
-                            sim.shards[w].remove(key, sim.now);
+                            if sim.shards[w].conn(key).is_some_and(|c| c.session.id() == conns[i].id) {
+                                sim.shards[w].remove(key, sim.now);
+                            }
                             sim.settle();
                             conns[i].gone = true;
                         }
