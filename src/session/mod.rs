@@ -24,6 +24,7 @@
 pub mod outbound;
 
 use crate::ids::ConnId;
+use crate::metrics::ListenerKind;
 use crate::wire::frame::{self, close_code, FrameReader, Role};
 use bytes::Bytes;
 use outbound::{Outbound, OverBudget};
@@ -116,6 +117,8 @@ pub struct Session {
     last_spoke_ms: u64,
     /// A heartbeat ping went out and no frame arrived since.
     pinged: bool,
+    /// The listener it came in on (ws or wss), for the counters.
+    listener: ListenerKind,
     next_join_id: u32,
 }
 
@@ -125,7 +128,7 @@ const PING_FRAME: &[u8] = &[0x89, 0x00];
 
 impl Session {
     /// A connection just accepted: its upgrade request is yet to come.
-    pub fn accept(id: ConnId, now_ms: u64) -> Self {
+    pub fn accept(id: ConnId, listener: ListenerKind, now_ms: u64) -> Self {
         Self {
             id,
             life: Life::Upgrading { request: Vec::new() },
@@ -137,13 +140,14 @@ impl Session {
             last_seen_ms: now_ms,
             last_spoke_ms: now_ms,
             pinged: false,
+            listener,
             next_join_id: 0,
         }
     }
 
     /// A connection whose upgrade was done elsewhere (tests, benches): open at once.
     pub fn opened(id: ConnId, identity: Identity, now_ms: u64) -> Self {
-        let mut session = Self::accept(id, now_ms);
+        let mut session = Self::accept(id, ListenerKind::Ws, now_ms);
         session.life = Life::Open { identity };
         session.rooms.reserve_exact(1);
         session
@@ -152,6 +156,11 @@ impl Session {
     /// The process-wide connection id.
     pub fn id(&self) -> ConnId {
         self.id
+    }
+
+    /// The listener the connection came in on.
+    pub fn listener(&self) -> ListenerKind {
+        self.listener
     }
 
     /// Where the connection is in its life.
@@ -468,13 +477,13 @@ mod tests {
 
     #[test]
     fn an_upgrade_keeps_the_bytes_after_the_request_and_a_refusal_goes_once_written() {
-        let mut s = Session::accept(ConnId(2), 0);
+        let mut s = Session::accept(ConnId(2), ListenerKind::Ws, 0);
         assert_eq!(s.push_request(b"RE"), b"RE");
         assert_eq!(s.push_request(b"Q\x81\x80"), b"REQ\x81\x80");
         let identity = Identity { user: Arc::from("a"), name: Arc::from("a") };
         let rest = s.upgrade(b"101".to_vec(), 3, identity);
         assert_eq!((rest, s.phase(), s.user()), (b"\x81\x80".to_vec(), Phase::Open, "a"));
-        let mut r = Session::accept(ConnId(3), 0);
+        let mut r = Session::accept(ConnId(3), ListenerKind::Ws, 0);
         r.answer(b"HTTP/1.1 404".to_vec());
         assert_eq!((r.phase(), r.after_write()), (Phase::Answered, SocketStep::Keep));
         r.outbound_mut().advance(12);

@@ -4,6 +4,7 @@
 use super::mail::{IngestReply, Mail, ReplyTo};
 use super::*;
 use crate::ids::RoomName;
+use crate::metrics::Source;
 use crate::wire::frame::{FrameReader, Role};
 use crate::wire::Incoming;
 use serde_json::Value;
@@ -74,8 +75,13 @@ impl Sim {
         let home = home_of(room, self.shards.len());
         for i in 0..n {
             let reply = Some(ReplyTo { conn: 0, generation: 0, serial: i, part: 0 });
-            let mail =
-                Mail::Publish { room: name(room), kind: "gift".into(), data: format!("{{\"i\":{i}}}").into(), reply };
+            let mail = Mail::Publish {
+                room: name(room),
+                kind: "gift".into(),
+                data: format!("{{\"i\":{i}}}").into(),
+                source: Source::Ingest,
+                reply,
+            };
             self.shards[usize::from(home.0)].handle_mail(mail, self.now);
         }
         self.settle();
@@ -247,7 +253,7 @@ fn a_consumer_over_budget_is_closed_with_4009_and_the_rest_get_everything() {
     let seqs = event_seqs(&got, "r");
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "what the slow one got is gap-free");
     assert_eq!(got.last().map(|m| m["close"].clone()), Some(Value::from(4009)));
-    assert_eq!(sim.shards[0].stats().slow_consumers, 1);
+    assert_eq!(sim.shards[0].counters().slow_consumer_closes, 1);
 }
 
 #[test]
@@ -497,7 +503,10 @@ fn state_is_sequenced_with_events_and_carried_by_joined() {
     sim.received(a);
     let home = home_of("r", 2);
     sim.publish("r", 1);
-    sim.ingest(home, Mail::SetState { room: name("r"), state: r#"{"phase":"live"}"#.into(), reply: None });
+    sim.ingest(
+        home,
+        Mail::SetState { room: name("r"), state: r#"{"phase":"live"}"#.into(), source: Source::Ingest, reply: None },
+    );
     sim.publish("r", 1);
     let got = sim.received(a);
     let seqs: Vec<(String, u64)> = got
