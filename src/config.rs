@@ -30,6 +30,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// How a room's messages are sent to its members.
     pub fanout: FanoutConfig,
+    /// Durable sinks for comments, tombstones and presence records.
+    pub sink: crate::sink::SinkConfig,
 }
 
 /// `[ws]`: the plain viewer listener.

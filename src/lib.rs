@@ -13,7 +13,8 @@
 //!   one worker owns, driven by `handle_*` calls and drained through outboxes), [`wheel`]
 //!   (per-connection deadlines), [`ids`] (newtypes shared by all of them).
 //! * shell: [`runtime`] (mio listeners, the per-core worker loop, TLS byte layer, the mailbox
-//!   mesh, the ingest loop, signals), [`config`] (typed settings with embedded defaults),
+//!   mesh, the ingest loop, signals), [`sink`] (durable sinks: file, Redis Streams, webhook,
+//!   with a spool), [`config`] (typed settings with embedded defaults),
 //!   [`tls`] (rustls configuration and self-signed certificates).
 
 pub mod config;
@@ -22,6 +23,7 @@ pub mod room;
 pub mod runtime;
 pub mod session;
 pub mod shard;
+pub mod sink;
 pub mod tls;
 pub mod wheel;
 pub mod wire;
