@@ -2,8 +2,8 @@
 //! `sink.file.dir` (default `./data`), fsynced in groups.
 //!
 //! Files: `segment-<20-digit number>.jsonl`, one record per line (the shape in
-//! [`crate::sink::record`]), a new segment once one reaches `sink.file.segment_bytes`, and a
-//! `current.jsonl` symlink to the active one, so `tail -n +1 -F data/current.jsonl` reads the
+//! [`crate::sink::record`]), a new segment once one reaches `sink.file.segment_bytes`, and
+//! `current.jsonl`, a hard link to the active one (moved by rename at each rotation), so `tail -n +1 -F data/current.jsonl` reads the
 //! log live across rotations and `cat data/segment-*.jsonl` reads all of it in order. A batch
 //! is one `write` plus one `fdatasync` ([`SegmentLog::append`]); the runner's
 //! [`crate::sink::batch::BatchPolicy`] turns `sink.file.fsync_ms` / `sink.file.fsync_records`
@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 /// Segment file prefix.
 pub const SEGMENT_PREFIX: &str = "segment";
-/// The symlink to the active segment.
+/// The hard link to the active segment.
 pub const CURRENT_LINK: &str = "current.jsonl";
 
 /// The file sink's errors.

@@ -6,8 +6,8 @@
 //! and made durable with `fdatasync` before [`SegmentLog::append`] returns; a new segment is
 //! started once the active one reaches its size limit (only between batches, so a line never
 //! spans two files) and the directory is fsynced so the new file survives a crash. With a link
-//! name configured, a symlink (`current.jsonl`) is switched atomically to the active segment
-//! after every rotation: `tail -F current.jsonl` follows the log across rotations.
+//! name configured, a hard link (`current.jsonl`) is moved atomically (rename) to the active
+//! segment after every rotation: `tail -F current.jsonl` follows the log across rotations.
 //!
 //! On open, the last segment is checked: bytes after its last newline (a write torn by a
 //! crash) and a last line that is not JSON are truncated and reported, never fatal. Those bytes
@@ -179,15 +179,21 @@ impl SegmentLog {
     }
 
     fn point_link(&self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
         let Some(link) = self.link else { return Ok(()) };
-        let target = segment_name(self.prefix, self.active_number);
+        let target = self.dir.join(segment_name(self.prefix, self.active_number));
         let path = self.dir.join(link);
-        if fs::read_link(&path).is_ok_and(|t| t == Path::new(&target)) {
+        let same = |a: &Path, b: &Path| -> bool {
+            matches!((fs::metadata(a), fs::metadata(b)), (Ok(x), Ok(y)) if x.ino() == y.ino() && x.dev() == y.dev())
+        };
+        if same(&path, &target) {
             return Ok(());
         }
+        // A hard link, replaced by rename: `tail -F` sees the name move to a new file and
+        // follows it (it does not notice a symlink changing its target).
         let tmp = self.dir.join(format!(".{link}.tmp"));
         let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&target, &tmp)?;
+        fs::hard_link(&target, &tmp)?;
         fs::rename(&tmp, &path)?;
         sync_dir(&self.dir)
     }
@@ -241,8 +247,8 @@ mod tests {
             let len = fs::metadata(log.path_of(*n)).expect("meta").len();
             assert!(len < 4096 + line.len() as u64, "segment {n} has {len} bytes");
         }
-        let link = fs::read_link(tmp.path().join("current.jsonl")).expect("link");
-        assert_eq!(link, PathBuf::from(segment_name("segment", log.position().0)));
+        let link = fs::read(tmp.path().join("current.jsonl")).expect("link");
+        assert_eq!(link, fs::read(log.path_of(log.position().0)).expect("active"));
         assert_eq!(lines(tmp.path(), "segment").len(), 100);
     }
 
