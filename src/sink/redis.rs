@@ -3,9 +3,11 @@
 //! (`sink.redis.streams = "single"`), trimmed with `MAXLEN ~ <sink.redis.maxlen>`.
 //!
 //! Each entry has three fields: `type` and `room` (for consumers that filter without parsing)
-//! and `record`, the record's JSON line (the shape every sink writes). Entry ids are Redis's
-//! (`*`): a batch that failed halfway is sent again whole, so a consumer may see a record twice
-//! and dedupes by its `id`. "Durable" here means Redis acknowledged the pipeline; how durable
+//! and `record`, the record's JSON line (the shape every sink writes). A batch is one
+//! `MULTI`/`EXEC` transaction, all of it or none of it: a plain pipeline can fail at its start
+//! (`LOADING` while a restarted Redis reads its AOF) and succeed at its end, and the retry would
+//! then put earlier records after later ones. Entry ids are Redis's (`*`): a batch whose `EXEC`
+//! answer was lost is sent again, so a consumer may see a record twice and dedupes by its `id`. "Durable" here means Redis acknowledged the pipeline; how durable
 //! Redis itself is depends on its `appendonly`/`appendfsync` settings.
 //!
 //! The `redis` crate's synchronous connection is used on the sink's own thread: the write must
@@ -31,10 +33,11 @@ pub enum RedisSinkError {
     Command(RedisError),
 }
 
-/// Whether a failed pipeline may succeed later. Everything is retried except a refusal that no
+/// Whether a failed batch may succeed later. Everything is retried except a refusal that no
 /// retry can change: a key of another type (`WRONGTYPE`), a rejected command (`ERR`) or a reply
 /// of the wrong shape. Connection loss, timeouts, `LOADING`, `OOM`, `READONLY` during a
-/// failover and authentication errors (fixed on the Redis side without a restart) are retried.
+/// failover, a transaction discarded for one of those (`EXECABORT`) and authentication errors
+/// (fixed on the Redis side without a restart) are retried.
 pub fn is_retriable(error: &RedisSinkError) -> bool {
     let RedisSinkError::Command(e) = error else { return false };
     if e.code() == Some("WRONGTYPE") {
@@ -43,7 +46,6 @@ pub fn is_retriable(error: &RedisSinkError) -> bool {
     !matches!(
         e.kind(),
         ErrorKind::Server(ServerErrorKind::ResponseError)
-            | ErrorKind::Server(ServerErrorKind::ExecAbort)
             | ErrorKind::Server(ServerErrorKind::CrossSlot)
             | ErrorKind::UnexpectedReturnType
             | ErrorKind::InvalidClientConfig
@@ -126,6 +128,7 @@ impl Sink for RedisSink {
             return Ok(());
         }
         let mut pipe = ::redis::Pipeline::with_capacity(batch.len());
+        pipe.atomic();
         for record in batch {
             let cmd = pipe.cmd("XADD").arg(self.stream_key(&record.room));
             if self.config.maxlen > 0 {

@@ -140,7 +140,16 @@ pub fn check_all_durable_in_order(records: &[(String, u64, String)], durable: &H
             continue; // at least once: a replayed duplicate
         }
         let last = last_seq.entry(room.as_str()).or_insert(0);
-        assert_eq!(*seq, *last + 1, "room {room}: seq {seq} after {last}");
+        if *seq != *last + 1 {
+            let around: Vec<u64> = records.iter().filter(|r| &r.0 == room).map(|r| r.1).collect();
+            let at = around.iter().position(|s| s == seq).unwrap_or(0);
+            let later = around.iter().skip(at).any(|s| *s == *last + 1);
+            panic!(
+                "room {room}: seq {seq} after {last} (seq {} comes later: {later}); around: {:?}",
+                *last + 1,
+                &around[at.saturating_sub(5)..(at + 40).min(around.len())]
+            );
+        }
         *last = *seq;
     }
     for (&origin, &max) in durable {
