@@ -349,8 +349,8 @@ impl SinkConfig {
         if !f.enabled && self.redis.is_none() && self.webhook.is_none() {
             return Err(invalid("sink.file.enabled", "no sink left: enable the file sink or configure another"));
         }
-        if self.spool.max_bytes < 64 * 1024 {
-            return Err(invalid("sink.spool.max_bytes", format!("at least 65536 (got {})", self.spool.max_bytes)));
+        if self.spool.max_bytes < 1 << 20 {
+            return Err(invalid("sink.spool.max_bytes", format!("at least 1048576 (got {})", self.spool.max_bytes)));
         }
         if self.retry.initial_ms == 0 {
             return Err(invalid("sink.retry.initial_ms", "must be positive"));

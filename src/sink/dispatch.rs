@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Most records in one chunk.
-pub(crate) const MAX_CHUNK_RECORDS: usize = 1_024;
+/// Most records in one chunk: the unit of durability reports (a sink thread gathers several
+/// chunks into one batch), small enough that a spool always holds a few.
+pub(crate) const MAX_CHUNK_RECORDS: usize = 256;
 /// Chunks that may wait in one sink thread's queue.
 pub(crate) const LANE_QUEUE_CHUNKS: usize = 64;
 /// A down is released this long after its grace ends, so an up that happened in time but is

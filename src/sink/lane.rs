@@ -48,6 +48,9 @@ pub(crate) struct Lane {
 pub(crate) struct LaneState {
     pending: Vec<Arc<Chunk>>,
     pending_records: usize,
+    /// Of the pending records, how many (from the start) the sink or the spool already holds:
+    /// a batch cut short by a full spool is taken up again from there.
+    held: usize,
     last_commit: Option<Instant>,
     /// When the next attempt at the sink (replay, or a retry of a failed write) may happen.
     retry_at: Option<Instant>,
@@ -130,7 +133,10 @@ impl Lane {
             return;
         }
         let timer = deadline.map_or_else(never, crossbeam_channel::at);
-        let rx = if self.state.holding || self.state.finished { never() } else { self.rx.clone() };
+        // While holding, new chunks would only pile up; once stopping they are taken anyway
+        // (to be spooled or abandoned) so the dispatcher can finish.
+        let closed = self.state.finished || (self.state.holding && !self.state.stopping);
+        let rx = if closed { never() } else { self.rx.clone() };
         let stop = if self.state.stopping { never() } else { self.stop.clone() };
         select! {
             recv(rx) -> msg => self.take(msg.ok()),
@@ -142,7 +148,10 @@ impl Lane {
 
     /// More chunks already queued, while the batch is not full.
     fn take_queued(&mut self) {
-        while !self.state.holding && !self.state.finished && self.state.pending_records < self.policy.max_records {
+        while (!self.state.holding || self.state.stopping)
+            && !self.state.finished
+            && self.state.pending_records < self.policy.max_records
+        {
             match self.rx.try_recv() {
                 Ok(msg) => self.take(Some(msg)),
                 Err(_) => break,
@@ -215,11 +224,13 @@ impl Lane {
         self.stats.done(0, spool.or(pending));
     }
 
-    /// Commit the pending chunks: to the sink when nothing is spooled and it is healthy (or
-    /// due for a retry), otherwise to the spool.
+    /// Commit the pending chunks: to the sink (in slices of at most `max_records`) when
+    /// nothing is spooled and it is healthy (or due for a retry); what the sink did not take
+    /// goes to the spool.
     fn commit(&mut self, now: Instant) {
         let chunks = std::mem::take(&mut self.state.pending);
         let count = std::mem::take(&mut self.state.pending_records);
+        let mut done = std::mem::take(&mut self.state.held);
         let Some(through) = chunks.last().map(|c| c.index) else { return };
         let batch: Vec<&EncodedRecord> = chunks.iter().flat_map(|c| self.relevant(c)).collect();
         if batch.is_empty() {
@@ -229,58 +240,73 @@ impl Lane {
         if !self.state.holding {
             self.state.last_commit = Some(now);
         }
-        let direct = self.spool.is_empty()
-            && (self.healthy || self.state.retry_at.is_none_or(|at| now >= at))
-            && !(self.state.stopping && !self.healthy);
+        // A failing sink is tried again when its retry is due, but not once stopping.
+        let retry_due = self.state.retry_at.is_none_or(|at| now >= at);
+        let direct = self.spool.is_empty() && (self.healthy || (retry_due && !self.state.stopping));
         if direct {
-            match self.sink.write_batch(&batch) {
-                Ok(()) => {
-                    self.succeed(batch.len());
-                    self.state.retry_at = None;
-                    self.stats.done(batch.len() as u64, None);
-                    drop(batch);
-                    self.refresh_oldest();
-                    self.report(through);
-                    return;
+            while done < batch.len() {
+                let end = (done + self.policy.max_records).min(batch.len());
+                let slice = &batch[done..end];
+                match self.sink.write_batch(slice) {
+                    Ok(()) => self.succeed(slice.len()),
+                    Err(f) if !f.retriable => self.reject(slice, &f),
+                    Err(f) => {
+                        self.fail(&f, now);
+                        break;
+                    }
                 }
-                Err(f) if !f.retriable => {
-                    let n = batch.len();
-                    self.reject(&batch, &f);
-                    self.stats.done(n as u64, None);
-                    self.report(through);
-                    return;
-                }
-                Err(f) => self.fail(&f, now),
+                self.stats.done(slice.len() as u64, None);
+                done = end;
             }
-        }
-        match self.spool.append(&batch) {
-            Ok(()) => {
-                let n = batch.len() as u64;
+            if done == batch.len() {
+                if self.healthy {
+                    self.state.retry_at = None;
+                }
                 drop(batch);
-                self.stats.update(|s| s.spooled_records += n);
                 self.set_holding(false);
                 self.refresh_oldest();
                 self.report(through);
-            }
-            Err(e) => {
-                drop(batch);
-                if self.state.stopping {
-                    self.abandon(chunks, count, &e);
-                    return;
-                }
-                if let SpoolError::Io { .. } = e {
-                    tracing::error!(sink = self.sink.name(), error = %e, "cannot spool; holding the batch");
-                    let message = e.to_string();
-                    self.stats.update(|s| s.last_error = Some(message));
-                }
-                if self.state.retry_at.is_none() {
-                    self.state.retry_at = Some(now + self.backoff.fail(fastrand::f64()));
-                }
-                self.state.pending = chunks;
-                self.state.pending_records = count;
-                self.set_holding(true);
+                return;
             }
         }
+        let spooled_from = done;
+        let mut failure = None;
+        while done < batch.len() {
+            // Slices of at most `max_records`: an empty spool takes any one slice, so the limit
+            // is exceeded by at most one slice.
+            let end = (done + self.policy.max_records).min(batch.len());
+            if let Err(e) = self.spool.append(&batch[done..end]) {
+                failure = Some(e);
+                break;
+            }
+            done = end;
+        }
+        let n = (done - spooled_from) as u64;
+        self.stats.update(|s| s.spooled_records += n);
+        let left = batch.len() - done;
+        drop(batch);
+        let Some(e) = failure else {
+            self.set_holding(false);
+            self.refresh_oldest();
+            self.report(through);
+            return;
+        };
+        if self.state.stopping {
+            self.abandon(chunks, left, &e);
+            return;
+        }
+        if let SpoolError::Io { .. } = e {
+            tracing::error!(sink = self.sink.name(), error = %e, "cannot spool; holding the batch");
+            let message = e.to_string();
+            self.stats.update(|s| s.last_error = Some(message));
+        }
+        if self.state.retry_at.is_none() {
+            self.state.retry_at = Some(now + self.backoff.fail(fastrand::f64()));
+        }
+        self.state.pending = chunks;
+        self.state.pending_records = count;
+        self.state.held = done;
+        self.set_holding(true);
     }
 
     fn set_holding(&mut self, holding: bool) {
@@ -300,6 +326,7 @@ impl Lane {
         self.stats.update(|s| s.abandoned_records += count as u64);
         self.stats.done(count as u64, None);
         drop(chunks);
+        self.set_holding(false);
     }
 
     fn reject(&mut self, batch: &[&EncodedRecord], failure: &SinkFailure) {

@@ -6,8 +6,10 @@
 //! not yet delivered), replaced atomically after each delivered batch. Replay starts at the
 //! cursor, so after a crash at most the last delivered batch is sent again (delivery is at least
 //! once; consumers dedupe by id). All spools share one [`SpoolBudget`] of
-//! `sink.spool.max_bytes` undelivered bytes: an append that does not fit is refused, the
-//! caller keeps its records (never reported durable), and the handles refuse new comments.
+//! `sink.spool.max_bytes` undelivered bytes: an append that does not fit is refused (unless
+//! every spool is empty: then one append is taken whatever its size, so none can wait forever;
+//! the sink threads append at most one batch of their sink's size at a time), the caller keeps
+//! its records (never reported durable), and the handles refuse new comments.
 //!
 //! Records a sink rejected for good (an error no retry can fix) are moved to
 //! `<spool dir>/<sink>/rejected.jsonl` with an error log, for an operator to inspect or
@@ -47,7 +49,9 @@ impl SpoolBudget {
     fn try_reserve(&self, bytes: u64) -> bool {
         self.used_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.max_bytes)
+                // An empty spool takes any one batch, so a batch larger than the limit cannot
+                // wait forever: the limit is exceeded by at most one batch.
+                used.checked_add(bytes).filter(|total| used == 0 || *total <= self.max_bytes)
             })
             .is_ok()
     }
