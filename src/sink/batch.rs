@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 /// See the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchPolicy {
-    /// Records that are committed without waiting for the interval.
+    /// Records that are committed without waiting for the interval (also the size of spool
+    /// appends and replays).
     pub max_records: usize,
+    /// Most records in one write to the sink: a commit with more is written in slices (a
+    /// webhook request, a Redis transaction); `usize::MAX` writes a commit whole (one fsync).
+    pub max_write: usize,
     /// Shortest time between the starts of two commits.
     pub min_interval: Duration,
 }
@@ -47,7 +51,7 @@ mod tests {
 
     #[test]
     fn commits_at_once_after_quiet_then_at_most_once_per_interval() {
-        let p = BatchPolicy { max_records: 100, min_interval: Duration::from_millis(5) };
+        let p = BatchPolicy { max_records: 100, max_write: usize::MAX, min_interval: Duration::from_millis(5) };
         let t0 = Instant::now();
         assert!(!p.is_due(0, None, t0));
         assert!(p.is_due(1, None, t0), "the first record goes at once");

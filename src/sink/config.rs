@@ -95,7 +95,8 @@ pub struct RedisSinkConfig {
     pub timeout_ms: u64,
     /// At most one pipeline per this many ms unless `batch_records` wait (`sink.redis.batch_ms`).
     pub batch_ms: u64,
-    /// Records that are sent at once without waiting for `batch_ms` (`sink.redis.batch_records`).
+    /// Most records in one transaction; that many waiting are sent at once
+    /// (`sink.redis.batch_records`).
     pub batch_records: usize,
     /// Whether acks wait for this sink (`sink.redis.durable`).
     pub durable: bool,

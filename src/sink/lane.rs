@@ -224,7 +224,7 @@ impl Lane {
         self.stats.done(0, spool.or(pending));
     }
 
-    /// Commit the pending chunks: to the sink (in slices of at most `max_records`) when
+    /// Commit the pending chunks: to the sink (in slices of at most `max_write`) when
     /// nothing is spooled and it is healthy (or due for a retry); what the sink did not take
     /// goes to the spool.
     fn commit(&mut self, now: Instant) {
@@ -245,7 +245,7 @@ impl Lane {
         let direct = self.spool.is_empty() && (self.healthy || (retry_due && !self.state.stopping));
         if direct {
             while done < batch.len() {
-                let end = (done + self.policy.max_records).min(batch.len());
+                let end = done.saturating_add(self.policy.max_write).min(batch.len());
                 let slice = &batch[done..end];
                 match self.sink.write_batch(slice) {
                     Ok(()) => self.succeed(slice.len()),

@@ -69,8 +69,8 @@ struct Built {
     presence: bool,
 }
 
-fn policy(ms: u64, records: usize) -> BatchPolicy {
-    BatchPolicy { max_records: records, min_interval: Duration::from_millis(ms) }
+fn policy(ms: u64, records: usize, max_write: usize) -> BatchPolicy {
+    BatchPolicy { max_records: records, max_write, min_interval: Duration::from_millis(ms) }
 }
 
 fn build_sinks(config: &SinkConfig) -> Result<Vec<Built>, SinkError> {
@@ -80,7 +80,7 @@ fn build_sinks(config: &SinkConfig) -> Result<Vec<Built>, SinkError> {
         let (sink, _) = FileSink::open(f)?;
         built.push(Built {
             sink: Box::new(sink),
-            policy: policy(f.fsync_ms, f.fsync_records),
+            policy: policy(f.fsync_ms, f.fsync_records, usize::MAX),
             durable: f.durable,
             presence: f.presence,
         });
@@ -88,7 +88,7 @@ fn build_sinks(config: &SinkConfig) -> Result<Vec<Built>, SinkError> {
     if let Some(r) = &config.redis {
         built.push(Built {
             sink: Box::new(RedisSink::new(r)?),
-            policy: policy(r.batch_ms, r.batch_records),
+            policy: policy(r.batch_ms, r.batch_records, r.batch_records),
             durable: r.durable,
             presence: r.presence,
         });
@@ -96,7 +96,7 @@ fn build_sinks(config: &SinkConfig) -> Result<Vec<Built>, SinkError> {
     if let Some(w) = &config.webhook {
         built.push(Built {
             sink: Box::new(WebhookSink::new(w).map_err(SinkError::Webhook)?),
-            policy: policy(w.batch_ms, w.batch_records),
+            policy: policy(w.batch_ms, w.batch_records, w.batch_records),
             durable: w.durable,
             presence: w.presence,
         });
