@@ -91,6 +91,7 @@ fn failing_receiver_is_retried_from_the_spool_then_gets_everything_signed() {
         assert!(!sink_support::verify_signature(b"other", r));
         assert_eq!(r.headers.get("content-type").map(String::as_str), Some("application/json"));
     }
+    assert!(readme_python_verifies(&requests[0]), "the README's Python verifier rejects a real request");
     let delivered: Vec<SinkRecord> = requests.iter().filter(|r| r.status == 200).flat_map(records_of).collect();
     check_all_durable_in_order(&comment_rows(&delivered), &HashMap::from([(0, 1_500)]));
     // Every record of a failed post was posted again, the same record with the same id.
@@ -247,4 +248,31 @@ fn presence_is_debounced_on_its_way_to_the_sinks() {
     let posted: Vec<SinkRecord> = receiver.requests().iter().flat_map(records_of).collect();
     assert_eq!(kinds(posted), expected);
     assert_eq!(m.sinks.iter().map(|s| s.records_written).collect::<Vec<_>>(), [4, 4]);
+}
+
+/// Run the README's Python `verify` on a request the sink sent.
+fn readme_python_verifies(request: &Request) -> bool {
+    let readme = include_str!("../README.md");
+    let code = readme
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README has a python block");
+    let script = format!(
+        "{code}\nimport sys\nbody = open(sys.argv[1], 'rb').read()\nprint(verify(sys.argv[2].encode(), body, sys.argv[3], sys.argv[4]))\n"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let body = dir.path().join("body");
+    std::fs::write(&body, &request.body).expect("write body");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&body)
+        .arg(SECRET)
+        .arg(&request.headers["x-roomcast-timestamp"])
+        .arg(&request.headers["x-roomcast-signature"])
+        .output()
+        .expect("python3 runs the README's verifier (apt-get install -y python3)");
+    assert!(out.status.success(), "python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim() == "True"
 }

@@ -415,6 +415,30 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_s_commented_sink_keys_are_real_keys() {
+        // Uncomment `# key = value` and `# [sink.x]` lines of the `[sink]` part: what the
+        // example documents must parse.
+        let example = include_str!("../../roomcast.example.toml");
+        let at = example.find("\n[sink]\n").expect("the example has a [sink] table");
+        let key = |k: &str| {
+            k.starts_with(|c: char| c.is_ascii_lowercase()) && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        };
+        let sink_part: String = example[at..]
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.starts_with("[sink.") && rest.ends_with(']') => rest,
+                Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| key(k)) => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let text = format!("{}{sink_part}", &example[..at]);
+        let c: crate::config::Config = toml::from_str(&text).expect("the uncommented example parses");
+        assert!(c.sink.redis.is_some() && c.sink.webhook.is_some());
+        c.sink.validate().expect("and is valid");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = parse("[file]\nfsync_mss = 3\n").expect_err("unknown key");
         assert!(e.contains("fsync_mss"), "{e}");
