@@ -276,3 +276,32 @@ fn readme_python_verifies(request: &Request) -> bool {
     assert!(out.status.success(), "python3 failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim() == "True"
 }
+
+#[test]
+fn a_restart_replays_the_spool_before_new_records() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let receiver = Receiver::start(500);
+    let mut config = webhook_config(tmp.path(), &receiver.url);
+    config.file.enabled = false;
+    let durable = Durable::new();
+    let rt = sink::start(&config, durable.clone()).expect("start");
+    let mut flood = Flood::new(0, 3);
+    submit_until(&rt.handle(), &mut flood, 300);
+    durable.wait_for(0, 300);
+    let m = rt.shutdown();
+    assert_eq!(m.spool_records, 300, "everything waits in the spool at shutdown: {m:?}");
+    // Next start: the receiver answers, old records go out before any new one.
+    receiver.set_status(200);
+    let durable = Durable::new();
+    let rt = sink::start(&config, durable.clone()).expect("restart");
+    let handle = rt.handle();
+    submit_until(&handle, &mut flood, 400);
+    durable.wait_for(0, 400);
+    wait_until("the webhook to catch up", || rt.metrics().sinks[0].lag_records == 0);
+    rt.shutdown();
+    let delivered: Vec<SinkRecord> =
+        receiver.requests().iter().filter(|r| r.status == 200).flat_map(records_of).collect();
+    let texts: Vec<String> = comment_rows(&delivered).into_iter().map(|(_, _, t)| t).collect();
+    let expected: Vec<String> = (1..=400).map(|t| format!("o0t{t}")).collect();
+    assert_eq!(texts, expected, "spooled records first, in order, then the new ones");
+}
