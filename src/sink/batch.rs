@@ -1,5 +1,5 @@
 //! When a sink thread commits what has gathered: group commit for the file sink's fsyncs,
-//! pipelining for Redis, request batching for the webhook, all one rule.
+//! transactions for Redis, request batching for the webhook, all one rule.
 //!
 //! A batch is committed when records wait and either `max_records` of them gathered or at
 //! least `min_interval` passed since the previous commit started. So a record that comes after

@@ -10,7 +10,7 @@
 //!       +--------------------------+---------------------------+-------------+
 //!       v                          v                           v
 //!  sink thread: file          sink thread: redis          sink thread: webhook
-//!  (group commit, fsync)      (pipelined XADD)            (signed POST)
+//!  (group commit, fsync)      (XADD in MULTI/EXEC)        (signed POST)
 //!       |  on failure: spool/<sink>/ (in order), replay with backoff + jitter
 //!       +--> progress --> dispatcher --> DurableNotify::durable(origin, ticket), once per batch per worker
 //! ```
