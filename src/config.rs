@@ -42,6 +42,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// How a room's messages are sent to its members.
     pub fanout: FanoutConfig,
+    /// Durable sinks for comments, tombstones and presence records.
+    pub sink: crate::sink::SinkConfig,
 }
 
 /// `[ws]`: the plain viewer listener.
@@ -407,6 +409,9 @@ impl Config {
                     name("admin.token")
                 ),
             ));
+        }
+        if let Err(e) = self.sink.validate() {
+            return Err(invalid(e.key, e.message));
         }
         if self.ingest.max_line < 1024 {
             return Err(invalid(

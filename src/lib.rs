@@ -16,10 +16,11 @@
 //!   them), [`query`] (the answers of the query API and how lists are paged), [`metrics`]
 //!   (per-worker counters, merged on a scrape).
 //! * shell: [`runtime`] (mio listeners, the per-core worker loop, TLS byte layer, the mailbox
-//!   mesh, the ingest loop, signals), [`admin`] (the admin HTTP port on its own thread: query
-//!   API, `/metrics`, dashboard), [`config`] (typed settings with embedded defaults), [`tls`]
-//!   (rustls configuration and self-signed certificates), [`demo`] (the demo page's HTTP
-//!   response, built once; the worker writes it).
+//!   mesh, the ingest loop, signals, the admin backend), [`admin`] (the admin HTTP port on its
+//!   own thread: query API, `/metrics`, dashboard), [`sink`] (durable sinks on their own
+//!   threads: file, Redis Streams, webhook, with a spool), [`config`] (typed settings with
+//!   embedded defaults), [`tls`] (rustls configuration and self-signed certificates),
+//!   [`demo`] (the demo page's HTTP response, built once; the worker writes it).
 
 pub mod admin;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod room;
 pub mod runtime;
 pub mod session;
 pub mod shard;
+pub mod sink;
 pub mod tls;
 pub mod upstream;
 pub mod wheel;
