@@ -697,6 +697,8 @@ mod tests {
             .lines()
             .map(|line| match line.strip_prefix("# ") {
                 Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| is_key(k)) => rest,
+                // An optional table (`# [sink.redis]`) and its keys.
+                Some(rest) if rest.starts_with('[') && rest.ends_with(']') => rest,
                 _ => line,
             })
             .map(|line| format!("{line}\n"))
@@ -708,6 +710,12 @@ mod tests {
         full.wss.key = Some("k.pem".into());
         full.ingest.unix = Some("i.sock".into());
         full.admin.token = Some("t".into());
+        full.sink.redis = Some(crate::sink::config::RedisSinkConfig::default());
+        full.sink.webhook = Some(crate::sink::config::WebhookSinkConfig {
+            health_url: Some("http://h/healthz".into()),
+            ..Default::default()
+        });
+        full.sink.spool.dir = Some("spool".into());
         let mut all = Vec::new();
         key_paths(&toml::Table::try_from(&full).expect("config serializes"), "", &mut all);
         listed.sort();
@@ -715,7 +723,9 @@ mod tests {
         assert_eq!(listed, all, "roomcast.example.toml must list every key");
         let mut with_flags: Vec<String> = FLAGS.iter().map(|(k, _)| (*k).to_owned()).collect();
         with_flags.sort();
-        assert_eq!(with_flags, all, "every key has a flag in FLAGS");
+        // The sinks are configured in the file only (a table per sink, too many keys for flags).
+        all.retain(|k| !k.starts_with("sink."));
+        assert_eq!(with_flags, all, "every key but the sinks' has a flag in FLAGS");
     }
 
     #[test]
