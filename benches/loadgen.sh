@@ -6,13 +6,15 @@
 #   TLS=1 benches/loadgen.sh RUNS SCENARIO [flags...]       (wss, self-signed cert)
 #   SERVER_FLAGS="--batch-window-ms 25" benches/loadgen.sh ...
 #   SERVER_BIN=/path/to/other/roomcast benches/loadgen.sh ...  (another build; see benches/ab.sh)
+#   LOADGEN_BIN=/path/to/loadgen NO_BUILD=1 ...                 (fixed binaries, no rebuild)
 # Everything binds 127.0.0.1 ports chosen by the kernel, read from the server's ready line;
 # the server is stopped after each run, and on any exit of this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=$1; scenario=$2; shift 2
-cargo build --release --workspace -q
+[ -n "${NO_BUILD:-}" ] || cargo build --release --workspace -q
 bin=${SERVER_BIN:-./target/release/roomcast}
+loadgen=${LOADGEN_BIN:-./target/release/loadgen}
 out=$(mktemp -d)
 pid=
 stop_server() {
@@ -38,7 +40,7 @@ for i in $(seq 1 "$runs"); do
   ingest=()
   case "$scenario" in fanout|churn) ingest=(--ingest "$(field ingest)") ;; esac
   status=0
-  ./target/release/loadgen "$scenario" --url "$url" --ca "$out/cert.pem" "${ingest[@]}" --server-pid "$pid" \
+  "$loadgen" "$scenario" --url "$url" --ca "$out/cert.pem" "${ingest[@]}" --server-pid "$pid" \
       --json "$out/r$i.json" "$@" >"$out/table$i" 2>/dev/null || status=$?
   stop_server
   echo -n "run $i exit=$status "

@@ -70,9 +70,10 @@ impl ByListener {
     }
 }
 
-/// Close codes counted one by one (PROTOCOL.md "Close codes" and RFC 6455's protocol errors);
-/// any other code is counted as `other`.
-pub const CLOSE_CODES: [u16; 14] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013, 4001, 4008, 4009, 4010];
+/// Close codes counted one by one (PROTOCOL.md "Close codes", RFC 6455's protocol errors, and
+/// 1006 for a connection gone without a close handshake); any other code is `other`.
+pub const CLOSE_CODES: [u16; 15] =
+    [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1012, 1013, 4001, 4008, 4009, 4010];
 
 /// Close codes that mean something went wrong (bad input, too large, internal): counted in
 /// [`Counters::errors`].
@@ -113,6 +114,18 @@ impl CloseCounts {
         for (a, b) in self.counts.iter_mut().zip(other.counts) {
             *a += b;
         }
+    }
+
+    /// The closes since `earlier` (a copy taken before), as `code×count` for each code that
+    /// happened, in code order: a line for a person (`1000×3, 4009×1`); empty when none.
+    pub fn since(&self, earlier: &Self) -> String {
+        let labels = CLOSE_CODES.iter().map(u16::to_string).chain(std::iter::once("other".to_owned()));
+        let parts: Vec<String> = labels
+            .zip(self.counts.iter().zip(earlier.counts))
+            .filter(|(_, (now, then))| **now > *then)
+            .map(|(label, (now, then))| format!("{label}×{}", now - then))
+            .collect();
+        parts.join(", ")
     }
 }
 
@@ -504,10 +517,15 @@ mod tests {
     #[test]
     fn closes_count_known_codes_and_other() {
         let mut c = CloseCounts::default();
-        for code in [1000, 4009, 4009, 3000, 1006] {
+        for code in [1000, 4009, 4009, 3000, 3001] {
             c.record(code);
         }
         assert_eq!((c.get(1000), c.get(4009), c.get(1001), c.get(3000)), (1, 2, 0, 2));
+        let mut later = c;
+        later.record(1006);
+        later.record(1000);
+        assert_eq!(later.since(&c), "1000×1, 1006×1");
+        assert_eq!(c.since(&c), "");
         let labelled: Vec<_> = c.labelled().filter(|(_, n)| *n > 0).collect();
         assert_eq!(labelled, [("1000".to_owned(), 1), ("4009".to_owned(), 2), ("other".to_owned(), 2)]);
     }

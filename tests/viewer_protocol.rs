@@ -771,3 +771,22 @@ fn every_reply_to_an_op_with_a_ref_echoes_it_and_an_error_about_a_room_names_it(
     let unknown = call(&mut v, json!({"op": "dance", "ref": "u11"}));
     assert_eq!((unknown["code"].as_str(), unknown["ref"].as_str()), (Some("unknown_op"), Some("u11")));
 }
+
+#[test]
+fn a_connections_open_and_close_are_logged_at_debug_with_code_and_reason() {
+    // The harness runs the server with RUST_LOG=debug and keeps its log.
+    let server = Server::start(&[]);
+    let mut v = server.viewer("logged");
+    v.join("r");
+    v.ws.close(None).expect("send close");
+    assert_eq!(v.close_code(), Some(1000), "the close is echoed");
+    let logged = server.wait_for_log(|log| log.contains("connection closing"));
+    let open = logged.lines().find(|l| l.contains("connection open")).expect("the open is logged");
+    assert!(open.contains("user=logged") && open.contains("listener=\"ws\""), "{open}");
+    let closing = logged.lines().find(|l| l.contains("connection closing")).expect("the close is logged");
+    assert!(
+        closing.contains("code=1000") && closing.contains("by_peer=true") && closing.contains("reason=\"closed\"")
+            || closing.contains("reason=closed"),
+        "{closing}"
+    );
+}

@@ -26,7 +26,7 @@ use super::mesh::{IngestMail, Mesh, WorkerMail};
 use super::transport::Transport;
 use super::{clock_ms, Listener};
 use crate::ids::{ConnKey, WorkerId};
-use crate::metrics::{ListenerKind, WorkerLoad};
+use crate::metrics::{CloseCounts, ListenerKind, WorkerLoad};
 use crate::shard::{Shard, ShardConfig};
 use crate::wire::frame::close_code;
 use crossbeam_channel::Receiver;
@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 const SCRATCH_LEN: usize = 64 * 1024;
 /// How long a shutting-down worker waits for close frames to drain.
 const SHUTDOWN_GRACE_MS: u64 = 2_000;
+/// How often a worker logs the closes of the last interval (when there were any).
+const CLOSE_SUMMARY_MS: u64 = 60_000;
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 16;
@@ -66,6 +68,9 @@ pub struct Worker {
     shutdown_deadline_ms: Option<u64>,
     /// Time spent on turns (not waiting in poll) since start, in microseconds.
     busy_us: u64,
+    /// The closes counted at the last summary, and when the next is due.
+    closes_logged: CloseCounts,
+    next_close_summary_ms: u64,
 }
 
 impl Worker {
@@ -94,6 +99,8 @@ impl Worker {
             dirty: Vec::new(),
             shutdown_deadline_ms: None,
             busy_us: 0,
+            closes_logged: CloseCounts::default(),
+            next_close_summary_ms: clock_ms() + CLOSE_SUMMARY_MS,
         })
     }
 
@@ -138,6 +145,9 @@ impl Worker {
             self.send_mail();
             self.finish_sockets();
             self.busy_us += turn_started.elapsed().as_micros() as u64;
+            if now >= self.next_close_summary_ms {
+                self.log_close_summary(now);
+            }
             if let Some(deadline) = self.shutdown_deadline_ms {
                 if self.shard.conn_count() == 0 || now >= deadline {
                     tracing::debug!(worker = %self.id, left = self.shard.conn_count(), "worker stopped");
@@ -145,6 +155,18 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// One info line with the last interval's closes by code, when there were any: what an
+    /// operator scanning the log wants to know without turning on debug.
+    fn log_close_summary(&mut self, now: u64) {
+        self.next_close_summary_ms = now + CLOSE_SUMMARY_MS;
+        let closes = self.shard.counters().closes;
+        let line = closes.since(&self.closes_logged);
+        if !line.is_empty() {
+            tracing::info!(worker = %self.id, closes = %line, "connections closed in the last minute, by code");
+        }
+        self.closes_logged = closes;
     }
 
     /// Sleep until the shard next has work (a deadline, the presence tick, a held batch), or

@@ -145,6 +145,7 @@ impl<Io> Shard<Io> {
             return;
         }
         self.counters.closes.record(code);
+        tracing::debug!(conn = %conn.session.id(), user = %conn.session.user(), code, by_peer, reason = reason.as_str(), "connection closing");
         if code == close_code::SLOW_CONSUMER {
             self.counters.slow_consumer_closes += 1;
             tracing::warn!(
@@ -259,6 +260,7 @@ impl<Io> Shard<Io> {
         let Some(conn) = self.conns.get(key) else { return };
         let Some(identity) = conn.session.identity() else { return };
         let (id, user) = (conn.session.id(), Arc::clone(&identity.user));
+        tracing::debug!(conn = %id, user = %user, listener = conn.session.listener().as_str(), "connection open");
         self.conns.arm(key, now_ms + self.cfg.heartbeat_ms);
         let hello = frame::text_frame_with(|out| {
             server_msg::hello(out, id.0, &user, self.cfg.heartbeat_ms, self.cfg.max_message)
@@ -351,6 +353,7 @@ impl<Io> Shard<Io> {
         let conn = self.conns.get(key)?;
         if conn.session.is_open() {
             // Gone without a close handshake: RFC 6455's 1006, "abnormal closure".
+            tracing::debug!(conn = %conn.session.id(), user = %conn.session.user(), code = ABNORMAL_CLOSURE, "connection gone without a close");
             self.counters.closes.record(ABNORMAL_CLOSURE);
             self.leave_all(key, LeaveReason::Closed);
         }

@@ -174,6 +174,20 @@ impl Server {
     }
 
     /// What the server logged so far (for failure messages).
+    /// The log once `done` says it holds what a test waits for (the log arrives through a
+    /// pipe, so there is no other event to wait on); fails after [`WAIT`].
+    pub fn wait_for_log(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if done(&log) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "the server log never showed what was expected:\n{log}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().map(|s| s.clone()).unwrap_or_default()
     }
