@@ -27,8 +27,11 @@ for i in $(seq 1 "$runs"); do
   tls_flags=()
   [ "${TLS:-0}" = 1 ] && tls_flags=(--wss-listen 127.0.0.1:0 --tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
   # shellcheck disable=SC2086 # SERVER_FLAGS is a list of flags
+  sink_flags=()
+  # The sinks' data goes to the run's scratch directory (older builds have no sinks).
+  "$bin" serve --help | grep -q -- --sink-dir && sink_flags=(--sink-dir "$out/data$i")
   coproc SERVER { exec "$bin" serve --ws-listen 127.0.0.1:0 --ingest-listen 127.0.0.1:0 \
-      --admin-listen 127.0.0.1:0 ${SERVER_FLAGS:-} "${tls_flags[@]}" 2>"$out/server.log"; }
+      --admin-listen 127.0.0.1:0 ${SERVER_FLAGS:-} "${tls_flags[@]}" "${sink_flags[@]}" 2>"$out/server.log"; }
   pid=$SERVER_PID
   # The server prints one line when every listener is bound.
   if ! read -r -t 30 ready <&"${SERVER[0]}"; then

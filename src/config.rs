@@ -478,6 +478,8 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("history.max_age_ms", "--history-max-age-ms"),
     ("history.room_idle_ms", "--room-idle-ms"),
     ("fanout.batch_window_ms", "--batch-window-ms"),
+    ("sink.file.dir", "--sink-dir"),
+    ("sink.ack", "--sink-ack"),
 ];
 
 /// The flag of `key`, if it has one.
@@ -577,6 +579,12 @@ pub struct ServeArgs {
     /// later; 0 = at the end of each loop turn [default: 5].
     #[arg(long, value_name = "MS")]
     pub batch_window_ms: Option<u64>,
+    /// `sink.file.dir`: the file sink's data directory (its spool goes under it) [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    pub sink_dir: Option<PathBuf>,
+    /// `sink.ack`: `durable` (acks wait for the sinks) or `fast` [default: durable].
+    #[arg(long, value_name = "MODE")]
+    pub sink_ack: Option<crate::sink::AckMode>,
 }
 
 /// Applies flags over a configuration and remembers which keys they set.
@@ -632,6 +640,8 @@ impl ServeArgs {
         o.set("history.max_age_ms", |c| &mut c.history.max_age_ms, self.history_max_age_ms);
         o.set("history.room_idle_ms", |c| &mut c.history.room_idle_ms, self.room_idle_ms);
         o.set("fanout.batch_window_ms", |c| &mut c.fanout.batch_window_ms, self.batch_window_ms);
+        o.set("sink.file.dir", |c| &mut c.sink.file.dir, self.sink_dir);
+        o.set("sink.ack", |c| &mut c.sink.ack, self.sink_ack);
         let by_flag = o.by_flag;
         let name = |key: &'static str| match flag_of(key) {
             Some(flag) if by_flag.contains(&key) => flag.to_owned(),
@@ -723,8 +733,9 @@ mod tests {
         assert_eq!(listed, all, "roomcast.example.toml must list every key");
         let mut with_flags: Vec<String> = FLAGS.iter().map(|(k, _)| (*k).to_owned()).collect();
         with_flags.sort();
-        // The sinks are configured in the file only (a table per sink, too many keys for flags).
-        all.retain(|k| !k.starts_with("sink."));
+        // The sinks are configured in the file (a table per sink, too many keys for flags), but
+        // for their directory and ack mode.
+        all.retain(|k| !k.starts_with("sink.") || with_flags.contains(k));
         assert_eq!(with_flags, all, "every key but the sinks' has a flag in FLAGS");
     }
 

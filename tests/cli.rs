@@ -49,8 +49,18 @@ fn collect(mut from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 
 /// `roomcast ARGS` with piped output and only warnings logged.
 fn spawn(args: &[&str]) -> Child {
+    // A server writes its durable sinks' data: into the system's temp dir, never the checkout.
+    static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let data = std::env::temp_dir().join(format!("roomcast-cli-data-{}-{n}", std::process::id()));
+    let sink: &[&str] = if args.first() == Some(&"serve") && !args.contains(&"--sink-dir") {
+        &["--sink-dir", data.to_str().unwrap_or("/tmp/roomcast-cli-data")]
+    } else {
+        &[]
+    };
     Command::new(bin())
         .args(args)
+        .args(sink)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -336,4 +346,20 @@ fn a_second_server_on_the_same_port_is_refused_unless_sharing_is_asked_for() {
             .unwrap_or_else(|out| panic!("with --reuse-port the second server runs: {out:?}"));
     assert_eq!(second.addr("ws"), ws);
     assert!(first.running() && second.running(), "both servers serve");
+}
+
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused() {
+    let dir = std::env::temp_dir().join(format!("roomcast-cli-shared-data-{}", std::process::id()));
+    let data = dir.to_str().expect("utf-8 temp dir");
+    let _first = Serving::start(&[&LOOPBACK[..], &["--sink-dir", data]].concat())
+        .unwrap_or_else(|out| panic!("first server: {out:?}"));
+    let out = Serving::start(&[&LOOPBACK[..], &["--sink-dir", data]].concat())
+        .err()
+        .expect("two servers must not write one data directory");
+    assert_eq!(out.status, Some(2), "{out:?}");
+    assert!(out.stderr.contains("another roomcast process uses this data directory"), "{}", out.stderr);
+    assert!(out.stderr.contains("--sink-dir"), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+    let _ = std::fs::remove_dir_all(dir);
 }

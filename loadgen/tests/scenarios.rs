@@ -60,6 +60,8 @@ fn start(extra: &[&str]) -> Server {
     let child = Command::new(roomcast_bin())
         .args(["serve", "--workers", "2", "--ws-listen", "127.0.0.1:0", "--ingest-listen", "127.0.0.1:0"])
         .args(["--admin-listen", "127.0.0.1:0"])
+        .arg("--sink-dir")
+        .arg(unique_path("data", "d"))
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -54,20 +54,22 @@ impl History {
         }
     }
 
-    /// The frames after `since`, in order, if and only if the ring holds every message from
-    /// `since + 1` to `last_seq` (the room's latest). `since >= last_seq` replays nothing.
+    /// The frames after `since` up to `last_seq`, in order, if and only if the ring holds every
+    /// message from `since + 1` to `last_seq` (the room's latest, or the latest its members
+    /// have been sent). `since >= last_seq` replays nothing.
     pub fn replay(&self, since: u64, last_seq: u64) -> Option<impl Iterator<Item = &Bytes> + '_> {
-        let skip = if since >= last_seq {
-            self.entries.len()
+        let range = if since >= last_seq {
+            self.entries.len()..self.entries.len()
         } else {
             let (first, _, _) = self.entries.front()?;
             let (last, _, _) = self.entries.back()?;
-            if *first > since + 1 || *last != last_seq {
+            if *first > since + 1 || *last < last_seq {
                 return None;
             }
-            (since + 1 - first) as usize
+            let skip = (since + 1 - first) as usize;
+            skip..skip + (last_seq - since) as usize
         };
-        Some(self.entries.range(skip..).map(|(_, _, frame)| frame))
+        Some(self.entries.range(range).map(|(_, _, frame)| frame))
     }
 
     /// Every frame held, oldest first.

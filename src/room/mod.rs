@@ -118,6 +118,11 @@ pub enum Message<'a> {
     },
     /// A state replacement: a `state` message, and the room's state from now on.
     State(Box<str>),
+    /// A comment taken back by moderation: an `event` of type `comment_deleted` with `{id}`.
+    CommentDeleted {
+        /// The deleted comment's id.
+        id: &'a str,
+    },
 }
 
 /// A sequenced message, as the home recorded it.
@@ -171,6 +176,17 @@ impl HomeRoom {
         self.seq
     }
 
+    /// The id of the comment sequenced as `seq` (its `data.id`): `<epoch>-<seq>`, unique for
+    /// the life of the process and across restarts (the epoch changes).
+    pub fn comment_id(&self, seq: Seq) -> String {
+        format!("{:x}-{}", self.epoch, seq.0)
+    }
+
+    /// The seq the next sequenced message will get.
+    pub fn next_seq(&self) -> Seq {
+        Seq(self.seq.0 + 1)
+    }
+
     /// The epoch as shown on the wire.
     pub fn epoch_string(&self) -> String {
         format!("{:x}", self.epoch)
@@ -216,11 +232,19 @@ impl HomeRoom {
                 frame::text_frame_with(|out| server_msg::event(out, room, seq.0, kind, data, now_ms))
             }
             Message::Comment { user, name, text } => {
-                let id = format!("{:x}-{}", self.epoch, seq.0);
+                let id = self.comment_id(seq);
                 let mut data = Vec::with_capacity(text.len() + user.len() + name.len() + 48);
                 server_msg::comment_data(&mut data, &id, user, name, text);
                 let data = String::from_utf8_lossy(&data);
                 frame::text_frame_with(|out| server_msg::event(out, room, seq.0, "comment", &data, now_ms))
+            }
+            Message::CommentDeleted { id } => {
+                let mut data = Vec::with_capacity(id.len() + 10);
+                data.extend_from_slice(b"{\"id\":");
+                server_msg::push_str(&mut data, id);
+                data.push(b'}');
+                let data = String::from_utf8_lossy(&data);
+                frame::text_frame_with(|out| server_msg::event(out, room, seq.0, "comment_deleted", &data, now_ms))
             }
             Message::State(state) => {
                 self.version += 1;
@@ -239,7 +263,9 @@ impl HomeRoom {
     /// (the batch), so that the member's worker receives every frame after `joined.seq` and
     /// none before it.
     ///
-    /// `reference` is the `join`'s `ref`, echoed in `joined`.
+    /// `reference` is the `join`'s `ref`, echoed in `joined`. `sent` is the latest seq the
+    /// members have been sent (the room's latest, unless frames wait for durability): the
+    /// newcomer starts after it and receives the waiting frames with the other members.
     ///
     /// Recovery: with `since` and the room's current `epoch`, and a history ring that still holds
     /// every message after `since`, those are replayed and `recovered` is true; otherwise nothing
@@ -250,6 +276,7 @@ impl HomeRoom {
         viewer: (&Arc<str>, &Arc<str>),
         since: Option<(u64, &str)>,
         reference: Option<&crate::wire::Ref>,
+        sent: Seq,
         now_ms: u64,
     ) -> JoinReply {
         self.add_member(worker, viewer, now_ms);
@@ -258,14 +285,14 @@ impl HomeRoom {
         if let Some((since, epoch)) = since {
             if epoch == self.epoch_string() {
                 self.history.prune(now_ms);
-                if let Some(frames) = self.history.replay(since, self.seq.0) {
+                if let Some(frames) = self.history.replay(since, sent.0) {
                     replay.extend(frames.cloned());
                     recovered = true;
                 }
             }
         }
         let epoch = self.epoch_string();
-        let (room, seq, online, state) = (&self.name, self.seq.0, self.online(), self.state.as_deref());
+        let (room, seq, online, state) = (&self.name, sent.0, self.online(), self.state.as_deref());
         let joined = server_msg::Joined { room, seq, epoch: &epoch, recovered, online, state };
         let joined = frame::text_frame_with(|out| server_msg::joined(out, joined, reference));
         JoinReply { replay, joined }

@@ -34,6 +34,8 @@ pub enum WorkerMail {
         /// Where the answer goes.
         reply: Sender<(Answer, WorkerLoad)>,
     },
+    /// The durable sinks hold every record of this worker up to this ticket.
+    Durable(u64),
     /// Close every connection with 1001 and stop.
     Shutdown,
 }
@@ -119,6 +121,19 @@ pub struct Mesh {
     pub workers: Vec<Mailbox<WorkerMail>>,
     /// The ingest loop's mailbox.
     pub ingest: Mailbox<IngestMail>,
+}
+
+/// The sinks' way back to the homes: a durability report becomes mail to the worker that
+/// submitted the records ([`WorkerMail::Durable`]), which wakes it.
+#[derive(Debug)]
+pub struct MeshNotify(pub Arc<Mesh>);
+
+impl crate::sink::DurableNotify for MeshNotify {
+    fn durable(&self, origin: u16, ticket: u64) {
+        if let Some(mailbox) = self.0.workers.get(usize::from(origin)) {
+            mailbox.send(WorkerMail::Durable(ticket));
+        }
+    }
 }
 
 impl Mesh {

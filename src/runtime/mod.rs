@@ -31,6 +31,9 @@ pub enum RunError {
     /// A listener could not be bound, or its port belongs to another process.
     #[error(transparent)]
     Listen(#[from] listen::ListenError),
+    /// The durable sinks could not start (a data or spool directory, a bad setting).
+    #[error("durable sinks")]
+    Sink(#[from] crate::sink::SinkError),
     /// TLS could not be set up from the configured files.
     #[error("TLS setup")]
     Tls(#[from] crate::tls::TlsError),
@@ -50,7 +53,7 @@ impl RunError {
     /// for a configuration error; 1 for anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Listen(_) | Self::Tls(_) => 2,
+            Self::Listen(_) | Self::Tls(_) | Self::Sink(_) => 2,
             Self::Io { .. } => 1,
         }
     }
@@ -137,8 +140,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let (ingest_box, ingest_inbox) = Mailbox::new(Arc::new(ingest_waker));
     let mesh = Arc::new(Mesh { workers: worker_boxes, ingest: ingest_box });
 
+    let sinks = crate::sink::start(&config.sink, Arc::new(mesh::MeshNotify(Arc::clone(&mesh))))?;
     let epoch_seed = clock_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let settings = WorkerSettings { tls };
+    let settings = WorkerSettings { tls, sink: Some(sinks.handle()) };
     let mut threads = Vec::new();
     for (i, ((poll, inbox), ws)) in polls.into_iter().zip(inboxes).zip(ws_listeners).enumerate() {
         let id = WorkerId(i as u16);
@@ -206,6 +210,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
         let _ = t.join();
     }
     let _ = ingest_thread.join();
+    // The workers submit nothing more: the sinks write what they hold and stop.
+    let sink_metrics = sinks.shutdown();
+    tracing::info!(?sink_metrics, "sinks stopped");
     admin.shutdown();
     tracing::info!("roomcast stopped");
     Ok(())

@@ -27,7 +27,9 @@ use super::transport::Transport;
 use super::{clock_ms, Listener};
 use crate::ids::{ConnKey, WorkerId};
 use crate::metrics::{CloseCounts, ListenerKind, WorkerLoad};
+use crate::shard::durable::SinkPort;
 use crate::shard::{Shard, ShardConfig};
+use crate::sink::{AckMode, Backpressure, PresenceRecord, SinkHandle, SinkRecord};
 use crate::wire::frame::close_code;
 use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token};
@@ -50,6 +52,34 @@ const LISTENER_BASE: usize = usize::MAX - 16;
 pub struct WorkerSettings {
     /// TLS configuration for listeners marked TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The durable sinks, if any run.
+    pub sink: Option<SinkHandle>,
+}
+
+/// A worker's end of the durable sinks, as the core's [`SinkPort`]: the sinks' bounded queue,
+/// tagged with the worker's id so their durability reports come back to it.
+#[derive(Debug)]
+struct HomeSink {
+    handle: SinkHandle,
+    origin: u16,
+}
+
+impl SinkPort for HomeSink {
+    fn ack_mode(&self) -> AckMode {
+        self.handle.ack_mode()
+    }
+
+    fn wants_presence(&self) -> bool {
+        self.handle.wants_presence()
+    }
+
+    fn submit(&mut self, ticket: u64, record: SinkRecord) -> Result<(), Backpressure> {
+        self.handle.try_submit(self.origin, ticket, record)
+    }
+
+    fn submit_presence(&mut self, record: PresenceRecord) -> Result<(), Backpressure> {
+        self.handle.try_submit_presence(record)
+    }
 }
 
 /// One worker. Built on the main thread (so its waker exists before any thread runs), then
@@ -87,13 +117,17 @@ impl Worker {
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry().register(&mut l.socket, Token(LISTENER_BASE + i), Interest::READABLE)?;
         }
+        let mut shard = Shard::new(id, shard_cfg);
+        if let Some(handle) = settings.sink.clone() {
+            shard.set_sink(Box::new(HomeSink { handle, origin: id.0 }));
+        }
         Ok(Self {
             id,
             poll,
             inbox,
             mesh,
             listeners,
-            shard: Shard::new(id, shard_cfg),
+            shard,
             settings,
             scratch: vec![0; SCRATCH_LEN],
             dirty: Vec::new(),
@@ -268,6 +302,7 @@ impl Worker {
                         mine.handled(n);
                     }
                 }
+                WorkerMail::Durable(ticket) => self.shard.handle_durable(ticket, now),
                 WorkerMail::Shutdown => {
                     if self.shutdown_deadline_ms.is_none() {
                         tracing::info!(worker = %self.id, conns = self.shard.conn_count(), "closing connections (1001)");

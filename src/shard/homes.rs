@@ -15,23 +15,33 @@
 //! room's own state, each homed room keeps the numbers that explain it to operators: why its
 //! viewers left and how many comments it took or refused since it was created, and its comment
 //! rate.
+//!
+//! Durability (`durable.rs`): a comment (or tombstone) is handed to the sinks before it is
+//! sequenced; in `durable` mode the room's stream then waits behind it. Every frame sequenced
+//! while the room waits is held with the ticket that gates it (the latest such record before
+//! it), and released, in seq order, as the sinks report tickets durable, each record's ack
+//! right after its frames: a steady flow of comments is released in steps, never starved. A
+//! newcomer joins at the last seq the members were sent and receives the held frames with
+//! them.
 
 use super::ask::FeedSink;
 use super::batcher::{Batch, Batcher};
-use super::mail::{Mail, Origin, Router};
+use super::durable::{Durability, Release, SinkPort};
+use super::mail::{IngestReply, Mail, Origin, ReplyTo, Router};
 use super::ShardConfig;
-use crate::ids::{RoomName, WorkerId};
+use crate::ids::{RoomName, Seq, WorkerId};
 use crate::metrics::{Counters, RateMeter, Source};
 use crate::query::{
     CommentCounts, FeedItem, LeaveCounts, LeaveReason, PageQuery, PresenceMember, PresencePage, RoomDetail,
     RoomSummary, RoomsPart, RoomsQuery,
 };
 use crate::room::{HomeRoom, Message, Recorded, RoomLimits};
-use crate::wire::{frame, ErrorCode};
+use crate::sink::{PresenceKind, PresenceRecord, SinkRecord};
+use crate::wire::{frame, server_msg, ErrorCode, Ref};
 use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// A homed room with the shard's bookkeeping about it.
@@ -46,6 +56,13 @@ struct HomeEntry {
     comment_rate: RateMeter,
     /// Live feeds of this room (dashboards watching it); usually none.
     taps: Vec<Box<dyn FeedSink>>,
+    /// The ticket new frames wait for while the room waits for durability (`None`: they go
+    /// out at once).
+    gate: Option<u64>,
+    /// Frames sequenced while the room waits: (gating ticket, seq, frame), in seq order.
+    held: VecDeque<(u64, Seq, Bytes)>,
+    /// What goes out right after the held frames of its ticket (acks, ingest replies).
+    held_releases: VecDeque<(u64, Release)>,
 }
 
 impl HomeEntry {
@@ -90,6 +107,10 @@ pub(crate) struct Homes {
     next_tick_ms: u64,
     /// The homes' share of the worker's counters (published, comments, leaves, ticks).
     counters: Counters,
+    /// The seam to the durable sinks and what waits for them.
+    durability: Durability,
+    /// Rooms that wait for durability (their keys).
+    gated: Vec<usize>,
 }
 
 impl Homes {
@@ -111,7 +132,14 @@ impl Homes {
             idle_ms: cfg.room_idle_ms,
             next_tick_ms: 0,
             counters: Counters::default(),
+            durability: Durability::new(None),
+            gated: Vec::new(),
         }
+    }
+
+    /// Hand comments, tombstones and presence to durable sinks through `port`.
+    pub(crate) fn set_sink(&mut self, port: Box<dyn SinkPort>) {
+        self.durability = Durability::new(Some(port));
     }
 
     /// The homed room `name`.
@@ -150,6 +178,9 @@ impl Homes {
             comments: CommentCounts::default(),
             comment_rate: RateMeter::default(),
             taps: Vec::new(),
+            gate: None,
+            held: VecDeque::new(),
+            held_releases: VecDeque::new(),
         });
         self.keys.insert(name.clone(), key);
         // A room starts without members: if none come it is an eviction candidate.
@@ -178,14 +209,6 @@ impl Homes {
         }
     }
 
-    /// Send the batch of `name` now, whatever the window: after a comment, so that the
-    /// commenter's `ack` (sent next, on the same mailboxes) follows the comment's event.
-    pub(crate) fn flush_now(&mut self, name: &str, now_ms: u64, router: &mut Router) {
-        if let Some(&key) = self.keys.get(name) {
-            self.flush(key, now_ms, router);
-        }
-    }
-
     /// Sequence `message` from `source` in room `name` (created when new): the one path of
     /// every sequenced message. Its frame joins the room's batch (sent at once when the batch
     /// is full).
@@ -206,10 +229,183 @@ impl Homes {
         }
         self.counters.published.add(source, 1);
         let recorded = entry.room.sequence(message, now_ms);
-        if let Some(full) = self.batcher.push(key, recorded.frame.clone(), now_ms) {
+        if let Some(gate) = entry.gate {
+            entry.held.push_back((gate, recorded.seq, recorded.frame.clone()));
+        } else if let Some(full) = self.batcher.push(key, recorded.frame.clone(), now_ms) {
             self.send(key, &full.frames, Some(full.first_ms), router);
         }
         recorded
+    }
+
+    /// A viewer's comment in `name`: handed to the sinks, then sequenced, fanned out and acked
+    /// in the order the ack mode asks for (module doc). Refused by the sinks, it is not
+    /// sequenced and the commenter hears `unavailable`.
+    pub(crate) fn comment(&mut self, name: &RoomName, comment: CommentRequest<'_>, now_ms: u64, router: &mut Router) {
+        let key = self.key(name, now_ms);
+        let room = &self.rooms[key].room;
+        let seq = room.next_seq();
+        let record = SinkRecord::Comment {
+            room: Arc::from(&**name),
+            seq: seq.0,
+            id: room.comment_id(seq),
+            user: comment.user.to_string(),
+            name: comment.name.to_string(),
+            text: comment.text.to_owned(),
+            ts_ms: now_ms,
+        };
+        let from = comment.from;
+        let wait = match self.durability.submit(record) {
+            Ok(wait) => wait,
+            Err(refusal) => {
+                self.rejected(name, comment.user, ErrorCode::Unavailable);
+                let message =
+                    format!("the comment could not be stored ({refusal}); nothing was sent: try again shortly");
+                let error = |out: &mut Vec<u8>| {
+                    server_msg::error(out, comment.reference, Some(name), ErrorCode::Unavailable, &message)
+                };
+                router.post(from.worker, Mail::ToConn { to: from, frame: frame::text_frame_with(error) });
+                return;
+            }
+        };
+        if let Some(ticket) = wait {
+            self.gate(key, ticket);
+        }
+        let message = Message::Comment { user: comment.user, name: comment.name, text: comment.text };
+        let recorded = self.sequence(name, message, Source::Comment, now_ms, router);
+        let ack = frame::text_frame_with(|out| server_msg::ack(out, comment.reference, Some(recorded.seq.0)));
+        match wait {
+            Some(ticket) => self.rooms[key].held_releases.push_back((ticket, Release::Ack { to: from, frame: ack })),
+            None => {
+                // Not held by the window either: the commenter waits for its ack, and the ack
+                // must follow the event (both travel on the same FIFO mailboxes).
+                self.flush(key, now_ms, router);
+                router.post(from.worker, Mail::ToConn { to: from, frame: ack });
+            }
+        }
+    }
+
+    /// Moderation takes comment `id` back: a `comment_deleted` event to the room in seq order
+    /// and a tombstone to the sinks; the upstream's reply carries the event's seq.
+    pub(crate) fn delete_comment(
+        &mut self,
+        name: &RoomName,
+        id: &str,
+        reply: Option<ReplyTo>,
+        now_ms: u64,
+        router: &mut Router,
+    ) {
+        let refuse = |router: &mut Router, code: ErrorCode, message: String| {
+            if let Some(to) = reply {
+                router.reply(IngestReply::Refused { to, code, message });
+            }
+        };
+        let Some(&key) = self.keys.get(&**name) else {
+            return refuse(router, ErrorCode::BadRequest, format!("no room {name:?}: it has no comments to delete"));
+        };
+        let seq = self.rooms[key].room.next_seq();
+        let record = SinkRecord::Tombstone { room: Arc::from(&**name), id: id.to_owned(), seq: seq.0, ts_ms: now_ms };
+        let wait = match self.durability.submit(record) {
+            Ok(wait) => wait,
+            Err(refusal) => {
+                return refuse(router, ErrorCode::Unavailable, format!("the tombstone could not be stored ({refusal})"))
+            }
+        };
+        if let Some(ticket) = wait {
+            self.gate(key, ticket);
+        }
+        let recorded = self.sequence(name, Message::CommentDeleted { id }, Source::Ingest, now_ms, router);
+        let Some(to) = reply else { return };
+        let answer = IngestReply::Published { to, seq: recorded.seq };
+        match wait {
+            Some(ticket) => self.rooms[key].held_releases.push_back((ticket, Release::Ingest(answer))),
+            None => router.reply(answer),
+        }
+    }
+
+    /// From now on, the room's frames wait for `ticket`.
+    fn gate(&mut self, key: usize, ticket: u64) {
+        let entry = &mut self.rooms[key];
+        if entry.gate.is_none() && entry.held.is_empty() {
+            self.gated.push(key);
+        }
+        entry.gate = Some(ticket);
+    }
+
+    /// The sinks report every record of this worker up to `ticket` durable: release what
+    /// waited for it, room by room, each record's frames then its ack.
+    pub(crate) fn durable(&mut self, ticket: u64, now_ms: u64, router: &mut Router) {
+        let mut loose = Vec::new();
+        self.durability.durable(ticket, &mut loose);
+        for release in loose {
+            send_release(release, router);
+        }
+        let mut gated = std::mem::take(&mut self.gated);
+        gated.retain(|&key| self.release(key, now_ms, router));
+        gated.append(&mut self.gated);
+        self.gated = gated;
+    }
+
+    /// Release what of room `key` is durable; true while it still waits.
+    fn release(&mut self, key: usize, now_ms: u64, router: &mut Router) -> bool {
+        let mut released = false;
+        loop {
+            let Some(entry) = self.rooms.get_mut(key) else { return false };
+            if !entry.held.front().is_some_and(|(gate, _, _)| self.durability.is_durable(*gate)) {
+                break;
+            }
+            let Some((_, _, frame)) = entry.held.pop_front() else { break };
+            released = true;
+            if let Some(full) = self.batcher.push(key, frame, now_ms) {
+                self.send(key, &full.frames, Some(full.first_ms), router);
+            }
+        }
+        if released {
+            self.flush(key, now_ms, router);
+        }
+        let Some(entry) = self.rooms.get_mut(key) else { return false };
+        while entry.held_releases.front().is_some_and(|(t, _)| self.durability.is_durable(*t)) {
+            if let Some((_, release)) = entry.held_releases.pop_front() {
+                send_release(release, router);
+            }
+        }
+        if entry.held.is_empty() && entry.gate.is_some_and(|t| self.durability.is_durable(t)) {
+            entry.gate = None;
+        }
+        entry.gate.is_some() || !entry.held.is_empty()
+    }
+
+    /// Send everything the room holds now, durable or not (the room closes); its acks still
+    /// wait for their tickets.
+    fn release_all(&mut self, key: usize, now_ms: u64, router: &mut Router) {
+        let Some(entry) = self.rooms.get_mut(key) else { return };
+        let held: Vec<(u64, Seq, Bytes)> = entry.held.drain(..).collect();
+        let releases: Vec<(u64, Release)> = entry.held_releases.drain(..).collect();
+        entry.gate = None;
+        for (_, _, frame) in held {
+            if let Some(full) = self.batcher.push(key, frame, now_ms) {
+                self.send(key, &full.frames, Some(full.first_ms), router);
+            }
+        }
+        for (ticket, release) in releases {
+            self.durability.wait(ticket, release);
+        }
+        self.gated.retain(|k| *k != key);
+    }
+
+    /// The latest seq the room's members have been sent (or are about to be, in its batch).
+    fn sent_seq(&self, key: usize) -> Seq {
+        let entry = &self.rooms[key];
+        entry.held.front().map_or(entry.room.seq(), |(_, seq, _)| Seq(seq.0 - 1))
+    }
+
+    /// Try again the presence records the sinks could not take (once per turn).
+    pub(crate) fn retry_presence(&mut self) {
+        self.durability.retry_presence();
+    }
+
+    /// A presence transition of `name`, for the sinks that want them.
+    fn presence(&mut self, name: &RoomName, kind: PresenceKind, now_ms: u64) {
+        self.durability.presence(PresenceRecord { room: Arc::from(&**name), kind, ts_ms: now_ms });
     }
 
     /// A member of worker `from.worker` joins `name`: everything sequenced before goes out
@@ -219,7 +415,19 @@ impl Homes {
         self.flush(key, now_ms, router);
         let since = join.since.as_ref().map(|(s, e)| (*s, &**e));
         let viewer = (&join.user, &join.name);
-        let reply = self.rooms[key].room.join(join.from.worker, viewer, since, join.reference.as_ref(), now_ms);
+        let sent = self.sent_seq(key);
+        let room = &mut self.rooms[key].room;
+        let (was_online, was_occupied) = (room.viewer_joined_at(&join.user).is_some(), room.online() > 0);
+        let reply = room.join(join.from.worker, viewer, since, join.reference.as_ref(), sent, now_ms);
+        if !name.is_private() && self.durability.wants_presence() {
+            if !was_occupied {
+                self.presence(&name, PresenceKind::Occupied, now_ms);
+            }
+            if !was_online {
+                let (user, display) = (join.user.to_string(), join.name.to_string());
+                self.presence(&name, PresenceKind::Online { user, name: display }, now_ms);
+            }
+        }
         self.queue_announce(key);
         router.post(join.from.worker, Mail::Joined { room: name, to: join.from, join_id: join.join_id, reply });
     }
@@ -235,7 +443,18 @@ impl Homes {
     ) {
         let Some(&key) = self.keys.get(name) else { return };
         let entry = &mut self.rooms[key];
+        let was_online = entry.room.viewer_joined_at(user).is_some();
         entry.room.leave(worker, (user, display), now_ms);
+        let (gone, vacated) = (was_online && entry.room.viewer_joined_at(user).is_none(), entry.room.online() == 0);
+        if gone && !entry.room.is_private() && self.durability.wants_presence() {
+            let name = entry.room.name().clone();
+            let (user, display) = (user.to_owned(), display.to_string());
+            self.presence(&name, PresenceKind::Offline { user, name: display }, now_ms);
+            if vacated {
+                self.presence(&name, PresenceKind::Vacated, now_ms);
+            }
+        }
+        let entry = &mut self.rooms[key];
         entry.leaves.record(reason);
         self.counters.leaves.record(reason);
         entry.feed(|| Some(FeedItem::Left { user: user.to_owned(), reason }));
@@ -266,6 +485,7 @@ impl Homes {
     /// homed here.
     pub(crate) fn close(&mut self, name: &str, now_ms: u64, router: &mut Router) -> bool {
         let Some(&key) = self.keys.get(name) else { return false };
+        self.release_all(key, now_ms, router);
         self.flush(key, now_ms, router);
         let Some(mut entry) = self.remove(key) else { return false };
         for _ in 0..entry.room.online() {
@@ -300,6 +520,7 @@ impl Homes {
         self.batcher.forget(key);
         self.announce.retain(|k| *k != key);
         self.empty.retain(|k| *k != key);
+        self.gated.retain(|k| *k != key);
         Some(entry)
     }
 
@@ -410,7 +631,8 @@ impl Homes {
             if !entry.room.is_empty() {
                 continue;
             }
-            if entry.room.last_active_ms() + self.idle_ms <= now_ms && !self.batcher.has_batch(key) {
+            let waiting = entry.gate.is_some() || !entry.held.is_empty();
+            if entry.room.last_active_ms() + self.idle_ms <= now_ms && !self.batcher.has_batch(key) && !waiting {
                 if let Some(mut entry) = self.remove(key) {
                     entry.feed(|| Some(FeedItem::Closed));
                 }
@@ -432,8 +654,11 @@ impl Homes {
         self.due = due;
     }
 
-    /// Send every waiting batch now (shutdown).
+    /// Send every waiting batch now (shutdown), held frames included.
     pub(crate) fn flush_all(&mut self, now_ms: u64, router: &mut Router) {
+        for key in std::mem::take(&mut self.gated) {
+            self.release_all(key, now_ms, router);
+        }
         let mut due = std::mem::take(&mut self.due);
         self.batcher.take_all(now_ms, &mut due);
         for (key, batch) in due.drain(..) {
@@ -457,7 +682,29 @@ pub(crate) struct JoinRequest {
     /// Recovery position: last seq seen and its epoch.
     pub(crate) since: Option<(u64, Box<str>)>,
     /// The `join`'s `ref`.
-    pub(crate) reference: Option<crate::wire::Ref>,
+    pub(crate) reference: Option<Ref>,
+}
+
+/// A viewer's comment as it reaches the home.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CommentRequest<'a> {
+    /// Who commented; gets the ack.
+    pub(crate) from: Origin,
+    /// The commenter's user id.
+    pub(crate) user: &'a str,
+    /// The commenter's display name.
+    pub(crate) name: &'a str,
+    /// The validated text.
+    pub(crate) text: &'a str,
+    /// The client's `ref`, echoed in the ack.
+    pub(crate) reference: Option<&'a Ref>,
+}
+
+fn send_release(release: Release, router: &mut Router) {
+    match release {
+        Release::Ack { to, frame } => router.post(to.worker, Mail::ToConn { to, frame }),
+        Release::Ingest(reply) => router.reply(reply),
+    }
 }
 
 /// The present frames as one buffer (no copy when there is only one).

@@ -147,6 +147,16 @@ pub enum Mail {
         /// Where to report how many connections were affected.
         reply: Option<ReplyTo>,
     },
+    /// Moderation takes a comment back (to the home): a `comment_deleted` event and a
+    /// tombstone for the sinks.
+    DeleteComment {
+        /// The room.
+        room: RoomName,
+        /// The comment's id (`<epoch>-<seq>`).
+        id: Box<str>,
+        /// Where to report the event's seq (or the refusal), if anywhere.
+        reply: Option<ReplyTo>,
+    },
     /// Close a room: members get `left` with reason `closed` and the room is freed (to the home).
     CloseRoom {
         /// The room.
@@ -220,13 +230,26 @@ pub enum IngestReply {
         /// The command.
         to: ReplyTo,
     },
+    /// The home refused the command (the reply is an error line).
+    Refused {
+        /// The command.
+        to: ReplyTo,
+        /// The error code.
+        code: ErrorCode,
+        /// Why, for a person.
+        message: String,
+    },
 }
 
 impl IngestReply {
     /// The command this replies to.
     pub fn to(&self) -> ReplyTo {
-        match *self {
-            Self::Published { to, .. } | Self::State { to, .. } | Self::Kicked { to, .. } | Self::Done { to } => to,
+        match self {
+            Self::Published { to, .. }
+            | Self::State { to, .. }
+            | Self::Kicked { to, .. }
+            | Self::Done { to }
+            | Self::Refused { to, .. } => *to,
         }
     }
 }

@@ -40,6 +40,7 @@
 pub mod ask;
 mod batcher;
 mod conns;
+pub mod durable;
 mod homes;
 mod life;
 pub mod mail;
@@ -59,7 +60,7 @@ use crate::wire::frame::{self, close_code};
 use crate::wire::{server_msg, ErrorCode, Ref};
 use bytes::Bytes;
 use conns::ConnTable;
-use homes::{Homes, JoinRequest};
+use homes::{CommentRequest, Homes, JoinRequest};
 use mail::{IngestReply, Mail, Router};
 use members::Members;
 
@@ -228,6 +229,20 @@ impl<Io> Shard<Io> {
         self.drain_loopback(now_ms);
     }
 
+    /// The durable sinks report every record of this worker up to `ticket` durable: what
+    /// waited for it (held room streams, acks, ingest replies) goes out.
+    pub fn handle_durable(&mut self, ticket: u64, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.homes.durable(ticket, now_ms, &mut self.router);
+        self.drain_loopback(now_ms);
+    }
+
+    /// Hand this worker's comments, tombstones and presence records to durable sinks through
+    /// `port` (without one, nothing is written and nothing waits). Call before any input.
+    pub fn set_sink(&mut self, port: Box<dyn durable::SinkPort>) {
+        self.homes.set_sink(port);
+    }
+
     /// The turn's deadlines and timers, in this order: connection deadlines (handshake,
     /// heartbeat ping or expiry, close timeout), the presence tick, then the batching window.
     /// Call once per turn, after the inputs and before draining the outputs.
@@ -248,6 +263,7 @@ impl<Io> Shard<Io> {
     /// those of busy rooms still in their window, which wait until it ends.
     pub fn end_turn(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
+        self.homes.retry_presence();
         self.homes.end_turn(now_ms, &mut self.router);
         self.drain_loopback(now_ms);
     }
@@ -326,13 +342,12 @@ impl<Io> Shard<Io> {
             }
             Mail::RoomClosed { room } => self.room_closed(&room),
             Mail::Comment { room, from, user, name, text, reference } => {
-                let message = Message::Comment { user: &user, name: &name, text: &text };
-                let seq = self.sequence(&room, message, Source::Comment, now_ms).seq;
-                // A comment is not held by the window: the commenter waits for its ack, and the
-                // ack must follow the event (both travel on the same FIFO mailboxes).
-                self.homes.flush_now(&room, now_ms, &mut self.router);
-                let frame = frame::text_frame_with(|out| server_msg::ack(out, reference.as_ref(), Some(seq.0)));
-                self.router.post(from.worker, Mail::ToConn { to: from, frame });
+                let comment =
+                    CommentRequest { from, user: &user, name: &name, text: &text, reference: reference.as_ref() };
+                self.homes.comment(&room, comment, now_ms, &mut self.router);
+            }
+            Mail::DeleteComment { room, id, reply } => {
+                self.homes.delete_comment(&room, &id, reply, now_ms, &mut self.router)
             }
             Mail::Publish { room, kind, data, source, reply } => {
                 let seq = self.sequence(&room, Message::Event { kind: &kind, data: &data }, source, now_ms).seq;

@@ -4,9 +4,11 @@
 use super::mail::{IngestReply, Mail, ReplyTo};
 use super::*;
 use crate::ids::RoomName;
+use crate::ids::Seq;
 use crate::metrics::Source;
 use crate::query::LeaveReason;
 use crate::wire::frame::{FrameReader, Role};
+use crate::wire::ErrorCode;
 use crate::wire::Incoming;
 use serde_json::Value;
 use std::ops::ControlFlow;
@@ -778,4 +780,205 @@ fn a_heartbeat_expiry_yields_its_close_frame_and_its_leave_in_the_same_turn() {
         sim.shards[1].handle_mail(m, sim.now);
     }
     assert_eq!(sim.home(&room).online(), 0);
+}
+
+mod durability {
+    //! Comments leave through the home (DESIGN.md): with a fake sink port, the order rules of
+    //! `durable` and `fast` acks, backpressure, joins into a held room and tombstones.
+
+    use super::*;
+    use crate::shard::durable::SinkPort;
+    use crate::sink::{AckMode, Backpressure, PresenceKind, PresenceRecord, SinkRecord};
+    use std::sync::{Arc, Mutex};
+
+    /// What the fake sinks were handed.
+    #[derive(Debug, Default)]
+    struct Taken {
+        records: Vec<(u64, SinkRecord)>,
+        presence: Vec<PresenceRecord>,
+        refuse: bool,
+    }
+
+    #[derive(Debug)]
+    struct FakePort(Arc<Mutex<Taken>>, AckMode);
+
+    impl SinkPort for FakePort {
+        fn ack_mode(&self) -> AckMode {
+            self.1
+        }
+        fn wants_presence(&self) -> bool {
+            true
+        }
+        fn submit(&mut self, ticket: u64, record: SinkRecord) -> Result<(), Backpressure> {
+            let mut taken = self.0.lock().expect("lock");
+            if taken.refuse {
+                return Err(Backpressure::QueueFull);
+            }
+            taken.records.push((ticket, record));
+            Ok(())
+        }
+        fn submit_presence(&mut self, record: PresenceRecord) -> Result<(), Backpressure> {
+            self.0.lock().expect("lock").presence.push(record);
+            Ok(())
+        }
+    }
+
+    /// Two shards whose rooms' sinks are fakes; the room `chat` is homed on shard 1.
+    fn sim(mode: AckMode) -> (Sim, Arc<Mutex<Taken>>, String) {
+        let mut sim = Sim::new(2);
+        let taken = Arc::new(Mutex::new(Taken::default()));
+        for s in &mut sim.shards {
+            s.set_sink(Box::new(FakePort(Arc::clone(&taken), mode)));
+        }
+        let room = (0..).map(|i| format!("chat{i}")).find(|r| home_of(r, 2) == WorkerId(1)).expect("a room on 1");
+        (sim, taken, room)
+    }
+
+    fn durable(sim: &mut Sim, ticket: u64) {
+        sim.shards[1].handle_durable(ticket, sim.now);
+        sim.settle();
+    }
+
+    #[test]
+    fn in_durable_mode_the_event_and_the_ack_wait_for_the_sinks_and_the_ack_follows_the_event() {
+        let (mut sim, taken, room) = sim(AckMode::Durable);
+        let (a, b) = (sim.open(0, "a"), sim.open(0, "b"));
+        for c in [a, b] {
+            sim.send(c, &format!(r#"{{"op":"join","room":"{room}"}}"#));
+            sim.received(c);
+        }
+        sim.send(a, &format!(r#"{{"op":"comment","room":"{room}","text":"one","ref":1}}"#));
+        sim.publish(&room, 1);
+        sim.send(a, &format!(r#"{{"op":"comment","room":"{room}","text":"two","ref":2}}"#));
+        assert!(sim.received(a).is_empty() && sim.received(b).is_empty(), "nothing before the sinks hold it");
+        let tickets: Vec<u64> = taken.lock().expect("lock").records.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tickets, [1, 2], "each comment was handed over with the next ticket");
+        let SinkRecord::Comment { seq, id, text, .. } = &taken.lock().expect("lock").records[0].1 else {
+            panic!("a comment")
+        };
+        assert_eq!((*seq, text.as_str()), (1, "one"));
+        assert!(id.ends_with("-1"), "{id}");
+        // The first is durable: its event, the event published after it, and its ack; the
+        // second comment still waits.
+        durable(&mut sim, 1);
+        let got = sim.received(a);
+        assert_eq!(ops(&got), ["event", "event", "ack"]);
+        assert_eq!(
+            (got[0]["seq"].as_u64(), got[1]["seq"].as_u64(), got[2]["ref"].as_u64()),
+            (Some(1), Some(2), Some(1))
+        );
+        assert_eq!(event_seqs(&sim.received(b), &room), [1, 2]);
+        durable(&mut sim, 2);
+        let got = sim.received(a);
+        assert_eq!(ops(&got), ["event", "ack"]);
+        assert_eq!((got[0]["seq"].as_u64(), got[1]["seq"].as_u64()), (Some(3), Some(3)));
+        assert_eq!(event_seqs(&sim.received(b), &room), [3]);
+    }
+
+    #[test]
+    fn in_fast_mode_nothing_waits_but_every_comment_is_handed_over() {
+        let (mut sim, taken, room) = sim(AckMode::Fast);
+        let a = sim.open(0, "a");
+        sim.send(a, &format!(r#"{{"op":"join","room":"{room}"}}"#));
+        sim.received(a);
+        sim.send(a, &format!(r#"{{"op":"comment","room":"{room}","text":"hi","ref":"x"}}"#));
+        assert_eq!(ops(&sim.received(a)), ["event", "ack"]);
+        assert_eq!(taken.lock().expect("lock").records.len(), 1);
+    }
+
+    #[test]
+    fn a_comment_the_sinks_refuse_is_not_sequenced_and_the_commenter_hears_unavailable() {
+        let (mut sim, taken, room) = sim(AckMode::Durable);
+        let a = sim.open(0, "a");
+        sim.send(a, &format!(r#"{{"op":"join","room":"{room}"}}"#));
+        sim.received(a);
+        taken.lock().expect("lock").refuse = true;
+        sim.send(a, &format!(r#"{{"op":"comment","room":"{room}","text":"hi","ref":9}}"#));
+        let got = sim.received(a);
+        assert_eq!(ops(&got), ["error"]);
+        assert_eq!(
+            (got[0]["code"].as_str(), got[0]["ref"].as_u64(), got[0]["room"].as_str()),
+            (Some("unavailable"), Some(9), Some(room.as_str()))
+        );
+        assert_eq!(sim.home(&room).seq().0, 0, "nothing was sequenced");
+        taken.lock().expect("lock").refuse = false;
+        sim.send(a, &format!(r#"{{"op":"comment","room":"{room}","text":"again","ref":10}}"#));
+        durable(&mut sim, 1);
+        assert_eq!(event_seqs(&sim.received(a), &room), [1], "the next comment gets seq 1: no gap");
+    }
+
+    #[test]
+    fn a_join_into_a_waiting_room_starts_at_the_last_seq_sent_and_gets_the_held_frames_after() {
+        let (mut sim, _taken, room) = sim(AckMode::Durable);
+        let a = sim.open(0, "a");
+        sim.send(a, &format!(r#"{{"op":"join","room":"{room}"}}"#));
+        sim.received(a);
+        sim.publish(&room, 1);
+        sim.send(a, &format!(r#"{{"op":"comment","room":"{room}","text":"held","ref":1}}"#));
+        sim.publish(&room, 1);
+        let late = sim.open(0, "late");
+        sim.received(late);
+        sim.send(late, &format!(r#"{{"op":"join","room":"{room}"}}"#));
+        let joined = sim.received(late);
+        assert_eq!(
+            (ops(&joined).as_slice(), joined[0]["seq"].as_u64()),
+            (&["joined"][..], Some(1)),
+            "seq 1 was sent, 2 and 3 wait"
+        );
+        durable(&mut sim, 1);
+        assert_eq!(event_seqs(&sim.received(late), &room), [2, 3], "the held frames, no gap, none twice");
+        assert_eq!(event_seqs(&sim.received(a), &room), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_deleted_comment_reaches_the_room_in_seq_order_and_the_sinks_as_a_tombstone() {
+        let (mut sim, taken, room) = sim(AckMode::Durable);
+        let a = sim.open(0, "a");
+        sim.send(a, &format!(r#"{{"op":"join","room":"{room}"}}"#));
+        sim.received(a);
+        sim.send(a, &format!(r#"{{"op":"comment","room":"{room}","text":"oops","ref":1}}"#));
+        durable(&mut sim, 1);
+        let id = sim.received(a)[0]["data"]["id"].as_str().expect("comment id").to_owned();
+        let reply = Some(ReplyTo { conn: 0, generation: 0, serial: 0, part: 0 });
+        sim.ingest(WorkerId(1), Mail::DeleteComment { room: name(&room), id: id.as_str().into(), reply });
+        assert!(sim.received(a).is_empty() && sim.replies.is_empty(), "the tombstone waits for the sinks too");
+        durable(&mut sim, 2);
+        let got = sim.received(a);
+        assert_eq!(
+            (got[0]["type"].as_str(), got[0]["seq"].as_u64(), got[0]["data"]["id"].as_str()),
+            (Some("comment_deleted"), Some(2), Some(id.as_str()))
+        );
+        assert!(matches!(sim.replies[..], [IngestReply::Published { seq: Seq(2), .. }]), "{:?}", sim.replies);
+        let records = &taken.lock().expect("lock").records;
+        assert!(matches!(&records[1], (2, SinkRecord::Tombstone { id: t, seq: 2, .. }) if *t == id));
+        let missing = Some(ReplyTo { conn: 0, generation: 0, serial: 1, part: 0 });
+        sim.ingest(WorkerId(0), Mail::DeleteComment { room: name("nowhere"), id: "1-1".into(), reply: missing });
+        assert!(matches!(&sim.replies[1], IngestReply::Refused { code: ErrorCode::BadRequest, .. }));
+    }
+
+    #[test]
+    fn presence_transitions_go_to_the_sinks_once_per_change() {
+        let (mut sim, taken, room) = sim(AckMode::Durable);
+        let tabs = [sim.open(0, "vic"), sim.open(1, "vic")];
+        for t in tabs {
+            sim.send(t, &format!(r#"{{"op":"join","room":"{room}"}}"#));
+        }
+        sim.shards[0].remove(tabs[0].1, sim.now);
+        sim.settle();
+        sim.shards[1].remove(tabs[1].1, sim.now);
+        sim.settle();
+        let kinds: Vec<&str> = taken
+            .lock()
+            .expect("lock")
+            .presence
+            .iter()
+            .map(|p| match p.kind {
+                PresenceKind::Occupied => "occupied",
+                PresenceKind::Online { .. } => "online",
+                PresenceKind::Offline { .. } => "offline",
+                PresenceKind::Vacated => "vacated",
+            })
+            .collect();
+        assert_eq!(kinds, ["occupied", "online", "offline", "vacated"], "two tabs are one viewer");
+    }
 }

@@ -34,7 +34,7 @@ pub struct SinkConfig {
 }
 
 /// `sink.ack`: what a viewer's `ack` to a comment promises.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum AckMode {
     /// Fanned out and acked once every durable sink (or the spool) holds the comment.

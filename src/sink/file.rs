@@ -29,20 +29,20 @@ pub const CURRENT_LINK: &str = "current.jsonl";
 #[derive(Debug, thiserror::Error)]
 pub enum FileSinkError {
     /// The data directory or its last segment could not be opened.
-    #[error("file sink: cannot open {dir}: {source}")]
+    #[error("file sink: cannot open {dir}: {cause}")]
     Open {
         /// `sink.file.dir`.
         dir: PathBuf,
         /// The OS error.
-        source: io::Error,
+        cause: io::Error,
     },
     /// A batch could not be written or fsynced (nothing of it stays in the segment).
-    #[error("file sink: write to {dir} failed: {source}")]
+    #[error("file sink: write to {dir} failed: {cause}")]
     Write {
         /// `sink.file.dir`.
         dir: PathBuf,
         /// The OS error.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -67,13 +67,41 @@ impl From<FileSinkError> for SinkFailure {
 pub struct FileSink {
     log: SegmentLog,
     buf: Vec<u8>,
+    /// Held (with an exclusive lock on `dir/.lock`) for the sink's life: one process per data
+    /// directory, or two servers would interleave their lines in one segment.
+    _lock: std::fs::File,
 }
 
+/// The lock file in the data directory.
+const LOCK_FILE: &str = ".lock";
+
 impl FileSink {
-    /// Build: create the directory, open the last segment and cut a torn tail (logged).
+    /// Build: create the directory, take its lock, open the last segment and cut a torn tail
+    /// (logged). Another process holding the directory is an error that says so.
     pub fn open(config: &FileSinkConfig) -> Result<(Self, Recovery), FileSinkError> {
+        let open_err = |cause| FileSinkError::Open { dir: config.dir.clone(), cause };
+        std::fs::create_dir_all(&config.dir).map_err(open_err)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(config.dir.join(LOCK_FILE))
+            .map_err(open_err)?;
+        // flock(2) through rustix (safe; `File::try_lock` needs Rust 1.89, the workspace says
+        // 1.85). The lock goes with the process, so a crash never leaves the directory locked.
+        if let Err(e) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            let why = if e == rustix::io::Errno::WOULDBLOCK {
+                io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another roomcast process uses this data directory; give each its own sink.file.dir (--sink-dir)",
+                )
+            } else {
+                io::Error::from(e)
+            };
+            return Err(open_err(why));
+        }
         let (log, recovery) = SegmentLog::open(&config.dir, SEGMENT_PREFIX, Some(CURRENT_LINK), config.segment_bytes)
-            .map_err(|source| FileSinkError::Open { dir: config.dir.clone(), source })?;
+            .map_err(open_err)?;
         if let Some(path) = &recovery.segment {
             tracing::warn!(
                 segment = %path.display(),
@@ -81,7 +109,7 @@ impl FileSink {
                 "file sink: cut a torn last line left by a crash (it was never acknowledged)"
             );
         }
-        Ok((Self { log, buf: Vec::with_capacity(64 * 1024) }, recovery))
+        Ok((Self { log, buf: Vec::with_capacity(64 * 1024), _lock: lock }, recovery))
     }
 }
 
@@ -105,7 +133,7 @@ impl Sink for FileSink {
         if self.buf.capacity() > 1 << 20 {
             self.buf = Vec::with_capacity(64 * 1024);
         }
-        result.map_err(|source| FileSinkError::Write { dir: self.log.dir().to_owned(), source }.into())
+        result.map_err(|cause| FileSinkError::Write { dir: self.log.dir().to_owned(), cause }.into())
     }
 }
 

@@ -106,12 +106,12 @@ pub enum SpoolError {
         max: u64,
     },
     /// The disk failed.
-    #[error("spool {path}: {source}")]
+    #[error("spool {path}: {cause}")]
     Io {
         /// The spool directory.
         path: PathBuf,
         /// The OS error.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -181,7 +181,7 @@ impl Spool {
     /// Open `dir` (created if needed), repair a torn tail, count what is left to replay and
     /// charge it to `budget` (which may then be over its limit until replay catches up).
     pub fn open(dir: &Path, budget: std::sync::Arc<SpoolBudget>) -> Result<(Self, Recovery), SpoolError> {
-        let err = |source| SpoolError::Io { path: dir.to_owned(), source };
+        let err = |cause| SpoolError::Io { path: dir.to_owned(), cause };
         let (log, recovery) = SegmentLog::open(dir, PREFIX, None, SPOOL_SEGMENT_BYTES).map_err(err)?;
         let segments = log.segments().map_err(err)?;
         let first = segments.first().copied().unwrap_or(1);
@@ -235,9 +235,9 @@ impl Spool {
         if !self.budget.try_reserve(len) {
             return Err(SpoolError::Full { used: self.budget.used_bytes(), max: self.budget.max_bytes });
         }
-        if let Err(source) = self.log.append(&bytes) {
+        if let Err(cause) = self.log.append(&bytes) {
             self.budget.used_bytes.fetch_sub(len, Ordering::AcqRel);
-            return Err(SpoolError::Io { path: self.log.dir().to_owned(), source });
+            return Err(SpoolError::Io { path: self.log.dir().to_owned(), cause });
         }
         self.budget.records.fetch_add(records.len() as u64, Ordering::AcqRel);
         if self.records == 0 {

@@ -51,12 +51,12 @@ pub enum WebhookError {
     #[error("webhook: {0}")]
     Transport(#[from] ureq::Error),
     /// The start check could not reach the receiver.
-    #[error("webhook: cannot connect to {addr}: {source}")]
+    #[error("webhook: cannot connect to {addr}: {cause}")]
     Connect {
         /// `host:port` of `sink.webhook.url`.
         addr: String,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -184,7 +184,7 @@ impl Sink for WebhookSink {
             return Ok(());
         }
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let connect = |source| WebhookError::Connect { addr: self.addr.clone(), source };
+        let connect = |cause| WebhookError::Connect { addr: self.addr.clone(), cause };
         let addrs = self.addr.to_socket_addrs().map_err(connect)?;
         let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
         for addr in addrs {

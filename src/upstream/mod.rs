@@ -310,6 +310,7 @@ impl Upstream {
             IngestCmd::State { .. } => IngestOp::State,
             IngestCmd::Kick { .. } => IngestOp::Kick,
             IngestCmd::CloseRoom { .. } => IngestOp::CloseRoom,
+            IngestCmd::DeleteComment { .. } => IngestOp::DeleteComment,
         };
         let wants_reply = (self.acks && parsed.ack) || self.source == Source::Http;
         if !self.authed {
@@ -367,6 +368,15 @@ impl Upstream {
                     let mail = Mail::Kick { user: std::sync::Arc::clone(&user), room: room.clone(), reply };
                     post(outgoing, WorkerId(w as u16), mail);
                 }
+            }
+            IngestCmd::DeleteComment { room, id } => {
+                let room = match RoomName::new(&room) {
+                    Ok(room) => room,
+                    Err(why) => return self.refuse(op, ErrorCode::BadRequest, &format!("bad room name: {why}")),
+                };
+                let reply = self.reply_to(wants_reply, Slot::Publish { seqs: vec![0], left: 1, many: false });
+                let home = home_of(&room, settings.workers);
+                post(outgoing, home, Mail::DeleteComment { room, id: (*id).into(), reply });
             }
             IngestCmd::CloseRoom { room, .. } => {
                 let room = match RoomName::new(&room) {

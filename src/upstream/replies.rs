@@ -63,6 +63,11 @@ impl Replies {
         let Some(index) = to.serial.checked_sub(self.base).map(|i| i as usize) else { return };
         let Some(slot) = self.slots.get_mut(index) else { return };
         let mut line = Vec::new();
+        if let IngestReply::Refused { code, message, .. } = reply {
+            ingest::reply_error(&mut line, *code, message);
+            self.slots[index] = Slot::Ready(line);
+            return;
+        }
         match (slot, reply) {
             (Slot::Publish { seqs, left, many }, IngestReply::Published { seq, .. }) => {
                 if let Some(s) = seqs.get_mut(to.part as usize) {

@@ -49,6 +49,13 @@ pub enum IngestCmd<'a> {
         /// Only this room.
         room: Option<Cow<'a, str>>,
     },
+    /// Take a comment back (moderation).
+    DeleteComment {
+        /// The room.
+        room: Cow<'a, str>,
+        /// The comment's id (`<epoch>-<seq>`, as in its event's `data.id`).
+        id: Cow<'a, str>,
+    },
     /// Close a room.
     CloseRoom {
         /// The room.
@@ -96,6 +103,8 @@ struct RawLine<'a> {
     user: Option<Cow<'a, str>>,
     #[serde(borrow)]
     reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
     acks: Option<bool>,
     ack: Option<bool>,
 }
@@ -106,6 +115,40 @@ fn bad(message: impl Into<String>) -> IngestError {
 
 fn required<'a>(field: Option<Cow<'a, str>>, name: &str) -> Result<Cow<'a, str>, IngestError> {
     field.ok_or_else(|| bad(format!("missing field `{name}`")))
+}
+
+/// Deepest nesting of arrays and objects accepted in `data` and `state`: they are forwarded
+/// verbatim to every viewer, whose JSON parsers have limits of their own (serde_json stops at
+/// 128, Python's at its recursion limit); 64 leaves room for any real payload.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Longest comment id accepted by `delete_comment`.
+pub const MAX_COMMENT_ID_BYTES: usize = 64;
+
+/// Refuse a raw value nested deeper than [`MAX_DATA_DEPTH`] (brackets inside strings do not
+/// count).
+fn check_depth(value: &RawValue, field: &str) -> Result<(), IngestError> {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in value.get().as_bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_DATA_DEPTH {
+        return Err(bad(format!(
+            "`{field}` nests {deepest} levels deep; at most {MAX_DATA_DEPTH} are forwarded to viewers"
+        )));
+    }
+    Ok(())
 }
 
 /// Decode one line (without its `\n`; a trailing `\r` is tolerated).
@@ -124,17 +167,32 @@ pub fn decode_ingest_line(line: &[u8]) -> Result<IngestLine<'_>, IngestError> {
                 (None, None) => return Err(bad("missing field `room` (or `rooms`)")),
             };
             let kind = required(raw.kind, "type")?;
-            IngestCmd::Publish { rooms, many, kind, data: raw.data.unwrap_or(RawValue::NULL) }
+            if let Some(twice) = rooms.iter().enumerate().find_map(|(i, r)| rooms[..i].contains(r).then_some(r)) {
+                return Err(bad(format!("`rooms` lists {twice:?} twice: each room is published once per command")));
+            }
+            let data = raw.data.unwrap_or(RawValue::NULL);
+            check_depth(data, "data")?;
+            IngestCmd::Publish { rooms, many, kind, data }
         }
         "state" => {
             let state = raw.state.ok_or_else(|| bad("missing field `state`"))?;
             if !state.get().starts_with('{') {
                 return Err(bad("`state` must be a JSON object"));
             }
+            check_depth(state, "state")?;
             IngestCmd::State { room: required(raw.room, "room")?, state }
         }
         "kick" => IngestCmd::Kick { user: required(raw.user, "user")?, room: raw.room },
         "close_room" => IngestCmd::CloseRoom { room: required(raw.room, "room")?, reason: raw.reason },
+        "delete_comment" => {
+            let id = required(raw.id, "id")?;
+            if id.is_empty() || id.len() > MAX_COMMENT_ID_BYTES || id.chars().any(char::is_control) {
+                return Err(bad(format!(
+                    "`id` must be a comment id such as \"1f3a-12\" (1..={MAX_COMMENT_ID_BYTES} bytes)"
+                )));
+            }
+            IngestCmd::DeleteComment { room: required(raw.room, "room")?, id }
+        }
         other => {
             return Err(IngestError {
                 code: ErrorCode::UnknownOp,
@@ -228,6 +286,23 @@ mod tests {
             decode_ingest_line(br#"{"op":"auth","token":"t"}"#).map(|l| l.cmd),
             Ok(IngestCmd::Auth { .. })
         ));
+    }
+
+    #[test]
+    fn deep_data_and_a_room_listed_twice_are_refused() {
+        let deep = format!(r#"{{"op":"publish","room":"r","type":"t","data":{}{}}}"#, "[".repeat(65), "]".repeat(65));
+        assert!(decode_ingest_line(deep.as_bytes()).expect_err("too deep").message.contains("65 levels"));
+        let ok =
+            format!(r#"{{"op":"publish","room":"r","type":"t","data":{}"[[[[" {}}}"#, "[".repeat(64), "]".repeat(64));
+        assert!(decode_ingest_line(ok.as_bytes()).is_ok(), "brackets in strings do not count");
+        let twice = r#"{"op":"publish","rooms":["a","b","a"],"type":"t"}"#;
+        assert!(decode_ingest_line(twice.as_bytes()).expect_err("twice").message.contains("\"a\" twice"));
+        let del = decode_ingest_line(br#"{"op":"delete_comment","room":"r","id":"1f-3"}"#).map(|l| l.cmd);
+        assert!(matches!(del, Ok(IngestCmd::DeleteComment { ref id, .. }) if id == "1f-3"));
+        assert_eq!(
+            decode_ingest_line(br#"{"op":"delete_comment","room":"r"}"#).expect_err("no id").code,
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Server {
     pub admin: Option<String>,
     pub cert_pem: Option<String>,
     dir: Option<PathBuf>,
+    /// The sinks' data directory.
+    pub data: PathBuf,
     log: Arc<Mutex<String>>,
 }
 
@@ -115,6 +117,11 @@ impl Server {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Its durable sinks write into a directory of its own, removed with the server.
+        let data = temp_dir("data");
+        if !extra.contains(&"--sink-dir") {
+            args.extend(["--sink-dir".to_owned(), data.display().to_string()]);
+        }
         let mut dir = None;
         let mut cert_pem = None;
         if tls {
@@ -152,7 +159,7 @@ impl Server {
             drain_into(reader, rest_of_stdout, "[stdout] ");
         });
         let mut server =
-            Self { child, ws: String::new(), wss: None, ingest: String::new(), admin: None, cert_pem, dir, log };
+            Self { child, ws: String::new(), wss: None, ingest: String::new(), admin: None, cert_pem, dir, data, log };
         let line = match rx.recv_timeout(WAIT) {
             Ok(line) => line,
             Err(_) => panic!("no ready line within {WAIT:?}; args {args:?}"),
@@ -356,6 +363,7 @@ impl Drop for Server {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+        let _ = std::fs::remove_dir_all(&self.data);
     }
 }
 
