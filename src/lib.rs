@@ -11,13 +11,18 @@
 //!   [`wire`] (bytes <-> typed messages), [`session`] (one viewer connection's protocol state),
 //!   [`room`] (a room's home state: seq, epoch, state, history, audience), [`shard`] (everything
 //!   one worker owns, driven by `handle_*` calls and drained through outboxes), [`wheel`]
-//!   (per-connection deadlines), [`ids`] (newtypes shared by all of them).
+//!   (per-connection deadlines), [`ids`] (newtypes shared by all of them), [`auth`] (JWT
+//!   verification and the claims a session carries), [`ratelimit`] (per-connection token
+//!   buckets), [`admission`] (connection caps and accept pacing).
 //! * shell: [`runtime`] (mio listeners, the per-core worker loop, TLS byte layer, the mailbox
 //!   mesh, the ingest loop, signals), [`config`] (typed settings with embedded defaults),
 //!   [`tls`] (rustls configuration and self-signed certificates).
 
+pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod ids;
+pub mod ratelimit;
 pub mod room;
 pub mod runtime;
 pub mod session;
