@@ -113,8 +113,10 @@ fn issuer_and_audience_are_checked_when_configured() {
     let v = verifier(rules);
     let mut s = spec("a");
     let hs = signer("HS256");
+    s.audience = Some("roomcast".into());
     assert_eq!(v.verify(&mint(&s, &hs, NOW).expect("mint"), NOW), Err(AuthError::WrongIssuer), "iss missing");
     s.issuer = Some("https://id.example".into());
+    s.audience = None;
     assert_eq!(v.verify(&mint(&s, &hs, NOW).expect("mint"), NOW), Err(AuthError::WrongAudience), "aud missing");
     s.audience = Some("other".into());
     assert_eq!(v.verify(&mint(&s, &hs, NOW).expect("mint"), NOW), Err(AuthError::WrongAudience));
