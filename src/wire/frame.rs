@@ -415,6 +415,12 @@ pub fn text_frame_sized(capacity: usize, build: impl FnOnce(&mut Vec<u8>)) -> By
     server_frame_with(0x1, capacity, build)
 }
 
+/// A server binary frame carrying `payload` (roomcast itself sends only text; the testing
+/// echo endpoint sends binary messages back).
+pub fn binary_frame(payload: &[u8]) -> Bytes {
+    server_frame_with(0x2, payload.len(), |out| out.extend_from_slice(payload))
+}
+
 /// A pong answering a ping with `payload` (RFC 6455 5.5.3: "Application data" is echoed).
 pub fn pong_frame(payload: &[u8]) -> Bytes {
     server_frame_with(0xA, payload.len(), |out| out.extend_from_slice(payload))
