@@ -73,11 +73,13 @@ struct Payload<'a> {
 impl SigningKey {
     /// An HS256 key from a secret.
     pub fn hmac(secret: &[u8]) -> Self {
+        super::ring_provider::install();
         Self { alg: Algorithm::HS256, key: EncodingKey::from_secret(secret) }
     }
 
     /// A key for `alg` (`ES256`, `RS256` or `EdDSA`) from a PKCS#8 PEM private key.
     pub fn from_pem(alg: &str, pem: &[u8]) -> Result<Self, MintError> {
+        super::ring_provider::install();
         let (alg, key) = match alg {
             "ES256" => (Algorithm::ES256, EncodingKey::from_ec_pem(pem).map_err(|_| MintError::Key("ES256"))?),
             "RS256" => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem).map_err(|_| MintError::Key("RS256"))?),

@@ -64,6 +64,7 @@ impl Verifier {
     /// A verifier for `keys` (must not be empty: no keys means auth is off, and then there is
     /// no verifier) under `rules`.
     pub fn new(keys: KeySet, rules: Rules) -> Self {
+        super::ring_provider::install();
         let mut validations: Vec<(Algorithm, Validation)> = Vec::new();
         for k in &keys.keys {
             if !validations.iter().any(|(a, _)| *a == k.alg) {
