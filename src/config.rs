@@ -518,6 +518,15 @@ impl Config {
         copy
     }
 
+    /// What the upgrade parser checks (`ws.path`, `testing.echo_path`, `ws.allowed_origins`).
+    pub fn upgrade_policy(&self) -> crate::wire::upgrade::UpgradePolicy {
+        crate::wire::upgrade::UpgradePolicy {
+            path: self.ws.path.clone(),
+            echo_path: self.testing.echo_path.clone(),
+            allowed_origins: self.ws.allowed_origins.clone(),
+        }
+    }
+
     /// Whether the TLS listener is on.
     pub fn tls_enabled(&self) -> bool {
         self.wss.cert.is_some() && self.wss.key.is_some()
@@ -814,6 +823,8 @@ mod tests {
         assert_eq!(file.redacted().auth.hmac_secret.as_deref(), Some("@/etc/roomcast/secret"));
         assert!(c.auth.verifier().expect("a 34-byte secret").is_some());
         assert!(Config::default().auth.verifier().expect("off").is_none());
+        let policy = c.upgrade_policy();
+        assert_eq!((policy.echo_path.as_deref(), policy.allowed_origins.len()), (Some("/echo"), 1));
         let e =
             Config::from_toml_str("[testing]\necho_path = \"/ws\"\n").expect("parses").validate().expect_err("clash");
         assert!(e.to_string().starts_with("testing.echo_path"), "{e}");

@@ -224,7 +224,8 @@ impl ConnLimits {
 
     /// Account for one `action` at `now_ms`: it takes a token from the all-messages bucket
     /// and from its own; when either is empty it is refused and counts as a violation, and
-    /// once the violation budget is spent the verdict is [`Verdict::Close`] (and stays so).
+    /// once the violation budget is spent the verdict is [`Verdict::Close`]: the caller closes
+    /// at once (the budget would refill later).
     pub fn check(&mut self, limits: &RateLimits, action: Action, now_ms: u64) -> Verdict {
         self.refill(limits, now_ms);
         let allowed = self.take(limits, MESSAGE) && action.bucket().is_none_or(|b| self.take(limits, b));
