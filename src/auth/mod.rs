@@ -6,7 +6,8 @@
 //! (`sub`, `exp`, `name`, `rooms`, `comment`, `admin`) decide every join, comment and reaction.
 //! The worker calls [`Authenticator::authenticate`] on the token the upgrade parser found and
 //! answers 401 on an error; the session keeps the [`Claims`] (one `Arc`, 8 bytes per
-//! connection) and asks them before each action ([`Claims::may_join`], [`Claims::may_comment`]).
+//! connection) in a [`Guard`], with its rate-limit buckets, and asks it before each action
+//! ([`Guard::check_join`], [`Guard::check_comment`], ...).
 //!
 //! Crates: token parsing, the header's `alg` against the key's, and the `iss`/`aud` checks are
 //! `jsonwebtoken` (the most used Rust JWT crate, maintained since 2015); its signature
@@ -23,6 +24,7 @@
 
 pub mod cache;
 pub mod claims;
+pub mod guard;
 pub mod keys;
 pub mod mint;
 mod ring_provider;
@@ -30,6 +32,7 @@ pub mod verifier;
 
 pub use cache::TokenCache;
 pub use claims::{Claims, Denied, RoomPatterns};
+pub use guard::{Guard, Refused};
 pub use keys::{KeyError, KeySet};
 pub use verifier::{Rules, Verifier};
 
