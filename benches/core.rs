@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use roomcast::config::Config;
+use roomcast::ids::RoomName;
 use roomcast::ids::WorkerId;
 use roomcast::room::history::History;
 use roomcast::session::outbound::Outbound;
@@ -139,16 +140,17 @@ fn publish_through_shard(c: &mut Criterion) {
                 shard.end_turn(0);
                 shard.take_dirty(dirty);
                 for k in dirty.iter() {
-                    if let Some(conn) = shard.conn_mut(*k) {
-                        let n = conn.session.outbound.queued();
-                        conn.session.outbound.advance(n);
+                    if let Some((_, out)) = shard.transmit(*k) {
+                        let n = out.queued();
+                        out.advance(n);
                     }
                 }
             };
             drain(&mut shard, &mut dirty);
             b.iter(|| {
-                let mail =
-                    Mail::Publish { room: "hot".into(), kind: "gift".into(), data: r#"{"n":1}"#.into(), reply: None };
+                // The room name is made per publish, as the ingest path does.
+                let room = RoomName::new("hot").expect("a valid room name");
+                let mail = Mail::Publish { room, kind: "gift".into(), data: r#"{"n":1}"#.into(), reply: None };
                 shard.handle_mail(mail, 0);
                 drain(&mut shard, &mut dirty);
             })

@@ -1,38 +1,60 @@
 #!/usr/bin/env bash
 # Run one loadgen scenario RUNS times against a fresh release roomcast per run, and print the
-# JSON reports' key figures. Usage:
+# JSON reports' key figures (and each run's exit status: 2 = invalid, the reason is printed).
+# Usage:
 #   benches/loadgen.sh RUNS SCENARIO [loadgen flags...]     (plain ws)
 #   TLS=1 benches/loadgen.sh RUNS SCENARIO [flags...]       (wss, self-signed cert)
-# Everything binds 127.0.0.1 ports chosen by the kernel; the server is stopped after each run.
+#   SERVER_FLAGS="--batch-window-ms 25" benches/loadgen.sh ...
+# Everything binds 127.0.0.1 ports chosen by the kernel, read from the server's ready line;
+# the server is stopped after each run, and on any exit of this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=$1; scenario=$2; shift 2
 cargo build --release --workspace -q
 out=$(mktemp -d)
-trap 'pkill -f "$out/roomcast-marker" 2>/dev/null || true; rm -rf "$out"' EXIT
+pid=
+stop_server() {
+  if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi
+}
+trap 'stop_server; rm -rf "$out"' EXIT
+trap 'exit 130' INT TERM
 ./target/release/roomcast gen-cert --out "$out" >/dev/null
 for i in $(seq 1 "$runs"); do
   tls_flags=()
   [ "${TLS:-0}" = 1 ] && tls_flags=(--wss-listen 127.0.0.1:0 --tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
-  ./target/release/roomcast serve --ws-listen 127.0.0.1:0 --ingest-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-      ${SERVER_FLAGS:-} "${tls_flags[@]}" >"$out/ready" 2>"$out/server.log" &
-  pid=$!
-  for _ in $(seq 1 100); do [ -s "$out/ready" ] && break; sleep 0.05; done
-  ws=$(sed -E 's/.*ws=([0-9.:]+).*/\1/' "$out/ready"); ingest=$(sed -E 's/.*ingest=([0-9.:]+).*/\1/' "$out/ready")
-  url="ws://$ws/ws"
-  if [ "${TLS:-0}" = 1 ]; then wss=$(sed -E 's/.*wss=([0-9.:]+).*/\1/' "$out/ready"); url="wss://localhost:${wss##*:}/ws"; fi
-  ./target/release/loadgen "$scenario" --url "$url" --ca "$out/cert.pem" --ingest "$ingest" --server-pid "$pid" \
-      --json "$out/r$i.json" "$@" >"$out/table$i" 2>/dev/null || true
-  kill -TERM "$pid"; wait "$pid" || true
+  # shellcheck disable=SC2086 # SERVER_FLAGS is a list of flags
+  coproc SERVER { exec ./target/release/roomcast serve --ws-listen 127.0.0.1:0 --ingest-listen 127.0.0.1:0 \
+      --admin-listen 127.0.0.1:0 ${SERVER_FLAGS:-} "${tls_flags[@]}" 2>"$out/server.log"; }
+  pid=$SERVER_PID
+  # The server prints one line when every listener is bound.
+  if ! read -r -t 30 ready <&"${SERVER[0]}"; then
+    echo "roomcast did not print its ready line within 30 s; its log:" >&2; cat "$out/server.log" >&2; exit 1
+  fi
+  field() { grep -o "$1=[^ ]*" <<<"$ready" | cut -d= -f2; }
+  url="ws://$(field ws)/ws"
+  if [ "${TLS:-0}" = 1 ]; then wss=$(field wss); url="wss://localhost:${wss##*:}/ws"; fi
+  ingest=()
+  case "$scenario" in fanout|churn) ingest=(--ingest "$(field ingest)") ;; esac
+  status=0
+  ./target/release/loadgen "$scenario" --url "$url" --ca "$out/cert.pem" "${ingest[@]}" --server-pid "$pid" \
+      --json "$out/r$i.json" "$@" >"$out/table$i" 2>/dev/null || status=$?
+  stop_server
+  echo -n "run $i exit=$status "
   python3 - "$out/r$i.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-l = r["latency"]
+# storm and idle measure opening connections; the others, deliveries.
+opens = r["scenario"] in ("storm", "idle")
+l = r["upgrade_latency" if opens else "latency"]
 keys = ["joined", "connects_per_sec", "published", "expected", "delivered", "lost", "duplicated", "reordered",
         "deliveries_per_sec", "server_cpu_seconds", "deliveries_per_server_cpu_sec", "loadgen_cpu_seconds",
-        "server_rss_per_conn", "publisher_max_lag_ms", "reconnects", "recovered", "recovery_failed",
-        "presence_per_member_per_sec", "valid"]
+        "server_rss_per_conn", "publisher_max_lag_ms", "late_messages", "reconnects", "recovered",
+        "recovery_failed", "presence_per_member_per_sec", "valid"]
 print(" ".join(f"{k}={r.get(k) if not isinstance(r.get(k), float) else round(r.get(k), 2)}" for k in keys),
-      f"p50={l['p50_ms']:.3f} p90={l['p90_ms']:.3f} p99={l['p99_ms']:.3f} p99.9={l['p999_ms']:.3f} max={l['max_ms']:.3f}")
+      "upgrade" if opens else "delivery", f"p50={l['p50_ms']:.3f} p90={l['p90_ms']:.3f} p99={l['p99_ms']:.3f} p99.9={l['p999_ms']:.3f} max={l['max_ms']:.3f}")
+for why in r.get("invalid_reasons", []):
+    print("  invalid:", why)
+for w in r.get("warnings", []):
+    print("  warning:", w)
 PY
 done

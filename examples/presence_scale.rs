@@ -46,9 +46,9 @@ fn settle(shards: &mut [Shard<()>], dirty: &mut Vec<ConnKey>, now: u64) -> (Dura
         shards[1].take_dirty(dirty);
         touched += dirty.len();
         for k in dirty.iter() {
-            if let Some(conn) = shards[1].conn_mut(*k) {
-                let n = conn.session.outbound.queued();
-                conn.session.outbound.advance(n);
+            if let Some((_, out)) = shards[1].transmit(*k) {
+                let n = out.queued();
+                out.advance(n);
             }
         }
         if !moved {

@@ -2,7 +2,15 @@
 //!
 //! Every setting has a default (PROTOCOL.md's ports), a key in the optional TOML file given with
 //! `--config`, and a command-line flag; flags win over the file, the file over the defaults.
-//! Unknown keys and bad values are errors that name the key.
+//! A bad value is an error that names where it came from: the flag (`--max-message: ...`) when
+//! a flag set it, the key (`limits.max_message: ...`) when the file did. This module never
+//! opens a socket and never reads anything but the one file it is given.
+//!
+//! toml reports a mistyped or unknown key by its line only; `serde_path_to_error` (dtolnay's,
+//! a thin wrapper around any serde deserializer) adds the dotted key path, so every file error
+//! starts with the key like the range errors do.
+
+pub mod addr;
 
 use crate::admission::PerUserPolicy;
 use crate::ratelimit::{Rate, RateLimits};
@@ -16,6 +24,10 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     /// Worker threads; 0 means one per available core.
     pub workers: usize,
+    /// Let this process share its listening ports with other processes (`SO_REUSEPORT`
+    /// groups across processes, for benchmarks). Off: a port another process already listens
+    /// on is refused at startup.
+    pub reuse_port: bool,
     /// Plain WebSocket listener.
     pub ws: WsConfig,
     /// TLS WebSocket listener (off until both `cert` and `key` are set).
@@ -42,10 +54,13 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WsConfig {
-    /// Address to listen on.
+    /// Address to listen on (a host name is resolved when the configuration is read).
+    #[serde(deserialize_with = "addr::deserialize")]
     pub listen: SocketAddr,
     /// HTTP path of the upgrade (also used by the TLS listener).
     pub path: String,
+    /// Serve the demo page at `GET /` (and `/index.html`) on the viewer ports.
+    pub demo_page: bool,
     /// `Origin` values a browser upgrade may carry (e.g. `https://app.example`); empty allows
     /// any. Others are refused with 403; a request without `Origin` is not a browser's and is
     /// allowed.
@@ -57,6 +72,7 @@ pub struct WsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WssConfig {
     /// Address to listen on once a certificate and key are configured.
+    #[serde(deserialize_with = "addr::deserialize")]
     pub listen: SocketAddr,
     /// PEM certificate chain.
     pub cert: Option<PathBuf>,
@@ -69,6 +85,7 @@ pub struct WssConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// TCP address to listen on.
+    #[serde(deserialize_with = "addr::deserialize")]
     pub listen: SocketAddr,
     /// Optional Unix socket path.
     pub unix: Option<PathBuf>,
@@ -83,6 +100,7 @@ pub struct IngestConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address to listen on.
+    #[serde(deserialize_with = "addr::deserialize")]
     pub listen: SocketAddr,
 }
 
@@ -267,7 +285,12 @@ pub const MAX_BATCH_WINDOW_MS: u64 = 1_000;
 
 impl Default for WsConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8080)), path: "/ws".to_owned(), allowed_origins: Vec::new() }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            path: "/ws".to_owned(),
+            demo_page: true,
+            allowed_origins: Vec::new(),
+        }
     }
 }
 
@@ -340,11 +363,13 @@ impl PresenceConfig {
     }
 }
 
-/// A configuration that cannot be used; the message names the key.
+/// A configuration that cannot be used. The message names the setting as the user wrote it:
+/// the flag when a flag set it, the dotted key otherwise. Causes are reported through
+/// [`std::error::Error::source`], never repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -352,25 +377,63 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The TOML is malformed, has an unknown key or a value of the wrong type.
-    #[error("config file {path}: {message}")]
+    #[error("{}", parse_text(path, key, *line, message))]
     Parse {
         /// The file (`<inline>` for a string).
         path: PathBuf,
-        /// toml's message, which names the key and the line.
+        /// The dotted key, e.g. `limits.max_message`; empty for a TOML syntax error.
+        key: String,
+        /// The line in the file, when toml knows it.
+        line: Option<usize>,
+        /// What is wrong, without the echoed source line.
         message: String,
     },
-    /// A value is out of range.
-    #[error("{key}: {message}")]
+    /// A value is out of range, or two settings do not fit together.
+    #[error("{setting}: {message}")]
     Invalid {
-        /// The key, e.g. `limits.max_message`.
-        key: &'static str,
-        /// What is wrong with it.
+        /// The key (`limits.max_message`) or, when a flag set it, the flag (`--max-message`).
+        setting: String,
+        /// What is wrong with it and what is allowed.
         message: String,
     },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
+fn parse_text(path: &Path, key: &str, line: Option<usize>, message: &str) -> String {
+    let at = match line {
+        Some(line) => format!("config file {}, line {line}", path.display()),
+        None => format!("config file {}", path.display()),
+    };
+    if key.is_empty() {
+        format!("{at}: {message}")
+    } else {
+        format!("{key}: {message} ({at})")
+    }
+}
+
+impl ConfigError {
+    /// The setting the error is about (a key or a flag), when it is about one.
+    pub fn setting(&self) -> Option<&str> {
+        match self {
+            Self::Read { .. } => None,
+            Self::Parse { key, .. } => (!key.is_empty()).then_some(key.as_str()),
+            Self::Invalid { setting, .. } => Some(setting),
+        }
+    }
+}
+
+/// toml's and serde's wording, for people: Rust type names become what they mean.
+fn plain_words(message: &str) -> String {
+    let mut text = message.trim().to_owned();
+    for (rust, words) in [
+        ("expected usize", "expected a non-negative integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected u16", "expected an integer 0..=65535"),
+        ("expected a boolean", "expected true or false"),
+        ("unknown field", "unknown key"),
+    ] {
+        text = text.replace(rust, words);
+    }
+    text
 }
 
 impl Config {
@@ -380,7 +443,18 @@ impl Config {
     }
 
     fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+        let to_error = |e: toml::de::Error, key: String| {
+            let line = e
+                .span()
+                .map(|span| 1 + text.as_bytes()[..span.start.min(text.len())].iter().filter(|b| **b == b'\n').count());
+            ConfigError::Parse { path: path.to_owned(), key, line, message: plain_words(e.message()) }
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| to_error(e, String::new()))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            to_error(e.into_inner(), key)
+        })
     }
 
     /// Read and parse a TOML file.
@@ -390,14 +464,20 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Check ranges and combinations a TOML type cannot express.
+    /// Check ranges and combinations a TOML type cannot express; errors name the keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(&|key| key.to_owned())
+    }
+
+    /// [`Config::validate`] with `name` saying how each key is to be called in the message.
+    fn check(&self, name: &dyn Fn(&'static str) -> String) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { setting: name(key), message };
         let l = &self.limits;
         if !(125..=16 << 20).contains(&l.max_message) {
             return Err(invalid("limits.max_message", format!("must be 125..=16777216 bytes (got {})", l.max_message)));
         }
         if l.max_comment_chars == 0 {
-            return Err(invalid("limits.max_comment_chars", "must be at least 1"));
+            return Err(invalid("limits.max_comment_chars", "must be at least 1 (got 0)".into()));
         }
         if l.outbound_budget < 4096 {
             return Err(invalid(
@@ -406,44 +486,50 @@ impl Config {
             ));
         }
         if l.max_rooms_per_conn == 0 {
-            return Err(invalid("limits.max_rooms_per_conn", "must be at least 1"));
+            return Err(invalid("limits.max_rooms_per_conn", "must be at least 1 (got 0)".into()));
         }
         if self.presence.heartbeat_ms == 0 {
-            return Err(invalid("presence.heartbeat_ms", "must be positive"));
+            return Err(invalid("presence.heartbeat_ms", "must be at least 1 ms (got 0)".into()));
         }
         let timeout = self.presence.timeout_ms;
         if timeout != 0 && timeout <= self.presence.heartbeat_ms {
             return Err(invalid(
                 "presence.timeout_ms",
-                format!("must be 0 (2.5 x heartbeat_ms) or longer than presence.heartbeat_ms (got {timeout})"),
+                format!(
+                    "must be 0 (2.5 x the heartbeat) or longer than {} = {} ms (got {timeout})",
+                    name("presence.heartbeat_ms"),
+                    self.presence.heartbeat_ms
+                ),
             ));
         }
         if self.presence.interval_ms == 0 {
-            return Err(invalid("presence.interval_ms", "must be positive"));
+            return Err(invalid("presence.interval_ms", "must be at least 1 ms (got 0)".into()));
         }
         if self.history.size == 0 {
-            return Err(invalid("history.size", "must be at least 1"));
+            return Err(invalid("history.size", "must be at least 1 (got 0)".into()));
         }
         if self.fanout.batch_window_ms > MAX_BATCH_WINDOW_MS {
             return Err(invalid(
                 "fanout.batch_window_ms",
-                format!("at most {MAX_BATCH_WINDOW_MS} (got {})", self.fanout.batch_window_ms),
+                format!("must be at most {MAX_BATCH_WINDOW_MS} ms (got {})", self.fanout.batch_window_ms),
             ));
         }
         if !self.ws.path.starts_with('/') {
             return Err(invalid("ws.path", format!("must start with '/' (got {:?})", self.ws.path)));
         }
-        if self.wss.cert.is_some() != self.wss.key.is_some() {
-            return Err(invalid("wss.cert", "wss.cert and wss.key must be given together"));
+        match (&self.wss.cert, &self.wss.key) {
+            (Some(_), None) => return Err(invalid("wss.cert", format!("needs {} as well", name("wss.key")))),
+            (None, Some(_)) => return Err(invalid("wss.key", format!("needs {} as well", name("wss.cert")))),
+            _ => {}
         }
         if self.workers > 256 {
-            return Err(invalid("workers", format!("at most 256 (got {})", self.workers)));
+            return Err(invalid("workers", format!("must be at most 256 (got {})", self.workers)));
         }
         if let Some(path) = &self.ingest.unix {
             // Better refused than silently ignored: an upstream would wait on a missing socket.
             return Err(invalid(
                 "ingest.unix",
-                format!("Unix-socket ingest is not available yet ({})", path.display()),
+                format!("Unix-socket ingest is not available yet ({}); use ingest.listen", path.display()),
             ));
         }
         for (key, rate, burst) in [
@@ -456,14 +542,14 @@ impl Config {
                 return Err(invalid(key, format!("must be a non-negative number (got {rate})")));
             }
             if rate > 0.0 && burst == 0 {
-                return Err(invalid(key, "its burst must be at least 1 when the rate is positive"));
+                return Err(invalid(key, "its burst must be at least 1 when the rate is positive".into()));
             }
         }
         if l.violations_max == 0 {
-            return Err(invalid("limits.violations_max", "must be at least 1"));
+            return Err(invalid("limits.violations_max", "must be at least 1 (got 0)".into()));
         }
         if l.violations_window_ms == 0 {
-            return Err(invalid("limits.violations_window_ms", "must be positive"));
+            return Err(invalid("limits.violations_window_ms", "must be at least 1 ms (got 0)".into()));
         }
         if let Some(echo) = &self.testing.echo_path {
             if !echo.starts_with('/') || *echo == self.ws.path {
@@ -476,14 +562,14 @@ impl Config {
         if self.ws.allowed_origins.iter().any(|o| o.is_empty() || o.ends_with('/')) {
             return Err(invalid(
                 "ws.allowed_origins",
-                "entries are origins like \"https://app.example\" (no path, no trailing slash)",
+                "entries are origins like \"https://app.example\" (no path, no trailing slash)".into(),
             ));
         }
         if self.auth.leeway_s > 300 {
             return Err(invalid("auth.leeway_s", format!("at most 300 s (got {})", self.auth.leeway_s)));
         }
         if self.auth.hmac_secret.as_deref().is_some_and(str::is_empty) {
-            return Err(invalid("auth.hmac_secret", "must not be empty"));
+            return Err(invalid("auth.hmac_secret", "must not be empty".into()));
         }
         if self.ingest.max_line < 1024 {
             return Err(invalid(
@@ -533,6 +619,66 @@ impl Config {
     }
 }
 
+/// Every key that has a flag, with that flag: error messages name the flag when it set the
+/// value. `ServeArgs` below declares the same pairs; a unit test keeps the two in step.
+pub const FLAGS: &[(&str, &str)] = &[
+    ("workers", "--workers"),
+    ("reuse_port", "--reuse-port"),
+    ("ws.listen", "--ws-listen"),
+    ("ws.path", "--ws-path"),
+    ("ws.demo_page", "--no-demo-page"),
+    ("wss.listen", "--wss-listen"),
+    ("wss.cert", "--tls-cert"),
+    ("wss.key", "--tls-key"),
+    ("ingest.listen", "--ingest-listen"),
+    ("ingest.unix", "--ingest-unix"),
+    ("ingest.max_line", "--ingest-max-line"),
+    ("ingest.tokens", "--ingest-token"),
+    ("admin.listen", "--admin-listen"),
+    ("limits.max_message", "--max-message"),
+    ("limits.max_comment_chars", "--max-comment-chars"),
+    ("limits.outbound_budget", "--outbound-budget"),
+    ("limits.handshake_timeout_ms", "--handshake-timeout-ms"),
+    ("limits.close_timeout_ms", "--close-timeout-ms"),
+    ("limits.max_rooms_per_conn", "--max-rooms-per-conn"),
+    ("presence.heartbeat_ms", "--heartbeat-ms"),
+    ("presence.timeout_ms", "--heartbeat-timeout-ms"),
+    ("presence.interval_ms", "--presence-interval-ms"),
+    ("presence.large_room", "--large-room"),
+    ("history.size", "--history-size"),
+    ("history.max_age_ms", "--history-max-age-ms"),
+    ("history.room_idle_ms", "--room-idle-ms"),
+    ("fanout.batch_window_ms", "--batch-window-ms"),
+    ("ws.allowed_origins", "--ws-allowed-origin"),
+    ("limits.comment_rate", "--comment-rate"),
+    ("limits.comment_burst", "--comment-burst"),
+    ("limits.react_rate", "--react-rate"),
+    ("limits.react_burst", "--react-burst"),
+    ("limits.join_rate", "--join-rate"),
+    ("limits.join_burst", "--join-burst"),
+    ("limits.message_rate", "--message-rate"),
+    ("limits.message_burst", "--message-burst"),
+    ("limits.violations_max", "--violations-max"),
+    ("limits.violations_window_ms", "--violations-window-ms"),
+    ("limits.max_connections", "--max-connections"),
+    ("limits.max_connections_per_ip", "--max-connections-per-ip"),
+    ("limits.max_connections_per_user", "--max-connections-per-user"),
+    ("limits.per_user_policy", "--per-user-policy"),
+    ("limits.accept_rate", "--accept-rate"),
+    ("auth.hmac_secret", "--auth-hmac-secret"),
+    ("auth.public_keys", "--auth-public-key"),
+    ("auth.issuer", "--auth-issuer"),
+    ("auth.audience", "--auth-audience"),
+    ("auth.leeway_s", "--auth-leeway-s"),
+    ("auth.cache_size", "--auth-cache-size"),
+    ("testing.echo_path", "--testing-echo-path"),
+];
+
+/// The flag of `key`, if it has one.
+pub fn flag_of(key: &str) -> Option<&'static str> {
+    FLAGS.iter().find(|(k, _)| *k == key).map(|(_, flag)| *flag)
+}
+
 /// `roomcast serve` flags: one per setting, each overriding its TOML key.
 #[derive(clap::Args, Debug, Default)]
 pub struct ServeArgs {
@@ -542,14 +688,21 @@ pub struct ServeArgs {
     /// `workers`: worker threads, 0 = one per core [default: 0].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// `ws.listen`: plain WebSocket address [default: 0.0.0.0:8080].
-    #[arg(long, value_name = "ADDR")]
+    /// `reuse_port = true`: share the listening ports with other processes on purpose
+    /// (SO_REUSEPORT, for benchmarks); without it a port in use by another process is refused.
+    #[arg(long)]
+    pub reuse_port: bool,
+    /// `ws.listen`: plain WebSocket address, HOST:PORT [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR", value_parser = addr::parse)]
     pub ws_listen: Option<SocketAddr>,
     /// `ws.path`: upgrade path [default: /ws].
     #[arg(long, value_name = "PATH")]
     pub ws_path: Option<String>,
-    /// `wss.listen`: TLS WebSocket address [default: 0.0.0.0:8443].
-    #[arg(long, value_name = "ADDR")]
+    /// `ws.demo_page = false`: do not serve the demo page at `GET /`.
+    #[arg(long)]
+    pub no_demo_page: bool,
+    /// `wss.listen`: TLS WebSocket address, HOST:PORT [default: 0.0.0.0:8443].
+    #[arg(long, value_name = "ADDR", value_parser = addr::parse)]
     pub wss_listen: Option<SocketAddr>,
     /// `wss.cert`: PEM certificate chain (turns wss on with --tls-key).
     #[arg(long, value_name = "FILE")]
@@ -557,10 +710,10 @@ pub struct ServeArgs {
     /// `wss.key`: PEM private key.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
-    /// `ingest.listen`: ingest TCP address [default: 127.0.0.1:7070].
-    #[arg(long, value_name = "ADDR")]
+    /// `ingest.listen`: ingest TCP address, HOST:PORT [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR", value_parser = addr::parse)]
     pub ingest_listen: Option<SocketAddr>,
-    /// `ingest.unix`: ingest Unix socket path.
+    /// `ingest.unix`: ingest Unix socket path (not available yet: refused).
     #[arg(long, value_name = "PATH")]
     pub ingest_unix: Option<PathBuf>,
     /// `ingest.max_line`: longest ingest line in bytes [default: 65536].
@@ -569,8 +722,8 @@ pub struct ServeArgs {
     /// `ingest.tokens`: an accepted ingest token (repeatable).
     #[arg(long = "ingest-token", value_name = "TOKEN")]
     pub ingest_tokens: Vec<String>,
-    /// `admin.listen`: admin HTTP address [default: 127.0.0.1:9090].
-    #[arg(long, value_name = "ADDR")]
+    /// `admin.listen`: admin HTTP address, HOST:PORT [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR", value_parser = addr::parse)]
     pub admin_listen: Option<SocketAddr>,
     /// `limits.max_message`: largest client message [default: 4096].
     #[arg(long, value_name = "BYTES")]
@@ -590,7 +743,7 @@ pub struct ServeArgs {
     /// `limits.max_rooms_per_conn` [default: 64].
     #[arg(long, value_name = "N")]
     pub max_rooms_per_conn: Option<usize>,
-    /// `presence.heartbeat_ms`: announced ping interval [default: 25000].
+    /// `presence.heartbeat_ms`: silence before the server pings [default: 25000].
     #[arg(long, value_name = "MS")]
     pub heartbeat_ms: Option<u64>,
     /// `presence.timeout_ms`: silence before close, 0 = 2.5 x heartbeat [default: 0].
@@ -694,75 +847,93 @@ fn parse_per_user_policy(text: &str) -> Result<PerUserPolicy, String> {
     }
 }
 
-fn set<T>(slot: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *slot = v;
+/// Applies flags over a configuration and remembers which keys they set.
+struct Overrides<'c> {
+    config: &'c mut Config,
+    by_flag: Vec<&'static str>,
+}
+
+impl Overrides<'_> {
+    fn set<T>(&mut self, key: &'static str, slot: impl FnOnce(&mut Config) -> &mut T, value: Option<T>) {
+        if let Some(v) = value {
+            *slot(self.config) = v;
+            self.by_flag.push(key);
+        }
     }
 }
 
 impl ServeArgs {
-    /// Defaults, then the file, then the flags; validated.
+    /// Defaults, then the file, then the flags; validated. A bad value is reported under its
+    /// flag when a flag set it.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let mut c = match &self.config {
             Some(path) => Config::load(path)?,
             None => Config::default(),
         };
-        set(&mut c.workers, self.workers);
-        set(&mut c.ws.listen, self.ws_listen);
-        set(&mut c.ws.path, self.ws_path);
-        set(&mut c.wss.listen, self.wss_listen);
-        set(&mut c.wss.cert, self.tls_cert.map(Some));
-        set(&mut c.wss.key, self.tls_key.map(Some));
-        set(&mut c.ingest.listen, self.ingest_listen);
-        set(&mut c.ingest.unix, self.ingest_unix.map(Some));
-        set(&mut c.ingest.max_line, self.ingest_max_line);
-        if !self.ingest_tokens.is_empty() {
-            c.ingest.tokens = self.ingest_tokens;
-        }
-        set(&mut c.admin.listen, self.admin_listen);
-        set(&mut c.limits.max_message, self.max_message);
-        set(&mut c.limits.max_comment_chars, self.max_comment_chars);
-        set(&mut c.limits.outbound_budget, self.outbound_budget);
-        set(&mut c.limits.handshake_timeout_ms, self.handshake_timeout_ms);
-        set(&mut c.limits.close_timeout_ms, self.close_timeout_ms);
-        set(&mut c.limits.max_rooms_per_conn, self.max_rooms_per_conn);
-        set(&mut c.presence.heartbeat_ms, self.heartbeat_ms);
-        set(&mut c.presence.timeout_ms, self.heartbeat_timeout_ms);
-        set(&mut c.presence.interval_ms, self.presence_interval_ms);
-        set(&mut c.presence.large_room, self.large_room);
-        set(&mut c.history.size, self.history_size);
-        set(&mut c.history.max_age_ms, self.history_max_age_ms);
-        set(&mut c.history.room_idle_ms, self.room_idle_ms);
-        set(&mut c.fanout.batch_window_ms, self.batch_window_ms);
-        if !self.ws_allowed_origins.is_empty() {
-            c.ws.allowed_origins = self.ws_allowed_origins;
-        }
-        let l = &mut c.limits;
-        set(&mut l.comment_rate, self.comment_rate);
-        set(&mut l.comment_burst, self.comment_burst);
-        set(&mut l.react_rate, self.react_rate);
-        set(&mut l.react_burst, self.react_burst);
-        set(&mut l.join_rate, self.join_rate);
-        set(&mut l.join_burst, self.join_burst);
-        set(&mut l.message_rate, self.message_rate);
-        set(&mut l.message_burst, self.message_burst);
-        set(&mut l.violations_max, self.violations_max);
-        set(&mut l.violations_window_ms, self.violations_window_ms);
-        set(&mut l.max_connections, self.max_connections);
-        set(&mut l.max_connections_per_ip, self.max_connections_per_ip);
-        set(&mut l.max_connections_per_user, self.max_connections_per_user);
-        set(&mut l.per_user_policy, self.per_user_policy);
-        set(&mut l.accept_rate, self.accept_rate);
-        set(&mut c.auth.hmac_secret, self.auth_hmac_secret.map(Some));
-        if !self.auth_public_keys.is_empty() {
-            c.auth.public_keys = self.auth_public_keys;
-        }
-        set(&mut c.auth.issuer, self.auth_issuer.map(Some));
-        set(&mut c.auth.audience, self.auth_audience.map(Some));
-        set(&mut c.auth.leeway_s, self.auth_leeway_s);
-        set(&mut c.auth.cache_size, self.auth_cache_size);
-        set(&mut c.testing.echo_path, self.testing_echo_path.map(Some));
-        c.validate()?;
+        let mut o = Overrides { config: &mut c, by_flag: Vec::new() };
+        o.set("workers", |c| &mut c.workers, self.workers);
+        o.set("reuse_port", |c| &mut c.reuse_port, self.reuse_port.then_some(true));
+        o.set("ws.listen", |c| &mut c.ws.listen, self.ws_listen);
+        o.set("ws.path", |c| &mut c.ws.path, self.ws_path);
+        o.set("ws.demo_page", |c| &mut c.ws.demo_page, self.no_demo_page.then_some(false));
+        o.set("wss.listen", |c| &mut c.wss.listen, self.wss_listen);
+        o.set("wss.cert", |c| &mut c.wss.cert, self.tls_cert.map(Some));
+        o.set("wss.key", |c| &mut c.wss.key, self.tls_key.map(Some));
+        o.set("ingest.listen", |c| &mut c.ingest.listen, self.ingest_listen);
+        o.set("ingest.unix", |c| &mut c.ingest.unix, self.ingest_unix.map(Some));
+        o.set("ingest.max_line", |c| &mut c.ingest.max_line, self.ingest_max_line);
+        let tokens = (!self.ingest_tokens.is_empty()).then_some(self.ingest_tokens);
+        o.set("ingest.tokens", |c| &mut c.ingest.tokens, tokens);
+        o.set("admin.listen", |c| &mut c.admin.listen, self.admin_listen);
+        o.set("limits.max_message", |c| &mut c.limits.max_message, self.max_message);
+        o.set("limits.max_comment_chars", |c| &mut c.limits.max_comment_chars, self.max_comment_chars);
+        o.set("limits.outbound_budget", |c| &mut c.limits.outbound_budget, self.outbound_budget);
+        o.set("limits.handshake_timeout_ms", |c| &mut c.limits.handshake_timeout_ms, self.handshake_timeout_ms);
+        o.set("limits.close_timeout_ms", |c| &mut c.limits.close_timeout_ms, self.close_timeout_ms);
+        o.set("limits.max_rooms_per_conn", |c| &mut c.limits.max_rooms_per_conn, self.max_rooms_per_conn);
+        o.set("presence.heartbeat_ms", |c| &mut c.presence.heartbeat_ms, self.heartbeat_ms);
+        o.set("presence.timeout_ms", |c| &mut c.presence.timeout_ms, self.heartbeat_timeout_ms);
+        o.set("presence.interval_ms", |c| &mut c.presence.interval_ms, self.presence_interval_ms);
+        o.set("presence.large_room", |c| &mut c.presence.large_room, self.large_room);
+        o.set("history.size", |c| &mut c.history.size, self.history_size);
+        o.set("history.max_age_ms", |c| &mut c.history.max_age_ms, self.history_max_age_ms);
+        o.set("history.room_idle_ms", |c| &mut c.history.room_idle_ms, self.room_idle_ms);
+        o.set("fanout.batch_window_ms", |c| &mut c.fanout.batch_window_ms, self.batch_window_ms);
+        let origins = (!self.ws_allowed_origins.is_empty()).then_some(self.ws_allowed_origins);
+        o.set("ws.allowed_origins", |c| &mut c.ws.allowed_origins, origins);
+        o.set("limits.comment_rate", |c| &mut c.limits.comment_rate, self.comment_rate);
+        o.set("limits.comment_burst", |c| &mut c.limits.comment_burst, self.comment_burst);
+        o.set("limits.react_rate", |c| &mut c.limits.react_rate, self.react_rate);
+        o.set("limits.react_burst", |c| &mut c.limits.react_burst, self.react_burst);
+        o.set("limits.join_rate", |c| &mut c.limits.join_rate, self.join_rate);
+        o.set("limits.join_burst", |c| &mut c.limits.join_burst, self.join_burst);
+        o.set("limits.message_rate", |c| &mut c.limits.message_rate, self.message_rate);
+        o.set("limits.message_burst", |c| &mut c.limits.message_burst, self.message_burst);
+        o.set("limits.violations_max", |c| &mut c.limits.violations_max, self.violations_max);
+        o.set("limits.violations_window_ms", |c| &mut c.limits.violations_window_ms, self.violations_window_ms);
+        o.set("limits.max_connections", |c| &mut c.limits.max_connections, self.max_connections);
+        o.set("limits.max_connections_per_ip", |c| &mut c.limits.max_connections_per_ip, self.max_connections_per_ip);
+        o.set(
+            "limits.max_connections_per_user",
+            |c| &mut c.limits.max_connections_per_user,
+            self.max_connections_per_user,
+        );
+        o.set("limits.per_user_policy", |c| &mut c.limits.per_user_policy, self.per_user_policy);
+        o.set("limits.accept_rate", |c| &mut c.limits.accept_rate, self.accept_rate);
+        o.set("auth.hmac_secret", |c| &mut c.auth.hmac_secret, self.auth_hmac_secret.map(Some));
+        let keys = (!self.auth_public_keys.is_empty()).then_some(self.auth_public_keys);
+        o.set("auth.public_keys", |c| &mut c.auth.public_keys, keys);
+        o.set("auth.issuer", |c| &mut c.auth.issuer, self.auth_issuer.map(Some));
+        o.set("auth.audience", |c| &mut c.auth.audience, self.auth_audience.map(Some));
+        o.set("auth.leeway_s", |c| &mut c.auth.leeway_s, self.auth_leeway_s);
+        o.set("auth.cache_size", |c| &mut c.auth.cache_size, self.auth_cache_size);
+        o.set("testing.echo_path", |c| &mut c.testing.echo_path, self.testing_echo_path.map(Some));
+        let by_flag = o.by_flag;
+        let name = |key: &'static str| match flag_of(key) {
+            Some(flag) if by_flag.contains(&key) => flag.to_owned(),
+            _ => key.to_owned(),
+        };
+        c.check(&name)?;
         Ok(c)
     }
 }
@@ -770,6 +941,18 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn flags(args: &[&str]) -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).expect("flags parse");
+        cli.serve.into_config()
+    }
 
     #[test]
     fn defaults_are_the_protocol_ports() {
@@ -780,30 +963,114 @@ mod tests {
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
         assert_eq!(c.limits.max_message, 4096);
         assert!(!c.tls_enabled());
+        assert!(c.ws.demo_page && !c.reuse_port);
         assert_eq!(c.presence.effective_timeout_ms(), 62_500);
         c.validate().expect("defaults are valid");
     }
 
-    #[test]
-    fn the_example_file_lists_the_defaults() {
-        let c = Config::from_toml_str(include_str!("../roomcast.example.toml")).expect("example parses");
-        assert_eq!(c, Config::default());
+    /// Dotted paths of every key in a TOML table.
+    fn key_paths(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (key, value) in table {
+            match value {
+                toml::Value::Table(inner) => key_paths(inner, &format!("{prefix}{key}."), out),
+                _ => out.push(format!("{prefix}{key}")),
+            }
+        }
+    }
+
+    fn is_key(word: &str) -> bool {
+        word.starts_with(|c: char| c.is_ascii_lowercase()) && word.chars().all(|c| c.is_ascii_lowercase() || c == '_')
     }
 
     #[test]
-    fn errors_name_the_key() {
+    fn the_example_file_lists_every_key_with_its_default() {
+        let example = include_str!("../roomcast.example.toml");
+        let c = Config::from_toml_str(example).expect("example parses");
+        assert_eq!(c, Config::default());
+        // Every key, optional ones included: those without a default are commented out
+        // (`# cert = "..."`), so uncomment `# key = value` lines before collecting keys.
+        let uncommented: String = example
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| is_key(k)) => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let mut listed = Vec::new();
+        key_paths(&toml::from_str(&uncommented).expect("uncommented example parses"), "", &mut listed);
+        let mut full = Config::default();
+        full.wss.cert = Some("c.pem".into());
+        full.wss.key = Some("k.pem".into());
+        full.ingest.unix = Some("i.sock".into());
+        full.auth.hmac_secret = Some("@secret".into());
+        full.auth.issuer = Some("iss".into());
+        full.auth.audience = Some("aud".into());
+        full.testing.echo_path = Some("/echo".into());
+        let mut all = Vec::new();
+        key_paths(&toml::Table::try_from(&full).expect("config serializes"), "", &mut all);
+        listed.sort();
+        all.sort();
+        assert_eq!(listed, all, "roomcast.example.toml must list every key");
+        let mut with_flags: Vec<String> = FLAGS.iter().map(|(k, _)| (*k).to_owned()).collect();
+        with_flags.sort();
+        assert_eq!(with_flags, all, "every key has a flag in FLAGS");
+    }
+
+    #[test]
+    fn file_errors_start_with_the_key() {
         let e = Config::from_toml_str("[limits]\nmax_mesage = 5\n").expect_err("unknown key");
-        assert!(e.to_string().contains("max_mesage"), "{e}");
+        let ConfigError::Parse { key, line, message, .. } = &e else { panic!("parse error: {e}") };
+        assert_eq!((key.as_str(), *line), ("limits.max_mesage", Some(2)), "{e}");
+        assert!(message.starts_with("unknown key `max_mesage`, expected one of"), "{message}");
+        assert!(e.to_string().starts_with("limits.max_mesage: unknown key"), "{e}");
+        assert!(!e.to_string().contains('|'), "no echoed source line: {e}");
+
         let e = Config::from_toml_str("[limits]\nmax_message = \"big\"\n").expect_err("wrong type");
-        assert!(e.to_string().contains("max_message"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("limits.max_message: invalid type: string \"big\", expected a non-negative integer"),
+            "{e}"
+        );
+        let e = Config::from_toml_str("[ws]\nlisten = \"nohost\"\n").expect_err("bad address");
+        assert!(e.to_string().starts_with("ws.listen: expected HOST:PORT"), "{e}");
+        let e = Config::from_toml_str("workers = [\n").expect_err("syntax");
+        assert_eq!(e.setting(), None, "{e}");
+        assert!(e.to_string().starts_with("config file <inline>, line 1: "), "{e}");
+
         let e = Config::from_toml_str("[limits]\nmax_message = 10\n").expect("parses").validate().expect_err("range");
-        assert!(e.to_string().starts_with("limits.max_message"), "{e}");
+        assert_eq!(e.to_string(), "limits.max_message: must be 125..=16777216 bytes (got 10)");
         let e =
             Config::from_toml_str("[fanout]\nbatch_window_ms = 5000\n").expect("parses").validate().expect_err("range");
-        assert!(e.to_string().starts_with("fanout.batch_window_ms"), "{e}");
+        assert_eq!(e.to_string(), "fanout.batch_window_ms: must be at most 1000 ms (got 5000)");
         let mut c = Config::default();
         c.wss.cert = Some("c.pem".into());
-        assert!(c.validate().expect_err("pair").to_string().contains("wss.key"));
+        assert_eq!(c.validate().expect_err("pair").to_string(), "wss.cert: needs wss.key as well");
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag() {
+        let e = flags(&["--max-message", "10"]).expect_err("range");
+        assert_eq!(e.to_string(), "--max-message: must be 125..=16777216 bytes (got 10)");
+        let e = flags(&["--tls-key", "k.pem"]).expect_err("pair");
+        assert_eq!(e.to_string(), "--tls-key: needs wss.cert as well");
+        let e = flags(&["--heartbeat-ms", "1000", "--heartbeat-timeout-ms", "500"]).expect_err("order");
+        assert!(
+            e.to_string().starts_with(
+                "--heartbeat-timeout-ms: must be 0 (2.5 x the heartbeat) or longer than --heartbeat-ms = 1000 ms"
+            ),
+            "{e}"
+        );
+        let e = flags(&["--ingest-unix", "/tmp/x.sock"]).expect_err("unix");
+        assert!(e.to_string().starts_with("--ingest-unix: Unix-socket ingest is not available yet"), "{e}");
+    }
+
+    #[test]
+    fn host_names_and_switches_from_flags() {
+        let c = flags(&["--ws-listen", "localhost:8081", "--no-demo-page", "--reuse-port"]).expect("valid");
+        assert!(c.ws.listen.ip().is_loopback() && c.ws.listen.port() == 8081, "{}", c.ws.listen);
+        assert!(!c.ws.demo_page && c.reuse_port);
+        assert!(Cli::try_parse_from(["serve", "--ws-listen", "8080"]).is_err(), "a port alone is not an address");
     }
 
     #[test]
@@ -841,10 +1108,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("roomcast-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("c.toml");
-        std::fs::write(&path, "workers = 3\n[limits]\nmax_message = 1000\n").expect("write");
-        let args = ServeArgs { config: Some(path), max_message: Some(2000), ..ServeArgs::default() };
+        std::fs::write(&path, "workers = 3\n[limits]\nmax_message = 1000\n[ws]\nlisten = \"localhost:9\"\n")
+            .expect("write");
+        let args = ServeArgs { config: Some(path.clone()), max_message: Some(2000), ..ServeArgs::default() };
         let c = args.into_config().expect("valid");
-        assert_eq!((c.workers, c.limits.max_message), (3, 2000));
+        assert_eq!((c.workers, c.limits.max_message, c.ws.listen.port()), (3, 2000, 9));
+        // A bad value from the file is named by its key even when other flags are given.
+        std::fs::write(&path, "[limits]\nmax_message = 10\n").expect("write");
+        let args = ServeArgs { config: Some(path), workers: Some(1), ..ServeArgs::default() };
+        assert!(args.into_config().expect_err("range").to_string().starts_with("limits.max_message: "));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,6 +1,11 @@
 //! The `roomcast` command: `serve` runs the server, `gen-cert` makes a self-signed TLS
 //! certificate for local use and tests, `check-config` validates a configuration file, `token`
 //! makes a JWT for development.
+//!
+//! Exit status: 0 after a clean shutdown; 2 when the configuration cannot be used (a bad flag
+//! or key, an address that cannot be bound or belongs to another process, an unusable
+//! certificate); 1 for any other failure. Errors are printed once, as `roomcast: ` and the
+//! chain of causes (each error's message, then its source's), so no cause appears twice.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -96,53 +101,60 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let result = match cli.command {
+    match cli.command {
         Command::Serve(args) => match args.into_config() {
             Ok(config) => {
                 tracing::debug!(config = ?config.redacted(), "effective configuration");
                 if config.auth.enabled() {
                     // Until the worker verifies tokens at the upgrade, serving would accept
                     // everyone while the operator believes tokens are required.
-                    eprintln!("roomcast: auth keys are configured, but this build does not verify tokens at the upgrade yet; refusing to serve without the authentication that was asked for");
-                    return ExitCode::from(2);
+                    return fail(
+                        CONFIG_ERROR,
+                        anyhow::anyhow!("auth keys are configured, but this build does not verify tokens at the upgrade yet; refusing to serve without the authentication that was asked for"),
+                    );
                 }
                 tracing::warn!("no auth key configured (auth.hmac_secret, auth.public_keys): ANY client may connect as ANY user with ?user= and join every room; development only");
                 if let Some(path) = &config.testing.echo_path {
                     tracing::warn!(path = %path, "testing.echo_path is set: a WebSocket echo endpoint for conformance tests; never in production");
                 }
-                roomcast::runtime::run(config).map_err(anyhow::Error::from)
+                match roomcast::runtime::run(config) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(e.exit_code(), e.into()),
+                }
             }
-            Err(e) => {
-                eprintln!("roomcast: {e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => fail(CONFIG_ERROR, e.into()),
         },
-        Command::GenCert { out, hosts, force } => gen_cert(&out, &hosts, force),
-        Command::Token(args) => token(&args),
+        Command::GenCert { out, hosts, force } => match gen_cert(&out, &hosts, force) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, e),
+        },
+        Command::Token(args) => match token(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, e),
+        },
         Command::CheckConfig { config } => {
             let args = ServeArgs { config: Some(config), ..ServeArgs::default() };
             match args.into_config() {
                 Ok(config) => match toml::to_string_pretty(&config.redacted()) {
                     Ok(text) => {
                         print!("{text}");
-                        Ok(())
+                        ExitCode::SUCCESS
                     }
-                    Err(e) => Err(e.into()),
+                    Err(e) => fail(1, e.into()),
                 },
-                Err(e) => {
-                    eprintln!("roomcast: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(e) => fail(CONFIG_ERROR, e.into()),
             }
         }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("roomcast: {e:#}");
-            ExitCode::FAILURE
-        }
     }
+}
+
+/// Exit status of an unusable configuration (as clap's for a bad flag).
+const CONFIG_ERROR: u8 = 2;
+
+/// Print `roomcast: ` and the error with its causes, each once, and give the exit status.
+fn fail(status: u8, error: anyhow::Error) -> ExitCode {
+    eprintln!("roomcast: {error:#}");
+    ExitCode::from(status)
 }
 
 fn token(args: &TokenArgs) -> anyhow::Result<()> {

@@ -3,16 +3,19 @@
 //!
 //! Memory per idle TLS connection is a budget (DESIGN.md): session tickets are off, so a
 //! connection holds no ticket state, and nothing here keeps per-connection buffers.
+//!
+//! Errors name the file and say what is wrong with it; an OS or rustls cause is the error's
+//! `source()`, never repeated in its message, so a printed chain shows each cause once.
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Why TLS could not be set up; the message names the file.
+/// Why TLS could not be set up; the message names the file, the cause is the `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: String,
@@ -28,10 +31,10 @@ pub enum TlsError {
         message: String,
     },
     /// rustls refused the certificate/key pair.
-    #[error("certificate and key do not form a valid TLS configuration: {0}")]
+    #[error("the certificate and key do not form a valid TLS configuration")]
     Rustls(#[from] rustls::Error),
     /// Certificate generation failed.
-    #[error("cannot generate a certificate: {0}")]
+    #[error("cannot generate a certificate")]
     Generate(#[from] rcgen::Error),
 }
 
@@ -52,13 +55,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &read(cert)?[..])
         .collect::<Result<_, _>>()
-        .map_err(|e| pem_err(cert, format!("bad PEM: {e}")))?;
+        .map_err(|e| pem_err(cert, format!("not a valid PEM certificate file ({e})")))?;
     if certs.is_empty() {
-        return Err(pem_err(cert, "no CERTIFICATE found"));
+        return Err(pem_err(cert, "holds no PEM \"CERTIFICATE\" block; expected a certificate chain"));
     }
     let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &read(key)?[..])
-        .map_err(|e| pem_err(key, format!("bad PEM: {e}")))?
-        .ok_or_else(|| pem_err(key, "no PRIVATE KEY found"))?;
+        .map_err(|e| pem_err(key, format!("not a valid PEM key file ({e})")))?
+        .ok_or_else(|| pem_err(key, "holds no PEM private key block (PRIVATE KEY, RSA or EC PRIVATE KEY)"))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
@@ -122,8 +125,10 @@ mod tests {
     }
 
     #[test]
-    fn errors_name_the_file() {
+    fn errors_name_the_file_and_report_the_cause_once() {
         let e = server_config(Path::new("/nonexistent/c.pem"), Path::new("/nonexistent/k.pem")).expect_err("missing");
-        assert!(e.to_string().contains("/nonexistent/c.pem"), "{e}");
+        assert_eq!(e.to_string(), "cannot read /nonexistent/c.pem");
+        let cause = std::error::Error::source(&e).expect("the OS error is the source").to_string();
+        assert!(cause.contains("No such file"), "{cause}");
     }
 }

@@ -85,8 +85,12 @@ fn online_drops_after_a_viewer_disconnects() {
 #[test]
 fn a_silent_connection_is_closed_after_the_heartbeat_timeout() {
     let server = Server::start(&["--heartbeat-ms", "200", "--heartbeat-timeout-ms", "500"]);
-    let mut quiet = server.viewer("quiet");
-    assert_eq!(quiet.close_code(), Some(1001));
+    // Silent means it answers nothing, not even the server's pings (which every conforming
+    // client answers by itself).
+    let mut quiet = server.deaf_viewer("quiet");
+    let (code, pings) = quiet.close_code();
+    assert_eq!(code, Some(1001));
+    assert_eq!(pings, 1, "pinged once after heartbeat_ms of silence, then closed");
 }
 
 #[test]

@@ -566,16 +566,40 @@ fn keepalive(v: &mut support::Viewer, frame: bool) {
 fn pinging_outlives_a_silent_connection(frame: bool) {
     let server = Server::start(&["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "300"]);
     // The pinger connects first, so it has been connected longer than the silent one when
-    // that one is closed; only its pings can have kept it open.
+    // that one is closed; only its pings can have kept it open. The silent one answers not
+    // even the server's pings.
     let mut pinger = server.viewer("pinger");
-    let mut silent = server.viewer("silent");
-    let watcher = std::thread::spawn(move || silent.close_code());
+    let mut silent = server.deaf_viewer("silent");
+    let watcher = std::thread::spawn(move || silent.close_code().0);
     while !watcher.is_finished() {
         keepalive(&mut pinger, frame);
     }
     let code = watcher.join().expect("watcher thread");
     assert!(code.is_some(), "the silent connection got a close frame, not just a dropped socket");
     keepalive(&mut pinger, frame);
+}
+
+#[test]
+fn a_viewer_that_only_listens_stays_connected_because_it_answers_the_servers_pings() {
+    // PROTOCOL.md "Heartbeats": the server pings a connection silent for heartbeat_ms; the
+    // client's automatic pong keeps it alive without application code. The listener connects
+    // first and sends nothing; once a deaf viewer that connected after it is closed, the
+    // listener has been silent for longer than the timeout too, and must still be served.
+    let server = Server::start(&["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "300"]);
+    let mut listener = server.viewer("listener");
+    let reader = std::thread::spawn(move || listener.next());
+    let mut deaf = server.deaf_viewer("deaf");
+    let (code, pings) = deaf.close_code();
+    assert_eq!((code, pings), (Some(1001), 1), "a client that does not answer is pinged once, then closed");
+    let mut up = server.upstream();
+    let reply = up.call(json!({"op": "publish", "room": "user:listener", "type": "still-there", "data": 1}));
+    assert_eq!(reply["ok"], true);
+    match reader.join().expect("reader thread") {
+        support::Got::Json(v) => {
+            assert_eq!((v["op"].as_str(), v["type"].as_str()), (Some("event"), Some("still-there")))
+        }
+        support::Got::Closed(code) => panic!("the listening viewer was closed ({code:?}) although it answered pings"),
+    }
 }
 
 #[test]

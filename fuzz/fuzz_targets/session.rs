@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use roomcast::config::Config;
-use roomcast::ids::{ConnKey, WorkerId};
+use roomcast::ids::{ConnKey, RoomName, WorkerId};
 use roomcast::shard::mail::Mail;
 use roomcast::shard::{home_of, Shard, ShardConfig};
 use roomcast::wire::frame::{FrameReader, Incoming, Role};
@@ -44,7 +44,8 @@ fuzz_target!(|data: &[u8]| {
             }
             4 => {
                 let home = usize::from(home_of(room, 2).0);
-                let mail = Mail::Publish { room: room.into(), kind: "e".into(), data: "1".into(), reply: None };
+                let room = RoomName::new(room).expect("a valid room name");
+                let mail = Mail::Publish { room, kind: "e".into(), data: "1".into(), reply: None };
                 shards[home].handle_mail(mail, now);
             }
             _ => now += u64::from(x) * 10,
@@ -70,10 +71,10 @@ fuzz_target!(|data: &[u8]| {
         }
         // Check what every live connection received.
         for (w, key, last) in &mut conns {
-            let Some(conn) = shards[*w].conn_mut(*key) else { continue };
-            let mut bytes: Vec<u8> = conn.session.outbound.iter().flat_map(|b| b.iter().copied()).collect();
-            let n = conn.session.outbound.queued();
-            conn.session.outbound.advance(n);
+            let Some((_, out)) = shards[*w].transmit(*key) else { continue };
+            let mut bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = out.queued();
+            out.advance(n);
             let mut reader = FrameReader::new(Role::Client);
             let _ = reader.feed(&mut bytes, 1 << 20, |msg| {
                 if let Incoming::Text(t) = msg {

@@ -88,6 +88,7 @@ counters! {
     acks: sum,
     comments: sum,
     send_lag_ns: max,
+    late_comments: sum,
     reconnects: sum,
     recovered: sum,
     recovery_failed: sum,
@@ -104,6 +105,12 @@ pub struct Totals {
     /// Comment -> ack latency (us).
     #[serde(with = "hex_histogram")]
     pub ack_latency: Histogram<u64>,
+    /// Connect start -> TCP connected (us).
+    #[serde(with = "hex_histogram")]
+    pub connect_latency: Histogram<u64>,
+    /// Connect start -> `101` read (us).
+    #[serde(with = "hex_histogram")]
+    pub upgrade_latency: Histogram<u64>,
     /// Time from start to the last connection upgraded (the longest of all threads).
     pub connect_time: Duration,
     /// Comments sent.
@@ -127,6 +134,8 @@ impl Default for Totals {
         Self {
             latency: latency_histogram(),
             ack_latency: latency_histogram(),
+            connect_latency: latency_histogram(),
+            upgrade_latency: latency_histogram(),
             connect_time: Duration::ZERO,
             comments_sent: 0,
             close_codes: HashMap::new(),
@@ -145,6 +154,8 @@ impl Totals {
     pub fn add_thread(&mut self, r: ThreadReport, last_seq: &[u64]) -> anyhow::Result<()> {
         self.latency.add(&r.latency)?;
         self.ack_latency.add(&r.ack_latency)?;
+        self.connect_latency.add(&r.connect_latency)?;
+        self.upgrade_latency.add(&r.upgrade_latency)?;
         self.connect_time = self.connect_time.max(r.connect_time);
         self.comments_sent += r.comments_sent;
         for (code, n) in r.close_codes {
@@ -166,6 +177,8 @@ impl Totals {
     pub fn merge(&mut self, o: Self) -> anyhow::Result<()> {
         self.latency.add(&o.latency)?;
         self.ack_latency.add(&o.ack_latency)?;
+        self.connect_latency.add(&o.connect_latency)?;
+        self.upgrade_latency.add(&o.upgrade_latency)?;
         self.connect_time = self.connect_time.max(o.connect_time);
         self.comments_sent += o.comments_sent;
         for (code, n) in o.close_codes {

@@ -1,6 +1,7 @@
-//! The run's results: a table for people, JSON for machines, the HdrHistogram percentile
-//! distribution (`.hgrm`, the format wrk2 and HdrHistogram's plotter read) and an SVG chart of
-//! latency by percentile on a "nines" axis.
+//! The run's results: a table for people (its last line is the verdict: `valid true`, or
+//! `valid false:` and every reason), JSON for machines, and an SVG chart of latency by
+//! percentile on a "nines" axis (the `.hgrm` text is [`crate::hgrm`]). This module formats
+//! what the run measured; it decides nothing about it.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -79,18 +80,32 @@ pub struct Report {
     pub deliveries_per_sec: f64,
     /// Delivery latency (intended send -> receipt).
     pub latency: Percentiles,
+    /// Connect start -> TCP connected.
+    pub connect_latency: Percentiles,
+    /// Connect start -> `101` read (the whole open of a viewer).
+    pub upgrade_latency: Percentiles,
     /// Comment -> ack latency (comments scenario).
     pub ack_latency: Option<Percentiles>,
     /// Error replies received.
     pub errors: u64,
-    /// Largest lag of the publisher behind its timetable, ms.
+    /// Largest lag of the publisher (or comment sender) behind its timetable, ms.
     pub publisher_max_lag_ms: f64,
-    /// False when the load generator itself fell behind: the figures then describe it, not the
-    /// server.
+    /// Messages (or comments) sent `lag_tolerance_ms` or more behind their timetable.
+    pub late_messages: u64,
+    /// The lateness tolerance, ms.
+    pub lag_tolerance_ms: f64,
+    /// False when the figures do not answer the question asked: see `invalid_reasons`.
     pub valid: bool,
-    /// Why the run is invalid, if it is.
+    /// Every reason the run is invalid, joined with "; " (absent when valid).
     pub invalid_reason: Option<String>,
-    /// Server RSS per connection in bytes (idle scenario with --server-pid).
+    /// Every reason the run is invalid.
+    pub invalid_reasons: Vec<String>,
+    /// What a reader should know about the figures that does not invalidate them.
+    pub warnings: Vec<String>,
+    /// Established connections the server held before this run opened its own (--server-pid).
+    pub server_conns_before: Option<u64>,
+    /// Server RSS per connection in bytes (idle scenario with --server-pid), measured from the
+    /// RSS before this run opened its connections.
     pub server_rss_per_conn: Option<f64>,
     /// Server RSS before and after, KiB.
     pub server_rss_kib: Option<(u64, u64)>,
@@ -116,7 +131,14 @@ pub struct Report {
 }
 
 impl Report {
-    /// The human table.
+    /// Set the verdict: valid when there is no reason against it.
+    pub fn judge(&mut self, reasons: Vec<String>) {
+        self.valid = reasons.is_empty();
+        self.invalid_reason = (!reasons.is_empty()).then(|| reasons.join("; "));
+        self.invalid_reasons = reasons;
+    }
+
+    /// The human table; its last line is the verdict.
     pub fn table(&self) -> String {
         let mut t = String::new();
         let _ = writeln!(t, "scenario        {}  ({})", self.scenario, self.url);
@@ -126,6 +148,10 @@ impl Report {
             self.conns, self.connected, self.joined, self.failed, self.closed_by_server, self.close_codes
         );
         let _ = writeln!(t, "connect rate    {:.0}/s ({:.2} s)", self.connects_per_sec, self.connect_seconds);
+        if self.scenario == "storm" || self.scenario == "idle" {
+            let _ = writeln!(t, "connect ms      {}", percentiles(&self.connect_latency));
+            let _ = writeln!(t, "upgrade ms      {}", percentiles(&self.upgrade_latency));
+        }
         if let Some((before, after)) = self.server_rss_kib {
             let _ = writeln!(
                 t,
@@ -134,38 +160,7 @@ impl Report {
             );
         }
         if self.published > 0 {
-            let _ = writeln!(
-                t,
-                "published       {} (publisher max lag {:.2} ms)",
-                self.published, self.publisher_max_lag_ms
-            );
-            let _ = writeln!(
-                t,
-                "deliveries      {} of {} expected, {:.0}/s",
-                self.delivered, self.expected, self.deliveries_per_sec
-            );
-            let _ = writeln!(t, "lost/dup/reord  {} / {} / {}", self.lost, self.duplicated, self.reordered);
-            if let (Some(cpu), Some(eff)) = (self.server_cpu_seconds, self.deliveries_per_server_cpu_sec) {
-                let _ = writeln!(t, "server CPU      {cpu:.2} s: {eff:.0} deliveries per server CPU-second");
-            }
-            let _ = writeln!(
-                t,
-                "loadgen CPU     {:.2} s over the same period, {} process(es)",
-                self.loadgen_cpu_seconds, self.loadgen_processes
-            );
-            let l = &self.latency;
-            let _ = writeln!(
-                t,
-                "latency ms      p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-                l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
-            );
-            if let Some(a) = &self.ack_latency {
-                let _ = writeln!(
-                    t,
-                    "ack latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-                    a.p50_ms, a.p90_ms, a.p99_ms, a.p999_ms, a.max_ms
-                );
-            }
+            self.sending(&mut t);
         }
         if self.reconnects > 0 {
             let _ = writeln!(
@@ -182,48 +177,76 @@ impl Report {
             );
         }
         let _ = writeln!(t, "errors          {}", self.errors);
-        let _ = writeln!(
-            t,
-            "valid           {}{}",
-            self.valid,
-            self.invalid_reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
-        );
+        for w in &self.warnings {
+            let _ = writeln!(t, "warning         {w}");
+        }
+        match &self.invalid_reason {
+            None => {
+                let _ = writeln!(t, "valid           true");
+            }
+            Some(why) => {
+                let _ = writeln!(t, "valid           false: {why}");
+            }
+        }
         t
     }
-}
 
-/// The HdrHistogram percentile distribution text (values in milliseconds).
-pub fn hgrm(h: &Histogram<u64>) -> String {
-    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
-    for v in h.iter_quantiles(5) {
-        let q = v.quantile_iterated_to();
-        let inv = if q < 1.0 { format!("{:.2}", 1.0 / (1.0 - q)) } else { "inf".into() };
+    /// The lines about what was published (or commented) and delivered.
+    fn sending(&self, t: &mut String) {
         let _ = writeln!(
-            out,
-            "{:12.3} {:14.12} {:10} {:>14}",
-            v.value_iterated_to() as f64 / 1000.0,
-            q,
-            v.count_since_last_iteration(),
-            inv
+            t,
+            "published       {} (max lag {:.2} ms, {} sent {} ms or more late)",
+            self.published, self.publisher_max_lag_ms, self.late_messages, self.lag_tolerance_ms
         );
+        let _ = writeln!(
+            t,
+            "deliveries      {} of {} expected, {:.0}/s",
+            self.delivered, self.expected, self.deliveries_per_sec
+        );
+        let _ = writeln!(t, "lost/dup/reord  {} / {} / {}", self.lost, self.duplicated, self.reordered);
+        if let (Some(cpu), Some(eff)) = (self.server_cpu_seconds, self.deliveries_per_server_cpu_sec) {
+            let _ = writeln!(t, "server CPU      {cpu:.2} s: {eff:.0} deliveries per server CPU-second");
+        }
+        let _ = writeln!(
+            t,
+            "loadgen CPU     {:.2} s over the same period, {} process(es)",
+            self.loadgen_cpu_seconds, self.loadgen_processes
+        );
+        let _ = writeln!(t, "latency ms      {}", percentiles(&self.latency));
+        if let Some(a) = &self.ack_latency {
+            let _ = writeln!(t, "ack latency ms  {}", percentiles(a));
+        }
     }
-    let _ = writeln!(out, "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]", h.mean() / 1000.0, h.stdev() / 1000.0);
-    let _ = writeln!(out, "#[Max     = {:12.3}, Total count    = {:12}]", h.max() as f64 / 1000.0, h.len());
-    out
 }
 
-/// An SVG line chart of latency (ms, linear) by percentile on a log "nines" axis.
-pub fn svg(h: &Histogram<u64>, title: &str) -> String {
+/// `p50 .. max` of one histogram, in ms.
+fn percentiles(l: &Percentiles) -> String {
+    format!(
+        "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+    )
+}
+
+/// Colours of the chart's series, in order.
+const SERIES_COLOURS: [&str; 3] = ["#1f6feb", "#d1242f", "#1a7f37"];
+
+/// An SVG line chart of latency (ms, linear) by percentile on a log "nines" axis, one line per
+/// `(label, histogram of microseconds)`.
+pub fn svg(series: &[(&str, &Histogram<u64>)], title: &str) -> String {
     let (w, hgt, pad) = (800.0, 450.0, 60.0);
     let max_nines = 5.0_f64;
-    let points: Vec<(f64, f64)> = h
-        .iter_quantiles(10)
-        .map(|v| {
-            let q = v.quantile_iterated_to().min(0.99999);
-            ((1.0 / (1.0 - q)).log10().min(max_nines), v.value_iterated_to() as f64 / 1000.0)
+    let lines: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|(_, h)| {
+            h.iter_quantiles(10)
+                .map(|v| {
+                    let q = v.quantile_iterated_to().min(0.99999);
+                    ((1.0 / (1.0 - q)).log10().min(max_nines), v.value_iterated_to() as f64 / 1000.0)
+                })
+                .collect()
         })
         .collect();
-    let top = points.iter().map(|p| p.1).fold(0.001, f64::max) * 1.1;
+    let top = lines.iter().flatten().map(|p| p.1).fold(0.001, f64::max) * 1.1;
     let x = |n: f64| pad + n / max_nines * (w - 2.0 * pad);
     let y = |ms: f64| hgt - pad - ms / top * (hgt - 2.0 * pad);
     let mut s = format!(
@@ -256,8 +279,23 @@ pub fn svg(h: &Histogram<u64>, title: &str) -> String {
             y(ms) + 4.0
         );
     }
-    let path: Vec<String> = points.iter().map(|(n, ms)| format!("{:.1},{:.1}", x(*n), y(*ms))).collect();
-    let _ = write!(s, r##"<polyline fill="none" stroke="#1f6feb" stroke-width="2" points="{}"/>"##, path.join(" "));
+    for (i, (points, (label, _))) in lines.iter().zip(series).enumerate() {
+        let colour = SERIES_COLOURS[i % SERIES_COLOURS.len()];
+        let path: Vec<String> = points.iter().map(|(n, ms)| format!("{:.1},{:.1}", x(*n), y(*ms))).collect();
+        let _ =
+            write!(s, r##"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"##, path.join(" "));
+        let ly = pad + 16.0 * i as f64;
+        let _ = write!(
+            s,
+            r##"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="{colour}" stroke-width="2"/><text x="{3}" y="{4}">{5}</text>"##,
+            pad + 10.0,
+            ly,
+            pad + 30.0,
+            pad + 36.0,
+            ly + 4.0,
+            label.replace('<', "&lt;")
+        );
+    }
     let _ = write!(
         s,
         r#"<text x="{}" y="{}" text-anchor="middle">percentile</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">latency (ms)</text></svg>"#,
@@ -289,9 +327,18 @@ mod tests {
         assert!((p.p50_ms - 500.0).abs() < 1.0, "{p:?}");
         assert!((p.p99_ms - 990.0).abs() < 1.0, "{p:?}");
         assert!((p.max_ms - 1000.0).abs() < 1.0);
-        let text = hgrm(&a);
-        assert!(text.contains("Total count    =         1000"), "{text}");
-        let chart = svg(&a, "t");
-        assert!(chart.starts_with("<svg") && chart.ends_with("</svg>") && chart.contains("polyline"));
+        let chart = svg(&[("a", &a), ("b", &b)], "t");
+        assert!(chart.starts_with("<svg") && chart.ends_with("</svg>"));
+        assert_eq!(chart.matches("<polyline").count(), 2, "one line per series");
+    }
+
+    #[test]
+    fn the_last_line_is_the_verdict_with_every_reason() {
+        let mut r = Report { scenario: "storm".into(), ..Report::default() };
+        r.judge(vec!["100 of 100 connections failed".into(), "b".into()]);
+        let table = r.table();
+        assert_eq!(table.lines().last(), Some("valid           false: 100 of 100 connections failed; b"));
+        r.judge(Vec::new());
+        assert_eq!(r.table().lines().last(), Some("valid           true"));
     }
 }

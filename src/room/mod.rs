@@ -5,17 +5,19 @@
 //! each worker holds and which distinct viewers are online. Because one thread owns all of it,
 //! numbering needs no lock and members see a gap-free order.
 //!
-//! A published message is encoded here, once, into a WebSocket frame; the frame is kept in the
-//! history ring and added to the room's *batch*. The shard sends the batch, as one buffer of
-//! consecutive frames, to every worker with members ([`HomeRoom::take_batch`]). This module
-//! never talks to other workers itself and never reads a clock: `now_ms` is a parameter.
+//! Every sequenced message (an upstream event, a viewer's comment, a state replacement) goes
+//! through one path, [`HomeRoom::sequence`]: it takes the next seq, encodes the WebSocket
+//! frame once, keeps it in the history ring and hands it back; when and how the frame reaches
+//! the members is the shard's business (its batching window). This module never talks to
+//! other workers itself, never reads a clock (`now_ms` is a parameter) and knows nothing of
+//! the shard's lists.
 
 pub mod history;
 pub mod presence;
 
-use crate::ids::{Seq, WorkerId};
+use crate::ids::{RoomName, Seq, WorkerId};
 use crate::wire::{frame, server_msg};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use history::History;
 use presence::ViewerList;
 use std::collections::HashMap;
@@ -61,7 +63,7 @@ pub struct JoinReply {
 /// The home state of one room. See the module doc.
 #[derive(Debug)]
 pub struct HomeRoom {
-    name: Arc<str>,
+    name: RoomName,
     seq: Seq,
     epoch: u64,
     state: Option<Box<str>>,
@@ -70,8 +72,6 @@ pub struct HomeRoom {
     /// Members per worker (index = worker id), pending joins included.
     audience: Vec<u32>,
     viewers: HashMap<Arc<str>, Viewer>,
-    batch: Vec<Bytes>,
-    batch_bytes: usize,
     last_active_ms: u64,
     /// Presence changes not yet announced; `None` when nothing changed.
     presence: Option<Box<PresenceDelta>>,
@@ -80,16 +80,41 @@ pub struct HomeRoom {
     large_room: usize,
     /// `online` as last announced, so a join undone within the interval announces nothing.
     announced_online: u64,
-    /// Already on the shard's list of rooms to announce at the next tick.
-    announce_queued: bool,
-    /// When the batch was last sent (`None`: never), for the batching window.
-    last_flush_ms: Option<u64>,
-    /// Already on the shard's list of rooms with a batch to send.
-    batch_listed: bool,
 }
 
-/// Largest batch of consecutive frames sent as one buffer.
-pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// A message to sequence in a room. See [`HomeRoom::sequence`].
+#[derive(Debug)]
+pub enum Message<'a> {
+    /// An upstream event: `event` with this `type` and raw JSON `data`.
+    Event {
+        /// The event's `type`.
+        kind: &'a str,
+        /// The event's `data`, raw JSON.
+        data: &'a str,
+    },
+    /// A viewer's comment: an `event` of type `comment` with `{id, user, name, text}`.
+    Comment {
+        /// The commenter's user id.
+        user: &'a str,
+        /// The commenter's display name.
+        name: &'a str,
+        /// The validated text.
+        text: &'a str,
+    },
+    /// A state replacement: a `state` message, and the room's state from now on.
+    State(Box<str>),
+}
+
+/// A sequenced message, as the home recorded it.
+#[derive(Debug)]
+pub struct Recorded {
+    /// Its seq.
+    pub seq: Seq,
+    /// The room's state version after it (changed only by [`Message::State`]).
+    pub version: u64,
+    /// The encoded frame, shared with the history ring.
+    pub frame: Bytes,
+}
 
 /// Reaction kinds counted per room per interval; more kinds in one interval are dropped, so a
 /// client cannot grow a room's memory by inventing kinds.
@@ -98,7 +123,7 @@ const MAX_REACTION_KINDS: usize = 32;
 impl HomeRoom {
     /// A fresh room (seq 0) with a new `epoch`, which must differ from any epoch this room
     /// name had before in this process.
-    pub fn new(name: Arc<str>, epoch: u64, workers: usize, limits: RoomLimits, now_ms: u64) -> Self {
+    pub fn new(name: RoomName, epoch: u64, workers: usize, limits: RoomLimits, now_ms: u64) -> Self {
         Self {
             name,
             seq: Seq(0),
@@ -108,30 +133,21 @@ impl HomeRoom {
             history: History::new(limits.history_len, limits.history_max_age_ms),
             audience: vec![0; workers],
             viewers: HashMap::new(),
-            batch: Vec::new(),
-            batch_bytes: 0,
             last_active_ms: now_ms,
             presence: None,
             reactions: Vec::new(),
             large_room: limits.large_room,
             announced_online: 0,
-            announce_queued: false,
-            last_flush_ms: None,
-            batch_listed: false,
         }
     }
 
-    /// Whether presence or reactions changed and the room is not yet queued for the next
-    /// tick; queues it. The shard keeps the list, so a tick touches only changed rooms.
-    pub fn queue_announce(&mut self) -> bool {
-        let changed = self.presence.is_some() || !self.reactions.is_empty();
-        let newly = changed && !self.announce_queued;
-        self.announce_queued |= changed;
-        newly
+    /// Whether presence or reactions changed since they were last announced.
+    pub fn has_announcement(&self) -> bool {
+        self.presence.is_some() || !self.reactions.is_empty()
     }
 
     /// The room's name.
-    pub fn name(&self) -> &Arc<str> {
+    pub fn name(&self) -> &RoomName {
         &self.name
     }
 
@@ -152,7 +168,7 @@ impl HomeRoom {
 
     /// Whether the room is private (`user:<id>`): never in presence.
     pub fn is_private(&self) -> bool {
-        self.name.starts_with(crate::shard::PRIVATE_ROOM_PREFIX)
+        self.name.is_private()
     }
 
     /// Workers that hold at least one member (or pending member) of the room. A private room
@@ -172,104 +188,41 @@ impl HomeRoom {
         self.last_active_ms
     }
 
-    /// Sequence an upstream event: returns its seq.
-    pub fn publish(&mut self, kind: &str, data: &str, now_ms: u64) -> Seq {
-        let seq = self.next_seq(now_ms);
-        let name = &self.name;
-        let frame = frame::text_frame_with(|out| server_msg::event(out, name, seq.0, kind, data, now_ms));
-        self.record(seq, frame, now_ms);
-        seq
-    }
-
-    /// Sequence a viewer's comment: returns its seq. The comment id is `<epoch>-<seq>`, unique
-    /// for the life of the process and across restarts (the epoch changes).
-    pub fn comment(&mut self, user: &str, name: &str, text: &str, now_ms: u64) -> Seq {
-        let seq = self.next_seq(now_ms);
-        let id = format!("{:x}-{}", self.epoch, seq.0);
-        let mut data = Vec::with_capacity(text.len() + user.len() + name.len() + 48);
-        server_msg::comment_data(&mut data, &id, user, name, text);
-        let data = String::from_utf8_lossy(&data);
-        let room = &self.name;
-        let frame = frame::text_frame_with(|out| server_msg::event(out, room, seq.0, "comment", &data, now_ms));
-        self.record(seq, frame, now_ms);
-        seq
-    }
-
-    /// Replace the room's state object: returns its seq and the new version.
-    pub fn set_state(&mut self, state: Box<str>, now_ms: u64) -> (Seq, u64) {
-        let seq = self.next_seq(now_ms);
-        self.version += 1;
-        let (room, version) = (&self.name, self.version);
-        let frame = frame::text_frame_with(|out| server_msg::state(out, room, seq.0, version, &state));
-        self.state = Some(state);
-        self.record(seq, frame, now_ms);
-        (seq, self.version)
-    }
-
-    fn next_seq(&mut self, now_ms: u64) -> Seq {
+    /// Sequence `message`: the one path every sequenced message takes. It gets the next seq,
+    /// its frame is encoded once and kept in the history ring, and the frame is handed back
+    /// for the members. A comment's id is `<epoch>-<seq>`, unique for the life of the process
+    /// and across restarts (the epoch changes).
+    pub fn sequence(&mut self, message: Message<'_>, now_ms: u64) -> Recorded {
         self.seq.0 += 1;
         self.last_active_ms = now_ms;
-        self.seq
-    }
-
-    fn record(&mut self, seq: Seq, frame: Bytes, now_ms: u64) {
+        let (room, seq) = (&self.name, self.seq);
+        let frame = match message {
+            Message::Event { kind, data } => {
+                frame::text_frame_with(|out| server_msg::event(out, room, seq.0, kind, data, now_ms))
+            }
+            Message::Comment { user, name, text } => {
+                let id = format!("{:x}-{}", self.epoch, seq.0);
+                let mut data = Vec::with_capacity(text.len() + user.len() + name.len() + 48);
+                server_msg::comment_data(&mut data, &id, user, name, text);
+                let data = String::from_utf8_lossy(&data);
+                frame::text_frame_with(|out| server_msg::event(out, room, seq.0, "comment", &data, now_ms))
+            }
+            Message::State(state) => {
+                self.version += 1;
+                let version = self.version;
+                let frame = frame::text_frame_with(|out| server_msg::state(out, room, seq.0, version, &state));
+                self.state = Some(state);
+                frame
+            }
+        };
         self.history.prune(now_ms);
         self.history.push(seq.0, now_ms, frame.clone());
-        self.batch_bytes += frame.len();
-        self.batch.push(frame);
+        Recorded { seq, version: self.version, frame }
     }
 
-    /// Whether the batch reached [`MAX_BATCH_BYTES`] and must be sent now: a batch is one
-    /// buffer in every member's queue, so it must stay small next to the outbound budget.
-    pub fn batch_full(&self) -> bool {
-        self.batch_bytes >= MAX_BATCH_BYTES
-    }
-
-    /// Frames sequenced since the last call, as one shared buffer of consecutive frames (the
-    /// frame itself when there is one: no copy). `None` when nothing is pending. `now_ms`
-    /// starts the next batching window when something was taken.
-    pub fn take_batch(&mut self, now_ms: u64) -> Option<Bytes> {
-        self.batch_bytes = 0;
-        if !self.batch.is_empty() {
-            self.last_flush_ms = Some(now_ms);
-        }
-        match self.batch.len() {
-            0 => None,
-            1 => self.batch.pop(),
-            _ => {
-                let len = self.batch.iter().map(Bytes::len).sum();
-                let mut buf = BytesMut::with_capacity(len);
-                for frame in self.batch.drain(..) {
-                    buf.extend_from_slice(&frame);
-                }
-                Some(buf.freeze())
-            }
-        }
-    }
-
-    /// Whether frames wait in the batch.
-    pub fn has_batch(&self) -> bool {
-        !self.batch.is_empty()
-    }
-
-    /// When a batch may next be sent under a batching window of `window_ms`: a room whose
-    /// last batch went out longer ago than the window (or never) may send at once.
-    pub fn batch_due_ms(&self, window_ms: u64) -> u64 {
-        self.last_flush_ms.map_or(0, |at| at.saturating_add(window_ms))
-    }
-
-    /// Mark the room as on the shard's list of rooms with a batch; false if it already was.
-    pub fn list_batch(&mut self) -> bool {
-        !std::mem::replace(&mut self.batch_listed, true)
-    }
-
-    /// The room left the shard's list of rooms with a batch.
-    pub fn unlist_batch(&mut self) {
-        self.batch_listed = false;
-    }
-
-    /// A member joins from `worker`. The caller must have flushed the batch first, so that the
-    /// member's worker receives every frame after `joined.seq` and none before it.
+    /// A member joins from `worker`. The caller must have sent every frame sequenced before
+    /// (the batch), so that the member's worker receives every frame after `joined.seq` and
+    /// none before it.
     ///
     /// Recovery: with `since` and the room's current `epoch`, and a history ring that still holds
     /// every message after `since`, those are replayed and `recovered` is true; otherwise nothing
@@ -360,7 +313,6 @@ impl HomeRoom {
     /// The coalesced `presence` message for the interval that ends now, if anything changed.
     /// Rooms with more than `large_room` viewers get `online` without lists.
     pub fn take_presence(&mut self) -> Option<Bytes> {
-        self.announce_queued = false;
         let delta = self.presence.take()?;
         let online = self.online();
         if delta.joined.is_empty() && delta.left.is_empty() && !delta.overflow && online == self.announced_online {

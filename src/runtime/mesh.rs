@@ -3,9 +3,20 @@
 //!
 //! A sender pushes a whole batch (`Vec<Mail>`) per destination per loop turn and wakes the
 //! destination once, so the channel and the wake-up syscall are paid per turn, not per message.
+//!
+//! The queues are unbounded (a worker must never block on another: two workers sending to
+//! each other would deadlock), and what can queue is bounded at its source instead. Each worker
+//! mailbox counts the mails waiting in it (one relaxed atomic add per batch sent, one subtract
+//! per batch handled, never per message); the ingest loop, the one producer that is not paced
+//! by viewers, stops reading upstreams while any worker has more than
+//! [`crate::upstream::MailPressure`]'s high mark waiting and resumes below its low mark. Mail
+//! from viewers is paced by their own sockets (and their rate limits), and every fan-out
+//! `Deliver` is caused by a sequenced message, so the queues stay bounded by the high mark plus
+//! what viewers send within one turn.
 
 use crate::shard::mail::{IngestReply, Mail};
 use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// What a worker's mailbox carries.
@@ -31,11 +42,13 @@ pub enum IngestMail {
 pub struct Mailbox<T> {
     tx: Sender<T>,
     waker: Arc<mio::Waker>,
+    /// Mails sent and not yet handled (see the module doc).
+    depth: Arc<AtomicUsize>,
 }
 
 impl<T> Clone for Mailbox<T> {
     fn clone(&self) -> Self {
-        Self { tx: self.tx.clone(), waker: Arc::clone(&self.waker) }
+        Self { tx: self.tx.clone(), waker: Arc::clone(&self.waker), depth: Arc::clone(&self.depth) }
     }
 }
 
@@ -43,12 +56,30 @@ impl<T> Mailbox<T> {
     /// A mailbox whose receiver is woken through `waker`.
     pub fn new(waker: Arc<mio::Waker>) -> (Self, Receiver<T>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        (Self { tx, waker }, rx)
+        (Self { tx, waker, depth: Arc::new(AtomicUsize::new(0)) }, rx)
     }
 
     /// Deliver `msg` and wake the receiver. Fails only when the receiver has exited.
     pub fn send(&self, msg: T) -> bool {
         self.tx.send(msg).is_ok() && self.waker.wake().is_ok()
+    }
+
+    /// Mails waiting (sent with [`Mailbox::send_mail`], not yet [`Mailbox::handled`]).
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// The receiver handled `n` mails.
+    pub fn handled(&self, n: usize) {
+        self.depth.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl Mailbox<WorkerMail> {
+    /// Deliver a batch of mail, counted in the depth, and wake the worker.
+    pub fn send_mail(&self, mail: Vec<Mail>) -> bool {
+        self.depth.fetch_add(mail.len(), Ordering::Relaxed);
+        self.send(WorkerMail::Mail(mail))
     }
 }
 
@@ -59,4 +90,11 @@ pub struct Mesh {
     pub workers: Vec<Mailbox<WorkerMail>>,
     /// The ingest loop's mailbox.
     pub ingest: Mailbox<IngestMail>,
+}
+
+impl Mesh {
+    /// The most mails waiting in any worker's mailbox.
+    pub fn deepest_worker_queue(&self) -> usize {
+        self.workers.iter().map(Mailbox::depth).max().unwrap_or(0)
+    }
 }

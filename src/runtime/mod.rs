@@ -1,12 +1,13 @@
 //! The IO shell: threads, sockets, mailboxes and signals around the pure core.
 //!
 //! [`run`] raises the open-files limit, binds one `SO_REUSEPORT` listener per worker (and per
-//! TLS worker), builds every `mio::Poll` and waker on the main thread so the mesh is complete
+//! TLS worker; a port another process listens on is refused, see [`listen`]), builds every `mio::Poll` and waker on the main thread so the mesh is complete
 //! before any thread starts, starts the workers and the ingest loop, prints the ready line and
 //! then waits for SIGINT/SIGTERM. On a signal every worker closes its connections with 1001;
 //! the process exits once they are gone or a grace period passed.
 
 pub mod ingest;
+pub mod listen;
 pub mod mesh;
 pub mod transport;
 pub mod worker;
@@ -16,37 +17,41 @@ use crate::ids::WorkerId;
 use crate::shard::ShardConfig;
 use mesh::{IngestMail, Mailbox, Mesh, WorkerMail};
 use mio::Poll;
-use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use worker::{Worker, WorkerSettings};
 
-/// Why the server could not start or stopped with an error.
+/// Why the server could not start or stopped with an error. A message never repeats its
+/// cause: print the [`std::error::Error::source`] chain (anyhow's `{:#}`) to show it.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// The listener's role.
-        what: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: io::Error,
-    },
+    /// A listener could not be bound, or its port belongs to another process.
+    #[error(transparent)]
+    Listen(#[from] listen::ListenError),
     /// TLS could not be set up from the configured files.
-    #[error("TLS setup: {0}")]
+    #[error("TLS setup")]
     Tls(#[from] crate::tls::TlsError),
     /// A poll, waker, thread or signal handler could not be created.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What failed.
         what: &'static str,
         /// The OS error.
         source: io::Error,
     },
+}
+
+impl RunError {
+    /// The process exit status for this error: 2 when the settings cannot be used (an address
+    /// that cannot be bound or belongs to another process, unusable certificate or key), as
+    /// for a configuration error; 1 for anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Listen(_) | Self::Tls(_) => 2,
+            Self::Io { .. } => 1,
+        }
+    }
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
@@ -65,34 +70,6 @@ pub struct Listener {
 /// Milliseconds since the Unix epoch: the only clock the shell reads; the core is handed it.
 pub fn clock_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Bind a non-blocking listener with `SO_REUSEPORT`, so every worker has its own accept queue
-/// on the same port and the kernel spreads connections over them.
-fn bind_reuseport(addr: SocketAddr, what: &'static str) -> Result<mio::net::TcpListener, RunError> {
-    let err = |source| RunError::Bind { what, addr, source };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
-    socket.set_reuse_address(true).map_err(err)?;
-    socket.set_reuse_port(true).map_err(err)?;
-    socket.set_nonblocking(true).map_err(err)?;
-    socket.bind(&addr.into()).map_err(err)?;
-    socket.listen(4096).map_err(err)?;
-    Ok(mio::net::TcpListener::from_std(socket.into()))
-}
-
-/// Bind `workers` listeners on `addr`; with port 0 the first picks the port, the rest share it.
-fn bind_group(
-    addr: SocketAddr,
-    workers: usize,
-    what: &'static str,
-) -> Result<(SocketAddr, Vec<mio::net::TcpListener>), RunError> {
-    let first = bind_reuseport(addr, what)?;
-    let bound = first.local_addr().map_err(|source| RunError::Bind { what, addr, source })?;
-    let mut all = vec![first];
-    for _ in 1..workers {
-        all.push(bind_reuseport(bound, what)?);
-    }
-    Ok((bound, all))
 }
 
 /// Raise the soft open-files limit to the hard limit; returns the new soft limit.
@@ -128,20 +105,16 @@ pub fn run(config: Config) -> Result<(), RunError> {
         _ => None,
     };
 
-    let (ws_addr, ws_listeners) = bind_group(config.ws.listen, workers, "ws")?;
+    let share = config.reuse_port;
+    let (ws_addr, ws_listeners) = listen::bind_group(config.ws.listen, workers, "ws", share)?;
     let (wss_addr, mut wss_listeners) = match &tls {
         Some(_) => {
-            let (addr, l) = bind_group(config.wss.listen, workers, "wss")?;
+            let (addr, l) = listen::bind_group(config.wss.listen, workers, "wss", share)?;
             (Some(addr), l.into_iter().map(Some).collect())
         }
         None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
     };
-    let ingest_listener = bind_reuseport(config.ingest.listen, "ingest")?;
-    let ingest_addr = ingest_listener.local_addr().map_err(|source| RunError::Bind {
-        what: "ingest",
-        addr: config.ingest.listen,
-        source,
-    })?;
+    let (ingest_addr, ingest_listener) = listen::bind_one(config.ingest.listen, "ingest", share)?;
 
     // Polls and wakers first: the mesh must be complete before any thread starts.
     let mut polls = Vec::with_capacity(workers);
@@ -162,12 +135,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let mesh = Arc::new(Mesh { workers: worker_boxes, ingest: ingest_box });
 
     let epoch_seed = clock_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let settings = WorkerSettings {
-        path: config.ws.path.clone(),
-        max_message: config.limits.max_message,
-        handshake_timeout_ms: config.limits.handshake_timeout_ms,
-        tls,
-    };
+    let settings = WorkerSettings { tls };
     let mut threads = Vec::new();
     for (i, ((poll, inbox), ws)) in polls.into_iter().zip(inboxes).zip(ws_listeners).enumerate() {
         let id = WorkerId(i as u16);
@@ -189,7 +157,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         threads.push(handle);
     }
     let ingest_settings =
-        ingest::IngestSettings { max_line: config.ingest.max_line, tokens: config.ingest.tokens, workers };
+        crate::upstream::UpstreamSettings { max_line: config.ingest.max_line, tokens: config.ingest.tokens, workers };
     let ingest_loop =
         ingest::IngestLoop::new(ingest_poll, ingest_listener, ingest_inbox, Arc::clone(&mesh), ingest_settings)
             .map_err(io_err("ingest setup"))?;

@@ -1,24 +1,39 @@
-//! One viewer connection's protocol state, independent of its socket.
+//! One viewer connection's life, from the first byte of its HTTP upgrade to the moment its
+//! socket may go, independent of the socket.
 //!
-//! A [`Session`] knows who the viewer is, which rooms it belongs to (and which joins are still
-//! waiting for the room's home), what waits to be written to it, and whether it is closing. The
-//! shard drives it; the IO shell only writes what [`Session::outbound`] holds and reports the
-//! socket gone. Nothing here touches a socket, a thread or a clock.
+//! A [`Session`] knows where the connection is in its life ([`Phase`]), who the viewer is once
+//! upgraded, which rooms it belongs to (and which joins still wait for the room's home), what
+//! waits to be written to it, its frame reader, and how far the close handshake got. The shard
+//! drives it; the IO shell only writes what [`Session::outbound_mut`] holds and reports the
+//! socket's end of stream. Nothing here touches a socket, a thread or a clock.
 //!
-//! Lifecycle: `Open` (after the upgrade) -> `Closing` (a close frame is queued; nothing but it
-//! and a half-written frame before it will be written) -> removed by the shard. The state only
-//! moves forward.
+//! Life, forward only:
+//!
+//! ```text
+//! Upgrading --accept--> Open --close--> Closing --(written, peer done)--> gone
+//!     |                                    ^
+//!     +--refuse--> Refused --(written)--> gone
+//! ```
+//!
+//! `Upgrading` buffers the request; `Open` serves; `Closing` has its close frame queued after
+//! whatever was queued before it, and lets the socket go once that is written and the peer
+//! answered (or, when the peer closed first, once the echo is written); `Refused` has an HTTP
+//! error queued and lets the socket go once it is written. [`Session::after_write`] says which
+//! step the socket takes next.
 
 pub mod outbound;
 
 use crate::ids::ConnId;
+use crate::wire::frame::{self, close_code, FrameReader, Role};
 use bytes::Bytes;
-use outbound::Outbound;
+use outbound::{Outbound, OverBudget};
 use std::sync::Arc;
 
 /// Where a connection is in its life. See the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// The HTTP upgrade request is being read.
+    Upgrading,
     /// Upgraded and serving.
     Open,
     /// A close frame with this code is queued; `by_peer` when the peer closed first (then the
@@ -29,13 +44,35 @@ pub enum Phase {
         /// Whether the peer started the close handshake.
         by_peer: bool,
     },
+    /// The upgrade was refused: an HTTP error response is queued.
+    Refused,
+}
+
+/// The life with the data that exists only in some phases: the request buffer only while
+/// upgrading, the viewer's identity only once upgraded (the two share their bytes, which keeps
+/// every connection's slot small).
+#[derive(Debug)]
+enum Life {
+    Upgrading { request: Vec<u8> },
+    Open { identity: Identity },
+    Closing { identity: Identity, code: u16, by_peer: bool },
+    Refused,
+}
+
+/// Who the viewer is, from the handshake.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The user id.
+    pub user: Arc<str>,
+    /// The display name shown in presence (the user id when none was given).
+    pub name: Arc<str>,
 }
 
 /// A room the session belongs to, or asked to join.
 #[derive(Debug)]
 pub struct Membership {
     /// The room's name.
-    pub room: Arc<str>,
+    pub room: crate::ids::RoomName,
     /// Whether the home has confirmed the join.
     pub state: MemberState,
 }
@@ -52,48 +89,193 @@ pub enum MemberState {
     },
 }
 
-/// One viewer connection's protocol state. See the module doc.
+/// What the socket does next, after a write attempt. See [`Session::after_write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketStep {
+    /// Keep serving (or keep waiting for the peer's close).
+    Keep,
+    /// Our close frame is out: shut the write side, so the peer sees end of stream after it.
+    ShutdownWrite,
+    /// Nothing more will be written or read: drop the socket.
+    Drop,
+}
+
+/// One viewer connection's state. See the module doc.
 #[derive(Debug)]
 pub struct Session {
-    /// Process-wide connection id (`hello.conn`).
-    pub id: ConnId,
-    /// The viewer's user id.
-    pub user: Arc<str>,
-    /// Display name shown in presence (the user id when none was given).
-    pub name: Arc<str>,
-    /// Rooms joined or being joined (the private `user:` room is kept by the shard instead).
-    pub rooms: Vec<Membership>,
-    /// Frames waiting to be written.
-    pub outbound: Outbound,
-    /// Open or closing.
-    pub phase: Phase,
-    /// Last time any frame arrived from the peer (ms).
-    pub last_seen_ms: u64,
-    /// Last comment or reaction (ms), or the connect time: what `silent_ms` is measured from.
-    pub last_spoke_ms: u64,
+    id: ConnId,
+    life: Life,
+    rooms: Vec<Membership>,
+    outbound: Outbound,
+    reader: FrameReader,
+    /// The peer's close frame, or its end of stream, arrived.
+    peer_closed: bool,
+    /// Our close frame is fully written and the write side shut.
+    write_shut: bool,
+    last_seen_ms: u64,
+    last_spoke_ms: u64,
+    /// A heartbeat ping went out and no frame arrived since.
+    pinged: bool,
     next_join_id: u32,
 }
 
+/// A heartbeat ping: RFC 6455 5.5.2, FIN and opcode 0x9, no payload, unmasked (a server
+/// frame). Static: a ping costs no allocation.
+const PING_FRAME: &[u8] = &[0x89, 0x00];
+
 impl Session {
-    /// A new open session.
-    pub fn new(id: ConnId, user: Arc<str>, name: Arc<str>, now_ms: u64) -> Self {
+    /// A connection just accepted: its upgrade request is yet to come.
+    pub fn accept(id: ConnId, now_ms: u64) -> Self {
         Self {
             id,
-            user,
-            name,
-            rooms: Vec::with_capacity(1),
+            life: Life::Upgrading { request: Vec::new() },
+            rooms: Vec::new(),
             outbound: Outbound::default(),
-            phase: Phase::Open,
+            reader: FrameReader::new(Role::Server),
+            peer_closed: false,
+            write_shut: false,
             last_seen_ms: now_ms,
             last_spoke_ms: now_ms,
+            pinged: false,
             next_join_id: 0,
         }
     }
 
-    /// Whether the session still serves (not closing).
-    pub fn is_open(&self) -> bool {
-        self.phase == Phase::Open
+    /// A connection whose upgrade was done elsewhere (tests, benches): open at once.
+    pub fn opened(id: ConnId, identity: Identity, now_ms: u64) -> Self {
+        let mut session = Self::accept(id, now_ms);
+        session.life = Life::Open { identity };
+        session.rooms.reserve_exact(1);
+        session
     }
+
+    /// The process-wide connection id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Where the connection is in its life.
+    pub fn phase(&self) -> Phase {
+        match self.life {
+            Life::Upgrading { .. } => Phase::Upgrading,
+            Life::Open { .. } => Phase::Open,
+            Life::Closing { code, by_peer, .. } => Phase::Closing { code, by_peer },
+            Life::Refused => Phase::Refused,
+        }
+    }
+
+    /// Whether the session serves viewer ops (upgraded, not closing).
+    pub fn is_open(&self) -> bool {
+        matches!(self.life, Life::Open { .. })
+    }
+
+    /// Who the viewer is; `None` before the upgrade (and after a refused one).
+    pub fn identity(&self) -> Option<&Identity> {
+        match &self.life {
+            Life::Open { identity } | Life::Closing { identity, .. } => Some(identity),
+            Life::Upgrading { .. } | Life::Refused => None,
+        }
+    }
+
+    /// The viewer's user id (empty before the upgrade).
+    pub fn user(&self) -> &str {
+        self.identity().map_or("", |i| &i.user)
+    }
+
+    // --- the upgrade ---
+
+    /// Buffer bytes of the upgrade request; the request so far is returned for parsing (the
+    /// parser refuses one that grows past its limit, so at most one read more than the limit
+    /// is ever held).
+    pub fn push_request(&mut self, bytes: &[u8]) -> &[u8] {
+        let Life::Upgrading { request } = &mut self.life else { return &[] };
+        request.extend_from_slice(bytes);
+        request
+    }
+
+    /// The upgrade succeeded: queue the `101` response (and whatever the caller queues next,
+    /// `hello`), become `Open` as `identity`, and return the bytes that followed the request
+    /// (already WebSocket frames).
+    pub fn upgrade(&mut self, response: Vec<u8>, consumed: usize, identity: Identity) -> Vec<u8> {
+        let Life::Upgrading { mut request } = std::mem::replace(&mut self.life, Life::Open { identity }) else {
+            return Vec::new();
+        };
+        self.rooms.reserve_exact(1);
+        self.outbound.push_unbounded(Bytes::from(response));
+        request.split_off(consumed.min(request.len()))
+    }
+
+    /// The upgrade is refused: queue the HTTP error response; the socket goes once it is out.
+    pub fn refuse(&mut self, response: Vec<u8>) {
+        if matches!(self.life, Life::Upgrading { .. }) {
+            self.life = Life::Refused;
+            self.outbound.push_unbounded(Bytes::from(response));
+        }
+    }
+
+    // --- frames in ---
+
+    /// Take the frame reader out to feed it (the caller handles messages while it holds it)
+    /// and give it back with [`Session::restore_reader`].
+    pub fn take_reader(&mut self) -> FrameReader {
+        std::mem::replace(&mut self.reader, FrameReader::new(Role::Server))
+    }
+
+    /// Give the frame reader back after [`Session::take_reader`].
+    pub fn restore_reader(&mut self, reader: FrameReader) {
+        self.reader = reader;
+    }
+
+    /// Any frame arrived: the peer is alive.
+    pub fn note_seen(&mut self, now_ms: u64) {
+        self.last_seen_ms = now_ms;
+        self.pinged = false;
+    }
+
+    /// The viewer commented or reacted: what `silent_ms` is measured from.
+    pub fn note_spoke(&mut self, now_ms: u64) {
+        self.last_spoke_ms = now_ms;
+    }
+
+    /// Last time any frame arrived from the peer (ms).
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms
+    }
+
+    /// Last comment or reaction (ms), or the connect time.
+    pub fn last_spoke_ms(&self) -> u64 {
+        self.last_spoke_ms
+    }
+
+    /// The peer's close frame or end of stream arrived.
+    pub fn note_peer_closed(&mut self) {
+        self.peer_closed = true;
+    }
+
+    // --- heartbeats ---
+
+    /// The heartbeat deadline fired at `now_ms`: what the connection needs. A connection
+    /// silent for `heartbeat_ms` gets one WebSocket ping (browsers and conforming clients
+    /// answer it by themselves, PROTOCOL.md "Heartbeats"); one silent for `timeout_ms` is
+    /// closed. Returns the next deadline to arm, if any.
+    pub fn heartbeat(&mut self, now_ms: u64, heartbeat_ms: u64, timeout_ms: u64) -> Heartbeat {
+        if !self.is_open() {
+            return Heartbeat::NotOpen;
+        }
+        let expires = self.last_seen_ms.saturating_add(timeout_ms);
+        if now_ms >= expires {
+            return Heartbeat::Expired;
+        }
+        let ping_at = self.last_seen_ms.saturating_add(heartbeat_ms);
+        if self.pinged || now_ms < ping_at {
+            return Heartbeat::Wait { until_ms: if self.pinged { expires } else { ping_at.min(expires) } };
+        }
+        self.pinged = true;
+        self.outbound.push_unbounded(Bytes::from_static(PING_FRAME));
+        Heartbeat::Pinged { until_ms: expires }
+    }
+
+    // --- rooms ---
 
     /// The membership entry of `room`, if any.
     pub fn membership(&self, room: &str) -> Option<&Membership> {
@@ -105,8 +287,13 @@ impl Session {
         self.rooms.iter_mut().find(|m| &*m.room == room)
     }
 
+    /// Whether the home confirmed the session's join of `room`.
+    pub fn is_joined(&self, room: &str) -> bool {
+        self.membership(room).is_some_and(|m| matches!(m.state, MemberState::Joined { .. }))
+    }
+
     /// Record a join sent to the home and return its id.
-    pub fn begin_join(&mut self, room: Arc<str>) -> u32 {
+    pub fn begin_join(&mut self, room: crate::ids::RoomName) -> u32 {
         self.next_join_id = self.next_join_id.wrapping_add(1);
         let id = self.next_join_id;
         // Most connections are in their private room and one more: room for exactly that.
@@ -121,33 +308,176 @@ impl Session {
         Some(self.rooms.swap_remove(at))
     }
 
+    /// Forget every room; returns the memberships.
+    pub fn take_memberships(&mut self) -> Vec<Membership> {
+        std::mem::take(&mut self.rooms)
+    }
+
     /// Rooms joined or pending (the private `user:` room is not listed here).
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
 
-    /// Queue a frame for an open session within `budget`. Returns false when the budget is
-    /// exceeded: the caller must close the session as a slow consumer.
-    #[must_use]
-    pub fn send(&mut self, frame: Bytes, budget: usize) -> bool {
-        match self.phase {
-            Phase::Open => self.outbound.push(frame, budget).is_ok(),
-            Phase::Closing { .. } => true,
+    /// The rooms joined or pending.
+    pub fn rooms(&self) -> impl Iterator<Item = &Membership> {
+        self.rooms.iter()
+    }
+
+    // --- frames out ---
+
+    /// Queue a frame for an open session within `budget`. `Err` when the budget is exceeded:
+    /// the caller must close the session as a slow consumer. A closing session takes nothing
+    /// (only its close frame and what was queued before it go out) and says `Ok`.
+    pub fn send(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
+        match self.life {
+            Life::Open { .. } => self.outbound.push(frame, budget),
+            Life::Upgrading { .. } | Life::Closing { .. } | Life::Refused => Ok(()),
         }
     }
 
+    /// Whether more than `budget` bytes wait after a write attempt (an open session only).
+    pub fn over_budget(&self, budget: usize) -> bool {
+        self.is_open() && self.outbound.queued() > budget
+    }
+
+    /// The queue the shell writes from.
+    pub fn outbound_mut(&mut self) -> &mut Outbound {
+        &mut self.outbound
+    }
+
+    /// The queue, read-only.
+    pub fn outbound(&self) -> &Outbound {
+        &self.outbound
+    }
+
+    // --- closing ---
+
     /// Start closing with `code` and queue the close frame after what is already queued; a slow
     /// consumer's backlog (4009) is dropped first, but for a half-written frame, since it is
-    /// the reason for the close and would only delay it. Returns false if already closing.
+    /// the reason for the close and would only delay it. Returns false if not open (already
+    /// closing, or never upgraded).
     pub fn close(&mut self, code: u16, by_peer: bool) -> bool {
         if !self.is_open() {
             return false;
         }
-        if code == crate::wire::frame::close_code::SLOW_CONSUMER {
+        let Life::Open { identity } = std::mem::replace(&mut self.life, Life::Refused) else {
+            return false;
+        };
+        if code == close_code::SLOW_CONSUMER {
             self.outbound.drop_unstarted();
         }
-        self.outbound.push_unbounded(crate::wire::frame::close_frame(code, ""));
-        self.phase = Phase::Closing { code, by_peer };
+        self.outbound.push_unbounded(frame::close_frame(code, ""));
+        self.life = Life::Closing { identity, code, by_peer };
         true
+    }
+
+    /// After a write attempt (and after the peer's end of stream): what the socket does next.
+    /// Returns [`SocketStep::ShutdownWrite`] at most once.
+    pub fn after_write(&mut self) -> SocketStep {
+        let written = self.outbound.is_empty();
+        match self.life {
+            Life::Upgrading { .. } if self.peer_closed => SocketStep::Drop,
+            Life::Upgrading { .. } | Life::Open { .. } => SocketStep::Keep,
+            Life::Refused if written => SocketStep::Drop,
+            Life::Refused => SocketStep::Keep,
+            Life::Closing { by_peer, .. } => {
+                if written && (by_peer || self.peer_closed) {
+                    SocketStep::Drop
+                } else if written && !self.write_shut {
+                    self.write_shut = true;
+                    SocketStep::ShutdownWrite
+                } else {
+                    SocketStep::Keep
+                }
+            }
+        }
+    }
+}
+
+/// What a fired heartbeat deadline means. See [`Session::heartbeat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The session is not open: the deadline was the handshake's or the close's.
+    NotOpen,
+    /// Silent past the timeout: close it.
+    Expired,
+    /// A ping was queued; arm this deadline.
+    Pinged {
+        /// When the connection expires unless a frame arrives.
+        until_ms: u64,
+    },
+    /// Nothing to do yet; arm this deadline.
+    Wait {
+        /// The next deadline.
+        until_ms: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(now: u64) -> Session {
+        let identity = Identity { user: Arc::from("u"), name: Arc::from("u") };
+        Session::opened(ConnId(1), identity, now)
+    }
+
+    #[test]
+    fn a_silent_session_is_pinged_once_then_expires() {
+        let mut s = open(0);
+        assert_eq!(s.heartbeat(50, 100, 250), Heartbeat::Wait { until_ms: 100 });
+        assert_eq!(s.heartbeat(100, 100, 250), Heartbeat::Pinged { until_ms: 250 });
+        assert_eq!(s.outbound().queued(), 2, "an empty ping frame");
+        assert_eq!(s.heartbeat(150, 100, 250), Heartbeat::Wait { until_ms: 250 }, "one ping per silence");
+        assert_eq!(s.heartbeat(250, 100, 250), Heartbeat::Expired);
+    }
+
+    #[test]
+    fn any_frame_resets_the_heartbeat() {
+        let mut s = open(0);
+        assert!(matches!(s.heartbeat(100, 100, 250), Heartbeat::Pinged { .. }));
+        s.note_seen(120);
+        assert_eq!(s.heartbeat(250, 100, 250), Heartbeat::Pinged { until_ms: 370 }, "not expired: it answered");
+        s.note_seen(300);
+        assert_eq!(s.heartbeat(370, 100, 250), Heartbeat::Wait { until_ms: 400 });
+    }
+
+    #[test]
+    fn the_close_handshake_lets_the_socket_go_only_when_both_sides_are_done() {
+        let mut s = open(0);
+        assert!(s.close(close_code::GOING_AWAY, false));
+        assert!(!s.close(close_code::NORMAL, false), "closing happens once");
+        assert_eq!(s.after_write(), SocketStep::Keep, "the close frame is not written yet");
+        let queued = s.outbound().queued();
+        s.outbound_mut().advance(queued);
+        assert_eq!(s.after_write(), SocketStep::ShutdownWrite);
+        assert_eq!(s.after_write(), SocketStep::Keep, "shut once; now wait for the peer");
+        s.note_peer_closed();
+        assert_eq!(s.after_write(), SocketStep::Drop);
+    }
+
+    #[test]
+    fn a_peer_initiated_close_goes_once_the_echo_is_written() {
+        let mut s = open(0);
+        assert!(s.close(1000, true));
+        let queued = s.outbound().queued();
+        s.outbound_mut().advance(queued);
+        assert_eq!(s.after_write(), SocketStep::Drop);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_the_bytes_after_the_request_and_a_refusal_goes_once_written() {
+        let mut s = Session::accept(ConnId(2), 0);
+        assert_eq!(s.push_request(b"RE"), b"RE");
+        assert_eq!(s.push_request(b"Q\x81\x80"), b"REQ\x81\x80");
+        let identity = Identity { user: Arc::from("a"), name: Arc::from("a") };
+        let rest = s.upgrade(b"101".to_vec(), 3, identity);
+        assert_eq!((rest, s.phase(), s.user()), (b"\x81\x80".to_vec(), Phase::Open, "a"));
+        let mut r = Session::accept(ConnId(3), 0);
+        r.refuse(b"HTTP/1.1 404".to_vec());
+        assert_eq!((r.phase(), r.after_write()), (Phase::Refused, SocketStep::Keep));
+        r.outbound_mut().advance(12);
+        assert_eq!(r.after_write(), SocketStep::Drop);
+        assert!(r.send(Bytes::from_static(b"x"), 10).is_ok() && r.outbound().is_empty(), "nothing after a refusal");
     }
 }

@@ -1,16 +1,27 @@
-//! Messages between workers, and from workers to the ingest loop.
+//! Messages between workers, and from workers to the ingest loop, and the [`Router`] that
+//! addresses them.
 //!
 //! Workers share nothing on the per-message path; they exchange these values through their
-//! mailboxes. Rooms travel as `Arc<str>` and frames as [`Bytes`], so a message between workers
-//! moves pointers, never payload copies. Every message for a connection carries the
+//! mailboxes. Rooms travel as [`RoomName`] and frames as [`Bytes`], so a message between
+//! workers moves pointers, never payload copies. Every message for a connection carries the
 //! connection's [`ConnId`] next to its slab key: a reply that arrives after the connection
 //! closed (and its key was reused) is recognised and dropped.
 
-use crate::ids::{ConnId, ConnKey, Seq, WorkerId};
+use crate::ids::{ConnId, ConnKey, RoomName, Seq, WorkerId};
 use crate::room::JoinReply;
 use crate::wire::Ref;
 use bytes::Bytes;
+use std::collections::VecDeque;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+
+/// The home worker of `room`: a fixed hash, the same in every thread and every run.
+pub fn home_of(room: &str, workers: usize) -> WorkerId {
+    // DefaultHasher::new() is SipHash with fixed keys: stable across threads of one process.
+    let mut h = DefaultHasher::new();
+    room.hash(&mut h);
+    WorkerId((h.finish() % workers.max(1) as u64) as u16)
+}
 
 /// A connection somewhere in the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +54,7 @@ pub enum Mail {
     /// A connection asks to join a room (to the home).
     Join {
         /// The room.
-        room: Arc<str>,
+        room: RoomName,
         /// Who asks.
         from: Origin,
         /// The session's id for this join, echoed in [`Mail::Joined`].
@@ -58,7 +69,7 @@ pub enum Mail {
     /// A member (confirmed or pending) of `worker` left the room (to the home).
     Leave {
         /// The room.
-        room: Arc<str>,
+        room: RoomName,
         /// The worker the member was on.
         worker: WorkerId,
         /// The viewer's user id.
@@ -69,7 +80,7 @@ pub enum Mail {
     /// A viewer's comment (to the home).
     Comment {
         /// The room.
-        room: Arc<str>,
+        room: RoomName,
         /// Who commented; gets the ack.
         from: Origin,
         /// The viewer's user id.
@@ -84,7 +95,7 @@ pub enum Mail {
     /// An upstream event (to the home).
     Publish {
         /// The room.
-        room: Arc<str>,
+        room: RoomName,
         /// The event's `type`.
         kind: Box<str>,
         /// The event's `data`, raw JSON.
@@ -95,7 +106,7 @@ pub enum Mail {
     /// An upstream state replacement (to the home).
     SetState {
         /// The room.
-        room: Arc<str>,
+        room: RoomName,
         /// The new state object, raw JSON.
         state: Box<str>,
         /// Where to report seq and version, if anywhere.
@@ -104,7 +115,7 @@ pub enum Mail {
     /// A viewer's reaction, counted per interval (to the home).
     React {
         /// The room.
-        room: Arc<str>,
+        room: RoomName,
         /// The reaction kind.
         kind: Box<str>,
     },
@@ -113,33 +124,33 @@ pub enum Mail {
         /// The user id.
         user: Arc<str>,
         /// Only this room; `None` closes every connection of the user with 4010.
-        room: Option<Arc<str>>,
+        room: Option<RoomName>,
         /// Where to report how many connections were affected.
         reply: Option<ReplyTo>,
     },
     /// Close a room: members get `left` with reason `closed` and the room is freed (to the home).
     CloseRoom {
         /// The room.
-        room: Arc<str>,
+        room: RoomName,
         /// Where to report completion.
         reply: Option<ReplyTo>,
     },
     /// The home closed the room (to each worker with members).
     RoomClosed {
         /// The room.
-        room: Arc<str>,
+        room: RoomName,
     },
     /// Frames of a room for every local member (to a member's worker).
     Deliver {
         /// The room.
-        room: Arc<str>,
+        room: RoomName,
         /// One or more consecutive encoded frames.
         frames: Bytes,
     },
     /// The home's answer to [`Mail::Join`] (to the member's worker).
     Joined {
         /// The room.
-        room: Arc<str>,
+        room: RoomName,
         /// The joining connection.
         to: Origin,
         /// The id from the join.
@@ -195,5 +206,52 @@ impl IngestReply {
         match *self {
             Self::Published { to, .. } | Self::State { to, .. } | Self::Kicked { to, .. } | Self::Done { to } => to,
         }
+    }
+}
+
+/// Where a shard's outgoing mail waits until the shell takes it: one outbox per other worker,
+/// a loopback queue for mail to itself (handled before the entry point that posted it
+/// returns, in order, exactly as if it had travelled), and the replies for the ingest loop.
+#[derive(Debug)]
+pub(crate) struct Router {
+    me: WorkerId,
+    outbox: Vec<Vec<Mail>>,
+    loopback: VecDeque<Mail>,
+    ingest: Vec<IngestReply>,
+}
+
+impl Router {
+    /// The router of worker `me` among `workers`.
+    pub(crate) fn new(me: WorkerId, workers: usize) -> Self {
+        Self { me, outbox: (0..workers).map(|_| Vec::new()).collect(), loopback: VecDeque::new(), ingest: Vec::new() }
+    }
+
+    /// Send `mail` to worker `to`.
+    pub(crate) fn post(&mut self, to: WorkerId, mail: Mail) {
+        if to == self.me {
+            self.loopback.push_back(mail);
+        } else if let Some(out) = self.outbox.get_mut(usize::from(to.0)) {
+            out.push(mail);
+        }
+    }
+
+    /// Reply to an ingest command.
+    pub(crate) fn reply(&mut self, reply: IngestReply) {
+        self.ingest.push(reply);
+    }
+
+    /// The next mail this worker sent itself.
+    pub(crate) fn next_loopback(&mut self) -> Option<Mail> {
+        self.loopback.pop_front()
+    }
+
+    /// Take the mail for worker `to`.
+    pub(crate) fn take_outbox(&mut self, to: WorkerId) -> Vec<Mail> {
+        self.outbox.get_mut(usize::from(to.0)).map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Take the replies for the ingest loop.
+    pub(crate) fn take_replies(&mut self) -> Vec<IngestReply> {
+        std::mem::take(&mut self.ingest)
     }
 }

@@ -3,7 +3,9 @@
 
 use super::mail::{IngestReply, Mail, ReplyTo};
 use super::*;
+use crate::ids::RoomName;
 use crate::wire::frame::{FrameReader, Role};
+use crate::wire::Incoming;
 use serde_json::Value;
 use std::ops::ControlFlow;
 
@@ -73,7 +75,7 @@ impl Sim {
         for i in 0..n {
             let reply = Some(ReplyTo { conn: 0, generation: 0, serial: i, part: 0 });
             let mail =
-                Mail::Publish { room: room.into(), kind: "gift".into(), data: format!("{{\"i\":{i}}}").into(), reply };
+                Mail::Publish { room: name(room), kind: "gift".into(), data: format!("{{\"i\":{i}}}").into(), reply };
             self.shards[usize::from(home.0)].handle_mail(mail, self.now);
         }
         self.settle();
@@ -81,10 +83,10 @@ impl Sim {
 
     /// Everything queued for the connection, decoded, and the queue emptied (as if written).
     fn received(&mut self, (w, key): (usize, ConnKey)) -> Vec<Value> {
-        let conn = self.shards[w].conn_mut(key).expect("connection exists");
-        let mut bytes: Vec<u8> = conn.session.outbound.iter().flat_map(|b| b.iter().copied()).collect();
-        let queued = conn.session.outbound.queued();
-        conn.session.outbound.advance(queued);
+        let (_, out) = self.shards[w].transmit(key).expect("connection exists");
+        let mut bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        let queued = out.queued();
+        out.advance(queued);
         let mut reader = FrameReader::new(Role::Client);
         let mut out = Vec::new();
         reader
@@ -99,6 +101,10 @@ impl Sim {
             .expect("server frames are valid");
         out
     }
+}
+
+fn name(room: &str) -> RoomName {
+    RoomName::new(room).expect("a valid room name")
 }
 
 fn ops(msgs: &[Value]) -> Vec<&str> {
@@ -381,7 +387,7 @@ fn kick_closes_every_connection_of_the_user_or_takes_it_out_of_one_room() {
     }
     let reply = Some(ReplyTo { conn: 0, generation: 0, serial: 0, part: 0 });
     for w in 0..2 {
-        sim.ingest(WorkerId(w), Mail::Kick { user: "troll".into(), room: Some("r".into()), reply });
+        sim.ingest(WorkerId(w), Mail::Kick { user: "troll".into(), room: Some(name("r")), reply });
     }
     for t in tabs {
         let got = sim.received(t);
@@ -410,7 +416,7 @@ fn close_room_sends_left_closed_and_frees_the_room() {
     }
     sim.publish("r", 2);
     let home = home_of("r", 2);
-    sim.ingest(home, Mail::CloseRoom { room: "r".into(), reply: None });
+    sim.ingest(home, Mail::CloseRoom { room: name("r"), reply: None });
     for c in [a, b] {
         let got = sim.received(c);
         assert_eq!(event_seqs(&got, "r"), [1, 2]);
@@ -491,7 +497,7 @@ fn state_is_sequenced_with_events_and_carried_by_joined() {
     sim.received(a);
     let home = home_of("r", 2);
     sim.publish("r", 1);
-    sim.ingest(home, Mail::SetState { room: "r".into(), state: r#"{"phase":"live"}"#.into(), reply: None });
+    sim.ingest(home, Mail::SetState { room: name("r"), state: r#"{"phase":"live"}"#.into(), reply: None });
     sim.publish("r", 1);
     let got = sim.received(a);
     let seqs: Vec<(String, u64)> = got
@@ -636,7 +642,7 @@ fn viewer_activity_tracks_last_seen_and_silence_across_tabs() {
 
 /// Buffers waiting in a connection's queue: each is one write's worth for the shell.
 fn queued_buffers(sim: &Sim, (w, key): (usize, ConnKey)) -> usize {
-    sim.shards[w].conn(key).expect("connection exists").session.outbound.iter().count()
+    sim.shards[w].conn(key).expect("connection exists").session.outbound().iter().count()
 }
 
 #[test]
@@ -706,4 +712,24 @@ fn a_join_during_the_batching_window_sends_the_held_messages_first() {
     sim.publish("live", 1);
     assert_eq!(event_seqs(&sim.received(late), "live"), [4]);
     assert_eq!(event_seqs(&sim.received(early), "live"), [4]);
+}
+
+#[test]
+fn a_comment_is_not_held_by_the_window_and_its_ack_follows_its_event() {
+    let mut cfg = config(1 << 20);
+    cfg.fanout.batch_window_ms = 50;
+    let mut sim = Sim::with_config(2, &cfg);
+    let (a, b) = (sim.open(0, "a"), sim.open(1, "b"));
+    for c in [a, b] {
+        sim.send(c, r#"{"op":"join","room":"chat"}"#);
+        sim.received(c);
+    }
+    sim.publish("chat", 1);
+    sim.now += 1;
+    sim.publish("chat", 1);
+    sim.send(a, r#"{"op":"comment","room":"chat","text":"hi","ref":"c"}"#);
+    let got = sim.received(a);
+    assert_eq!(ops(&got), ["event", "event", "event", "ack"], "held events, the comment, then its ack");
+    assert_eq!(got[3]["seq"], got[2]["seq"]);
+    assert_eq!(event_seqs(&sim.received(b), "chat"), [1, 2, 3]);
 }

@@ -5,6 +5,10 @@
 //! (any JSON value is accepted), and the types are checked afterwards: a mistyped field is then
 //! a `bad_request` that still carries the client's `ref`, instead of a serde error that lost it.
 //! Unknown fields are ignored; an unknown `op` is `unknown_op`.
+//!
+//! Error messages are for the person writing a client: they say what was wrong and what is
+//! allowed (`not valid JSON (at byte 0)`, `duplicate field "op"`), never a parser's internal
+//! names; [`json_error`] is the one place that translates simd-json's errors.
 
 use super::{validate_room, ErrorCode};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -163,15 +167,42 @@ fn bad(message: impl Into<String>, reference: &Option<Ref>) -> OpError {
 fn string<'a>(field: Option<Scalar<'a>>, name: &str, reference: &Option<Ref>) -> Result<Cow<'a, str>, OpError> {
     match field {
         Some(Scalar::Str(s)) => Ok(s),
-        None | Some(Scalar::Other) => Err(bad(format!("missing field `{name}`"), reference)),
-        Some(_) => Err(bad(format!("`{name}` must be a string"), reference)),
+        None | Some(Scalar::Other) => Err(bad(format!("missing field \"{name}\" (a string)"), reference)),
+        Some(_) => Err(bad(format!("\"{name}\" must be a string"), reference)),
     }
 }
 
 fn room<'a>(field: Option<Scalar<'a>>, reference: &Option<Ref>) -> Result<Cow<'a, str>, OpError> {
     let room = string(field, "room", reference)?;
-    validate_room(&room).map_err(|why| bad(format!("bad room name: {why}"), reference))?;
+    validate_room(&room).map_err(|why| {
+        bad(format!("bad room name ({why}): a room name is 1..=128 bytes without control characters"), reference)
+    })?;
     Ok(room)
+}
+
+/// What a person should read for a simd-json error on a message of `len` bytes.
+fn json_error(e: &simd_json::Error, len: usize) -> String {
+    use simd_json::ErrorType as E;
+    const ONE_OBJECT: &str = "a message must be one JSON object";
+    let at = e.index();
+    match e.error() {
+        E::Eof if at == 0 => format!("empty message: {ONE_OBJECT}"),
+        E::Eof => format!("not valid JSON: the message ends early (at byte {at})"),
+        E::ExpectedMap => format!("{ONE_OBJECT}, like {{\"op\":\"ping\"}}"),
+        E::Serde(text) => match text.strip_prefix("duplicate field `").and_then(|rest| rest.strip_suffix('`')) {
+            Some(field) => format!("duplicate field \"{field}\""),
+            None if text.starts_with("invalid type") || text.starts_with("invalid length") => {
+                format!("{ONE_OBJECT}, like {{\"op\":\"ping\"}}")
+            }
+            None => "not valid JSON".to_owned(),
+        },
+        E::DepthLimitExceeded => "not valid JSON: nested too deeply".to_owned(),
+        // simd-json stops at the end of the first value when more follows it.
+        E::InternalError if e.character() == Some('}') && at + 1 < len => {
+            format!("{ONE_OBJECT}; more follows it (at byte {})", at + 1)
+        }
+        _ => format!("not valid JSON (at byte {at})"),
+    }
 }
 
 fn as_ref(field: Option<Scalar<'_>>) -> Option<Ref> {
@@ -197,9 +228,10 @@ pub fn decode_client_op(buf: &mut [u8]) -> Result<ClientOp<'_>, OpError> {
 /// Decode one client message; `buf` is used as scratch by the parser and `buffers` are reused
 /// between calls.
 pub fn decode_client_op_with<'a>(buf: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Result<ClientOp<'a>, OpError> {
+    let len = buf.len();
     let raw: RawOp<'_> = simd_json::serde::from_slice_with_buffers(buf, buffers).map_err(|e| OpError {
         code: ErrorCode::BadRequest,
-        message: format!("invalid JSON: {e}"),
+        message: json_error(&e, len),
         reference: None,
     })?;
     let reference = as_ref(raw.reference);
@@ -209,12 +241,12 @@ pub fn decode_client_op_with<'a>(buf: &'a mut [u8], buffers: &mut simd_json::Buf
             let since = match raw.since {
                 None | Some(Scalar::Other) => None,
                 Some(Scalar::Unsigned(n)) => Some(n),
-                Some(_) => return Err(bad("`since` must be a non-negative integer", &reference)),
+                Some(_) => return Err(bad("\"since\" must be a non-negative integer (the last seq seen)", &reference)),
             };
             let epoch = match raw.epoch {
                 None | Some(Scalar::Other) => None,
                 Some(Scalar::Str(s)) => Some(s),
-                Some(_) => return Err(bad("`epoch` must be a string", &reference)),
+                Some(_) => return Err(bad("\"epoch\" must be a string (as in \"joined\")", &reference)),
             };
             ClientOp::Join { room: room(raw.room, &reference)?, since, epoch }
         }
@@ -230,7 +262,10 @@ pub fn decode_client_op_with<'a>(buf: &'a mut [u8], buffers: &mut simd_json::Buf
         other => {
             return Err(OpError {
                 code: ErrorCode::UnknownOp,
-                message: format!("unknown op `{}`", other.chars().take(32).collect::<String>()),
+                message: format!(
+                    "unknown op {:?}; the ops are join, leave, comment, react, ping and refresh",
+                    other.chars().take(32).collect::<String>()
+                ),
                 reference,
             })
         }
@@ -284,5 +319,34 @@ mod tests {
         assert_eq!(decode(r#"{"room":"r"}"#).expect_err("no op").code, ErrorCode::BadRequest);
         assert_eq!(decode(r#"{"op":"join","room":""}"#).expect_err("empty room").code, ErrorCode::BadRequest);
         assert_eq!(decode(r#"{"op":"join","room":"r","since":-1}"#).expect_err("negative").code, ErrorCode::BadRequest);
+    }
+
+    fn message(s: &str) -> String {
+        decode(s).expect_err("refused").message
+    }
+
+    #[test]
+    fn messages_are_for_people_not_parser_internals() {
+        assert_eq!(message("nope"), "not valid JSON (at byte 0)");
+        assert_eq!(message("{not json"), "not valid JSON (at byte 1)");
+        assert_eq!(message(r#"{"op":"ping","op":"ping"}"#), "duplicate field \"op\"");
+        for not_an_object in ["null", "5", r#""ping""#, r#"[{"op":"ping"}]"#] {
+            assert_eq!(message(not_an_object), r#"a message must be one JSON object, like {"op":"ping"}"#);
+        }
+        assert_eq!(message(r#"{"op":"ping"} {}"#), "a message must be one JSON object; more follows it (at byte 13)");
+        assert_eq!(message(""), "empty message: a message must be one JSON object");
+        assert_eq!(message(r#"{"op":"join"}"#), "missing field \"room\" (a string)");
+        assert_eq!(message(r#"{"op":"join","room":7}"#), "\"room\" must be a string");
+        assert!(message(r#"{"op":"join","room":""}"#).starts_with("bad room name (empty): a room name is 1..=128"));
+        assert_eq!(
+            message(r#"{"op":"dance"}"#),
+            "unknown op \"dance\"; the ops are join, leave, comment, react, ping and refresh"
+        );
+        for s in ["nope", "{\"a\":1,}", "{\"op\" \"x\"}", "{\"op\":\"p\\x\"}", "[[[[]]]]", "{\"op\":"] {
+            let m = message(s);
+            for internal in ["Expected", "Serde", "Internal", "Syntax", "character", "RawOp", "`"] {
+                assert!(!m.contains(internal), "{s:?} -> {m:?} shows {internal:?}");
+            }
+        }
     }
 }

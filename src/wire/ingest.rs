@@ -5,6 +5,7 @@
 //! re-serialized. serde_json (not simd-json) because only it can hand out raw values; at about
 //! 0.2 us a line it is not the bottleneck (DESIGN.md). Unknown fields are ignored.
 
+use super::ErrorCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -69,8 +70,8 @@ pub struct IngestLine<'a> {
 /// A line that could not be decoded: the error reply to write.
 #[derive(Debug, PartialEq, Eq)]
 pub struct IngestError {
-    /// `bad_request` or `unknown_op`.
-    pub code: &'static str,
+    /// [`ErrorCode::BadRequest`] or [`ErrorCode::UnknownOp`].
+    pub code: ErrorCode,
     /// A human-readable explanation.
     pub message: String,
 }
@@ -100,7 +101,7 @@ struct RawLine<'a> {
 }
 
 fn bad(message: impl Into<String>) -> IngestError {
-    IngestError { code: "bad_request", message: message.into() }
+    IngestError { code: ErrorCode::BadRequest, message: message.into() }
 }
 
 fn required<'a>(field: Option<Cow<'a, str>>, name: &str) -> Result<Cow<'a, str>, IngestError> {
@@ -136,7 +137,7 @@ pub fn decode_ingest_line(line: &[u8]) -> Result<IngestLine<'_>, IngestError> {
         "close_room" => IngestCmd::CloseRoom { room: required(raw.room, "room")?, reason: raw.reason },
         other => {
             return Err(IngestError {
-                code: "unknown_op",
+                code: ErrorCode::UnknownOp,
                 message: format!("unknown op `{}`", other.chars().take(32).collect::<String>()),
             })
         }
@@ -177,9 +178,9 @@ pub fn reply_closed(out: &mut Vec<u8>, closed: u64) {
 }
 
 /// `{"ok":false,"error":CODE,"message":TEXT}`
-pub fn reply_error(out: &mut Vec<u8>, code: &str, message: &str) {
+pub fn reply_error(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
     out.extend_from_slice(b"{\"ok\":false,\"error\":");
-    super::server_msg::push_str(out, code);
+    super::server_msg::push_str(out, code.as_str());
     out.extend_from_slice(b",\"message\":");
     super::server_msg::push_str(out, message);
     out.extend_from_slice(b"}\n");
@@ -232,11 +233,11 @@ mod tests {
     #[test]
     fn bad_lines_say_why() {
         let err = |s: &str| decode_ingest_line(s.as_bytes()).expect_err("bad");
-        assert_eq!(err(r#"{"op":"fly"}"#).code, "unknown_op");
+        assert_eq!(err(r#"{"op":"fly"}"#).code, ErrorCode::UnknownOp);
         assert!(err(r#"{"op":"publish","room":"r"}"#).message.contains("type"));
         assert!(err(r#"{"op":"state","room":"r","state":[1]}"#).message.contains("object"));
-        assert_eq!(err("not json").code, "bad_request");
-        assert_eq!(err(r#"{"op":"publish","room":"r","rooms":["x"],"type":"t"}"#).code, "bad_request");
+        assert_eq!(err("not json").code, ErrorCode::BadRequest);
+        assert_eq!(err(r#"{"op":"publish","room":"r","rooms":["x"],"type":"t"}"#).code, ErrorCode::BadRequest);
     }
 
     #[test]
@@ -247,7 +248,7 @@ mod tests {
         assert_eq!(line(|o| reply_state(o, 3, 1)), json!({"ok": true, "seq": 3, "version": 1}));
         assert_eq!(line(|o| reply_closed(o, 2)), json!({"ok": true, "closed": 2}));
         assert_eq!(
-            line(|o| reply_error(o, "bad_request", "a \"b\"")),
+            line(|o| reply_error(o, ErrorCode::BadRequest, "a \"b\"")),
             json!({"ok": false, "error": "bad_request", "message": "a \"b\""})
         );
     }

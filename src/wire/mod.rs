@@ -51,19 +51,4 @@ impl ErrorCode {
     }
 }
 
-/// Longest room name (and user id) in bytes.
-pub const MAX_NAME_BYTES: usize = 128;
-
-/// Check a room name (also used for user ids): 1..=128 bytes, no control characters.
-pub fn validate_room(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        return Err("empty");
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Err("longer than 128 bytes");
-    }
-    if name.chars().any(char::is_control) {
-        return Err("contains control characters");
-    }
-    Ok(())
-}
+pub use crate::ids::{validate_name as validate_room, MAX_NAME_BYTES};

@@ -11,14 +11,14 @@
 //! decides on after parsing (a token its verifier refused, a server at capacity). Nothing here
 //! touches a socket; percent-decoding of the query is a dozen lines rather than a dependency.
 //!
-//! Where the token comes from, first found wins:
-//! 1. `Authorization: Bearer <token>`;
-//! 2. a `Sec-WebSocket-Protocol` entry `bearer.<token>`, for browsers, which cannot set
+//! Where the token comes from, first found wins (the order docs/protocol.md gives):
+//! 1. `?token=<token>` (percent-decoded);
+//! 2. `Authorization: Bearer <token>`;
+//! 3. a `Sec-WebSocket-Protocol` entry `bearer.<token>`, for browsers, which cannot set
 //!    headers: the client offers `new WebSocket(url, ["roomcast.v1", "bearer." + token])` and
 //!    the server answers `Sec-WebSocket-Protocol: roomcast.v1` (browsers fail a handshake whose
 //!    answer names no offered protocol, and the token is never echoed); a `bearer.` entry
-//!    without `roomcast.v1` beside it is refused with 400;
-//! 3. `?token=<token>` (percent-decoded).
+//!    without `roomcast.v1` beside it is refused with 400.
 //!
 //! A client that offers `roomcast.v1` without a token gets it answered too.
 //!
@@ -210,16 +210,17 @@ fn credential(request: &Request, query: &str) -> Result<(Option<Credential>, boo
         let (scheme, token) = v.trim().split_once(' ').unwrap_or((v.trim(), ""));
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
     });
-    let found = if let Some(token) = from_header {
+    let from_query = match query_param(query, "token") {
+        Some(Ok(token)) => Some(token),
+        Some(Err(())) => return Err("token is not valid percent-encoded UTF-8"),
+        None => None,
+    };
+    let found = if let Some(token) = from_query {
+        Some(Credential { token, source: TokenSource::Query })
+    } else if let Some(token) = from_header {
         Some(Credential { token, source: TokenSource::Header })
-    } else if let Some(token) = from_protocol {
-        Some(Credential { token, source: TokenSource::Subprotocol })
     } else {
-        match query_param(query, "token") {
-            Some(Ok(token)) => Some(Credential { token, source: TokenSource::Query }),
-            Some(Err(())) => return Err("token is not valid percent-encoded UTF-8"),
-            None => None,
-        }
+        from_protocol.map(|token| Credential { token, source: TokenSource::Subprotocol })
     };
     match found {
         Some(c) if c.token.is_empty() => Err("empty token"),
@@ -537,11 +538,14 @@ mod tests {
     }
 
     #[test]
-    fn the_token_comes_from_header_subprotocol_or_query_in_that_order() {
+    fn the_token_comes_from_query_header_or_subprotocol_in_that_order() {
         let p = policy();
         let a = accepted(p.parse(&request("/ws?token=q", "Authorization: bearer h\r\n")));
+        assert_eq!(a.credential, Some(Credential { token: "q".into(), source: TokenSource::Query }));
+        let both = "Authorization: bearer h\r\nSec-WebSocket-Protocol: roomcast.v1, bearer.p\r\n";
+        let a = accepted(p.parse(&request("/ws", both)));
         assert_eq!(a.credential, Some(Credential { token: "h".into(), source: TokenSource::Header }));
-        let a = accepted(p.parse(&request("/ws?token=q", "Sec-WebSocket-Protocol: roomcast.v1, bearer.p.q-r_s\r\n")));
+        let a = accepted(p.parse(&request("/ws", "Sec-WebSocket-Protocol: roomcast.v1, bearer.p.q-r_s\r\n")));
         assert_eq!(a.credential, Some(Credential { token: "p.q-r_s".into(), source: TokenSource::Subprotocol }));
         let text = String::from_utf8(a.response).expect("ascii");
         assert!(text.contains("sec-websocket-protocol: roomcast.v1\r\n"), "{text}");

@@ -271,6 +271,23 @@ impl Server {
         v
     }
 
+    /// Open a viewer that, after its upgrade, answers nothing, not even the server's pings:
+    /// what a frozen client or a dead network path looks like to the server.
+    pub fn deaf_viewer(&self, user: &str) -> DeafViewer {
+        let mut sock = TcpStream::connect(&self.ws).expect("connect");
+        sock.set_read_timeout(Some(WAIT)).expect("read timeout");
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let request = format!(
+            "GET /ws?user={user} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            self.ws
+        );
+        sock.write_all(request.as_bytes()).expect("send the upgrade");
+        let mut deaf = DeafViewer { sock, buf: Vec::new() };
+        let head = deaf.read_until(b"\r\n\r\n");
+        assert!(head.starts_with(b"HTTP/1.1 101"), "upgrade refused: {}", String::from_utf8_lossy(&head));
+        deaf
+    }
+
     /// Open a plain viewer with a tiny receive window (see `small_window_tcp`), read `hello`.
     pub fn viewer_small_window(&self, user: &str) -> Viewer {
         let mut v = self.upgrade(Self::small_window_tcp(&self.ws), user, None);
@@ -405,9 +422,11 @@ impl Viewer {
         }
     }
 
-    /// Skip messages until one with `op`, returning it.
+    /// Skip messages until one with `op`, returning it (within [`WAIT`] overall).
     pub fn until_op(&mut self, op: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
         loop {
+            assert!(Instant::now() < deadline, "no {op:?} within {WAIT:?}");
             let v = self.next_json();
             if v["op"] == op {
                 return v;
@@ -415,9 +434,12 @@ impl Viewer {
         }
     }
 
-    /// Read until the close frame and return its code.
+    /// Read until the close frame and return its code (within [`WAIT`] overall, however
+    /// many pings and messages arrive meanwhile).
     pub fn close_code(&mut self) -> Option<u16> {
+        let deadline = Instant::now() + WAIT;
         loop {
+            assert!(Instant::now() < deadline, "no close frame within {WAIT:?}");
             if let Got::Closed(code) = self.next() {
                 return code;
             }
@@ -427,6 +449,79 @@ impl Viewer {
     pub fn join(&mut self, room: &str) -> Value {
         self.send_json(serde_json::json!({"op": "join", "room": room}));
         self.until_op("joined")
+    }
+}
+
+/// A viewer that never writes after its upgrade. See [`Server::deaf_viewer`].
+pub struct DeafViewer {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl DeafViewer {
+    /// Read until `end` appears; everything up to and including it.
+    fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(at) = self.buf.windows(end.len()).position(|w| w == end) {
+                return self.buf.drain(..at + end.len()).collect();
+            }
+            assert!(Instant::now() < deadline, "nothing ended with {end:?} within {WAIT:?}");
+            self.fill();
+        }
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 4096];
+        let n = self.sock.read(&mut chunk).expect("read from the server");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// The next server frame (RFC 6455 5.2: unmasked from a server): opcode and payload, or
+    /// `None` at end of stream.
+    fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                let (opcode, len7) = (self.buf[0] & 0x0F, usize::from(self.buf[1] & 0x7F));
+                let (header, len) = match len7 {
+                    126 if self.buf.len() >= 4 => (4, usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]]))),
+                    127 if self.buf.len() >= 10 => {
+                        let mut n = [0u8; 8];
+                        n.copy_from_slice(&self.buf[2..10]);
+                        (10, usize::try_from(u64::from_be_bytes(n)).expect("frame length fits"))
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (2, n),
+                };
+                if header != usize::MAX && self.buf.len() >= header + len {
+                    let payload = self.buf[header..header + len].to_vec();
+                    self.buf.drain(..header + len);
+                    return Some((opcode, payload));
+                }
+            }
+            if self.fill() == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Read (without answering anything) until the server's close frame; its code. Counts
+    /// the pings seen on the way.
+    pub fn close_code(&mut self) -> (Option<u16>, usize) {
+        let deadline = Instant::now() + WAIT;
+        let mut pings = 0;
+        loop {
+            assert!(Instant::now() < deadline, "no close frame within {WAIT:?}");
+            match self.frame() {
+                Some((0x8, payload)) => {
+                    return (payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])), pings);
+                }
+                Some((0x9, _)) => pings += 1,
+                Some(_) => {}
+                None => return (None, pings),
+            }
+        }
     }
 }
 

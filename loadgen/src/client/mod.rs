@@ -1,0 +1,381 @@
+//! The client engine: one mio event loop per thread holding many viewer connections (plain or
+//! TLS), each walking connect -> upgrade -> join -> receive, and checking everything it gets.
+//!
+//! It is built like the server (edge-triggered mio, one scratch buffer per thread, roomcast's
+//! own frame codec in client role) so that the load generator is not what limits a run.
+//! Every event's `data.t` is its intended send time (ns since the Unix epoch); latency is
+//! recorded per delivery into this thread's HDR histogram, and every room stream is checked
+//! for loss, duplication and reordering ([`SeqCheck`]).
+//!
+//! One job per part: [`stream`] moves bytes (plain or TLS), [`conn`] moves them between a
+//! socket and its [`viewer`] (the protocol state of one viewer), [`tally`] keeps the thread's
+//! measurements, [`dialer`] decides what to open next, and [`churn`], [`commenter`] and
+//! [`pinger`] (opt-in application pings) are the scenarios' timetables. [`run_thread`] is the event loop that ties them.
+//! A client thread must never block except in `poll`, and never panic on what a server sends.
+
+mod churn;
+mod commenter;
+mod conn;
+mod dialer;
+mod pinger;
+mod stream;
+mod tally;
+mod viewer;
+
+use crate::accounting::SeqCheck;
+use churn::Churn;
+use commenter::Commenter;
+use conn::{Conn, Connect};
+use dialer::{Dialer, Pending};
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token};
+use pinger::Pinger;
+use slab::Slab;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use stream::Stream;
+use tally::Tally;
+use viewer::{Phase, Viewer};
+
+/// Nanoseconds since the Unix epoch (the clock `data.t` is written in).
+pub fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// A histogram of latencies in microseconds, 1 us to 1 hour, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Target {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Host name for the request and TLS.
+    pub host: String,
+    /// Upgrade path, e.g. `/ws`.
+    pub path: String,
+    /// TLS client configuration for `wss`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Local source addresses to spread connections over.
+    pub source_ips: Vec<IpAddr>,
+}
+
+/// One connection to open: its user and room.
+#[derive(Clone, Debug)]
+pub struct ConnPlan {
+    /// The `?user=` id.
+    pub user: String,
+    /// The room to join (none: only connect, as in `storm`).
+    pub room: Option<String>,
+    /// A JWT to send as `?token=` (`--jwt-secret`).
+    pub token: Option<String>,
+}
+
+/// Counters every thread updates and the progress line reads.
+#[derive(Default)]
+pub struct Shared {
+    /// Connections upgraded.
+    pub connected: AtomicU64,
+    /// Connections joined.
+    pub joined: AtomicU64,
+    /// Connect or upgrade failures.
+    pub failed: AtomicU64,
+    /// Connections the server closed (or that broke) after opening.
+    pub closed: AtomicU64,
+    /// Events delivered (new seqs).
+    pub deliveries: AtomicU64,
+    /// Error replies received.
+    pub errors: AtomicU64,
+    /// Comments acknowledged.
+    pub acks: AtomicU64,
+    /// Comments sent.
+    pub comments: AtomicU64,
+    /// Largest delay of a comment behind its timetable, ns.
+    pub send_lag_ns: AtomicU64,
+    /// Comments sent [`CommentPlan::late_after`] or more behind their timetable.
+    pub late_comments: AtomicU64,
+    /// Churn: connections dropped and reopened with `since`.
+    pub reconnects: AtomicU64,
+    /// Churn: rejoins answered `recovered: true` (missed events replayed).
+    pub recovered: AtomicU64,
+    /// Churn: rejoins answered `recovered: false`.
+    pub recovery_failed: AtomicU64,
+    /// `presence` messages received (all connections).
+    pub presence: AtomicU64,
+    /// Churn: stop disconnecting (publishing is over; let every stream catch up).
+    pub quiesce: AtomicBool,
+    /// Set to end the run.
+    pub stop: AtomicBool,
+    /// Latency so far, merged by the threads about once a second, for the progress line.
+    pub progress: Mutex<Option<Histogram<u64>>>,
+}
+
+/// Comments a thread sends: at `rate` per second in total for this thread, during `duration`.
+#[derive(Clone, Debug)]
+pub struct CommentPlan {
+    /// Comments per second from this thread.
+    pub rate: f64,
+    /// How long.
+    pub duration: Duration,
+    /// When to start (after every thread has joined).
+    pub start: Arc<AtomicBool>,
+    /// A comment this far behind its timetable is late.
+    pub late_after: Duration,
+}
+
+/// What a thread measured.
+pub struct ThreadReport {
+    /// Delivery latency (us).
+    pub latency: Histogram<u64>,
+    /// Comment -> ack latency (us).
+    pub ack_latency: Histogram<u64>,
+    /// Connect start -> TCP connected (us).
+    pub connect_latency: Histogram<u64>,
+    /// Connect start -> `101` read (us).
+    pub upgrade_latency: Histogram<u64>,
+    /// Per connection: room and its stream check.
+    pub streams: Vec<(String, SeqCheck)>,
+    /// Close codes received from the server.
+    pub close_codes: HashMap<u16, u64>,
+    /// Time from start to the last connection upgraded.
+    pub connect_time: Duration,
+    /// Comments sent.
+    pub comments_sent: u64,
+}
+
+/// Churn: each connection stays a random time in `[min, max]`, then reconnects with `since`.
+#[derive(Clone, Copy, Debug)]
+pub struct ChurnPlan {
+    /// Shortest stay.
+    pub min: Duration,
+    /// Longest stay.
+    pub max: Duration,
+}
+
+/// Everything one client thread is asked to do.
+pub struct ThreadPlan {
+    /// Where to connect.
+    pub target: Target,
+    /// The connections this thread opens.
+    pub plans: Vec<ConnPlan>,
+    /// Handshakes in flight at most.
+    pub max_inflight: usize,
+    /// Comments to send, if the scenario comments.
+    pub comments: Option<CommentPlan>,
+    /// Churn schedule, if the scenario churns.
+    pub churn: Option<ChurnPlan>,
+    /// This thread's index in the run (seeds its churn and picks its first source address).
+    pub thread_index: usize,
+    /// Send `{"op":"ping"}` from each ready connection this often (for a server that does not
+    /// ping silent connections itself); `None`: send nothing unasked but pongs.
+    pub app_ping_every: Option<Duration>,
+}
+
+/// Longest wait in `poll` when nothing is due.
+const POLL_TIMEOUT: Duration = Duration::from_millis(20);
+/// Bytes read at once from a socket.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+/// Run one client thread until `shared.stop`: open every planned connection (at most
+/// `plan.max_inflight` handshakes at once), join, receive and check, and send comments if asked.
+pub fn run_thread(plan: &ThreadPlan, shared: &Shared) -> io::Result<ThreadReport> {
+    let mut thread = ClientThread::new(plan, shared)?;
+    loop {
+        thread.open_pending()?;
+        thread.poll()?;
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        thread.tick();
+    }
+    Ok(thread.into_report())
+}
+
+/// One client thread's state: its poller, connections and timetables.
+struct ClientThread<'a> {
+    plan: &'a ThreadPlan,
+    poll: Poll,
+    events: Events,
+    conns: Slab<Conn>,
+    scratch: Vec<u8>,
+    tally: Tally<'a>,
+    dialer: Dialer,
+    churn: Option<Churn>,
+    commenter: Option<Commenter>,
+    pinger: Option<Pinger>,
+    /// Streams of connections that ended: their room and check.
+    done: Vec<(String, SeqCheck)>,
+}
+
+impl<'a> ClientThread<'a> {
+    fn new(plan: &'a ThreadPlan, shared: &'a Shared) -> io::Result<Self> {
+        Ok(Self {
+            plan,
+            poll: Poll::new()?,
+            events: Events::with_capacity(4096),
+            conns: Slab::with_capacity(plan.plans.len()),
+            scratch: vec![0u8; SCRATCH_LEN],
+            tally: Tally::new(shared),
+            dialer: Dialer::new(plan.plans.len(), plan.max_inflight),
+            churn: plan.churn.map(|c| Churn::new(c, plan.thread_index)),
+            commenter: plan.comments.clone().map(Commenter::new),
+            pinger: plan.app_ping_every.map(Pinger::new),
+            done: Vec::new(),
+        })
+    }
+
+    /// Start connects while handshake slots are free.
+    fn open_pending(&mut self) -> io::Result<()> {
+        let shared = self.tally.shared;
+        while !shared.stop.load(Ordering::Relaxed) {
+            let Some(next) = self.dialer.next() else { break };
+            let ips = &self.plan.target.source_ips;
+            let from = (!ips.is_empty()).then(|| ips[(self.plan.thread_index + self.dialer.started) % ips.len()]);
+            let opened = self.open(next, from)?;
+            if !opened {
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            self.dialer.started(opened);
+        }
+        Ok(())
+    }
+
+    /// Start one connect; `Ok(false)` when the connect itself failed.
+    fn open(&mut self, next: Pending, from: Option<IpAddr>) -> io::Result<bool> {
+        let target = &self.plan.target;
+        let Ok(sock) = crate::net::connect(target.addr, from) else { return Ok(false) };
+        let stream = Stream::new(sock, target.tls.as_ref(), &target.host)?;
+        let mut conn = Conn::new(stream, Viewer::new(next.plan, next.resume));
+        let entry = self.conns.vacant_entry();
+        self.poll.registry().register(conn.socket(), Token(entry.key()), Interest::READABLE | Interest::WRITABLE)?;
+        entry.insert(conn);
+        Ok(true)
+    }
+
+    /// Wait for socket events (or the next comment) and handle them.
+    fn poll(&mut self) -> io::Result<()> {
+        // Wake for the next comment on time: sending late would be the load generator's lag.
+        let next_comment = self.commenter.as_ref().and_then(Commenter::next_due_in);
+        let timeout = next_comment.map_or(POLL_TIMEOUT, |d| d.min(POLL_TIMEOUT));
+        // The events are taken out while they are handled, so handling may borrow the rest.
+        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        self.poll.poll(&mut events, Some(timeout))?;
+        for e in events.iter() {
+            self.on_event(
+                e.token().0,
+                e.is_writable() || e.is_error(),
+                e.is_readable() || e.is_read_closed(),
+                e.is_error(),
+            );
+        }
+        self.events = events;
+        Ok(())
+    }
+
+    /// One socket event for connection `key`.
+    fn on_event(&mut self, key: usize, writable: bool, readable: bool, error: bool) {
+        let plans = &self.plan.plans;
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let was_ready = conn.viewer.phase == Phase::Ready;
+        let mut broken = false;
+        if conn.viewer.phase == Phase::Connecting && writable {
+            match conn.on_connect_event(&self.plan.target, &plans[conn.viewer.plan], error, &mut self.tally) {
+                Connect::Done => {}
+                Connect::NotYet => return,
+                Connect::Failed => broken = true,
+            }
+        }
+        if !broken && readable {
+            let room = plans[conn.viewer.plan].room.as_deref();
+            broken = conn.read(&mut self.scratch, room, &mut self.tally);
+        }
+        if !was_ready && conn.viewer.phase == Phase::Ready {
+            self.dialer.settled();
+        }
+        if !broken && conn.flush().is_err() {
+            broken = true;
+        }
+        if broken {
+            self.drop_broken(key);
+        }
+    }
+
+    /// A connection ended: count it (closed if it was ready, failed if not) and keep its stream.
+    fn drop_broken(&mut self, key: usize) {
+        let Some(mut conn) = self.conns.try_remove(key) else { return };
+        let _ = self.poll.registry().deregister(conn.socket());
+        let shared = self.tally.shared;
+        if conn.viewer.phase == Phase::Ready {
+            shared.closed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            self.dialer.settled();
+        }
+        if let Some(room) = &self.plan.plans[conn.viewer.plan].room {
+            self.done.push((room.clone(), conn.viewer.check));
+        }
+    }
+
+    /// Between polls: churn, comments, pings and the progress hand-over.
+    fn tick(&mut self) {
+        let shared = self.tally.shared;
+        if !shared.quiesce.load(Ordering::Relaxed) {
+            if let Some(churn) = &mut self.churn {
+                for key in churn.due(&mut self.conns) {
+                    self.reopen(key);
+                }
+            }
+        }
+        if let Some(commenter) = &mut self.commenter {
+            commenter.send_due(&mut self.conns, &self.plan.plans, shared);
+        }
+        if let Some(pinger) = &mut self.pinger {
+            pinger.tick(&mut self.conns);
+        }
+        self.tally.hand_over_progress();
+    }
+
+    /// Churn: drop a ready connection and queue it to reopen where it left off.
+    fn reopen(&mut self, key: usize) {
+        let Some(mut conn) = self.conns.try_remove(key) else { return };
+        let _ = self.poll.registry().deregister(conn.socket());
+        self.tally.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+        let viewer = conn.viewer;
+        let resume = viewer.epoch.map(|e| (viewer.check.last(), e, viewer.check.clone()));
+        self.dialer.requeue(Pending { plan: viewer.plan, resume });
+    }
+
+    /// What the thread measured, with every stream: open, ended, and churned but not reopened
+    /// (what those missed is lost).
+    fn into_report(self) -> ThreadReport {
+        let plans = &self.plan.plans;
+        let mut streams = self.done;
+        for (_, conn) in self.conns {
+            if let Some(room) = &plans[conn.viewer.plan].room {
+                streams.push((room.clone(), conn.viewer.check));
+            }
+        }
+        for p in self.dialer.into_pending() {
+            if let (Some(room), Some((_, _, check))) = (&plans[p.plan].room, p.resume) {
+                streams.push((room.clone(), check));
+            }
+        }
+        let tally = self.tally;
+        ThreadReport {
+            latency: tally.latency,
+            ack_latency: tally.ack_latency,
+            connect_latency: tally.connect_latency,
+            upgrade_latency: tally.upgrade_latency,
+            streams,
+            close_codes: tally.close_codes,
+            connect_time: tally.connect_time,
+            comments_sent: self.commenter.map_or(0, |c| c.sent),
+        }
+    }
+}

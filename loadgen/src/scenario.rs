@@ -1,0 +1,365 @@
+//! One run from start to verdict, in phases that each do one thing: sample the server before
+//! (its RSS and connections), open every connection, settle, drive the scenario (publish,
+//! comment, churn, hold or nothing), collect the clients' totals into the [`Report`], judge it
+//! ([`verdict`]) and write the output files.
+//!
+//! The scenario decides what happens and when; the measuring is in the client threads and the
+//! publisher. A run's figures are never adjusted here, only counted and compared.
+
+use crate::cli::{Kind, Settings};
+use crate::client::Shared;
+use crate::clients::{self, Clients};
+use crate::procs::Totals;
+use crate::progress::{wait_until, Progress};
+use crate::publisher::{self, Publisher};
+use crate::report::{self, Percentiles, Report};
+use crate::timetable::Lateness;
+use crate::verdict;
+use crate::{hgrm, net, server};
+use anyhow::Context;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// The server before this run opened its connections (`--server-pid`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Baseline {
+    rss_kib: Option<u64>,
+    connections: Option<u64>,
+}
+
+impl Baseline {
+    /// Sample server `pid` now (nothing without one).
+    fn sample(pid: Option<u32>) -> Self {
+        let Some(pid) = pid else { return Self::default() };
+        Self { rss_kib: server::rss_kib(pid), connections: server::established_connections(pid) }
+    }
+}
+
+/// What the scenario sent: each room's last seq (for loss counting) and how late the sender was.
+#[derive(Debug, Default)]
+struct Sent {
+    last_seq: Vec<u64>,
+    lateness: Option<Lateness>,
+    sender: &'static str,
+}
+
+/// Run the scenario and return its judged report (the output files are written too).
+pub fn run(s: &Settings) -> anyhow::Result<Report> {
+    let target = clients::target(s)?;
+    let started = Instant::now();
+    let baseline = Baseline::sample(s.common.server_pid);
+    let limits = net::Limits::raise_and_read();
+    for warning in net::capacity_warnings(s.common.conns, s.common.procs, target.source_ips.len(), limits) {
+        eprintln!("loadgen: warning: {warning}");
+    }
+    let mut clients = Clients::start(s, &target)?;
+    let shared = clients.shared();
+    let mut progress = Progress::new(s.kind, &shared, started);
+    open_all(s, &clients, &shared, &mut progress)?;
+    let mut report = Report {
+        scenario: s.kind.name().into(),
+        url: s.common.url.clone(),
+        conns: s.common.conns as u64,
+        rooms: if s.kind.joins() { s.rooms as u64 } else { 0 },
+        connect_seconds: started.elapsed().as_secs_f64(),
+        server_conns_before: baseline.connections,
+        ..Report::default()
+    };
+    if s.settle > 0.0 {
+        wait_until(&mut progress, Duration::from_secs_f64(s.settle), || false);
+    }
+    let window = Window::open(s, &clients, &shared);
+    let sent = drive(s, &mut clients, &shared, &mut progress, &mut report, &baseline, window.deliveries_before)?;
+    let active = window.close(s, &clients, &mut report);
+    let totals = clients.finish(&sent.last_seq)?;
+    record_totals(s, &mut report, &totals, &shared, active);
+    record_sending(&mut report, &sent);
+    record_memory(s, &mut report, &baseline);
+    let cx = verdict::Context {
+        kind: s.kind,
+        lateness: sent.lateness,
+        sender: sent.sender,
+        acked: shared.acks.load(Ordering::Relaxed),
+        connect_timeout: s.common.connect_timeout,
+    };
+    report.judge(verdict::reasons(&report, &cx));
+    write_outputs(s, &report, &totals)?;
+    Ok(report)
+}
+
+/// Wait until every connection is up (joined, or upgraded in `storm`) or settled (failed or
+/// closed), or `--connect-timeout`; fails when a child process died.
+fn open_all(s: &Settings, clients: &Clients, shared: &Shared, progress: &mut Progress<'_>) -> anyhow::Result<()> {
+    let want = s.common.conns as u64;
+    let ready = || {
+        let settled = shared.failed.load(Ordering::Relaxed) + shared.closed.load(Ordering::Relaxed);
+        let up = if s.kind.joins() { &shared.joined } else { &shared.connected };
+        up.load(Ordering::Relaxed) + settled >= want || clients.check().is_err()
+    };
+    wait_until(progress, Duration::from_secs_f64(s.common.connect_timeout), ready);
+    clients.check()
+}
+
+/// The measured period: deliveries, time and CPU when it began.
+struct Window {
+    deliveries_before: u64,
+    started: Instant,
+    server_cpu_before: Option<f64>,
+    loadgen_cpu_before: Option<f64>,
+}
+
+impl Window {
+    /// The period begins now.
+    fn open(s: &Settings, clients: &Clients, shared: &Shared) -> Self {
+        Self {
+            deliveries_before: shared.deliveries.load(Ordering::Relaxed),
+            started: Instant::now(),
+            server_cpu_before: s.common.server_pid.and_then(server::cpu_seconds),
+            loadgen_cpu_before: clients.cpu_seconds(),
+        }
+    }
+
+    /// Record the CPU both sides used in the period; returns its length in seconds.
+    fn close(self, s: &Settings, clients: &Clients, report: &mut Report) -> f64 {
+        let active = self.started.elapsed().as_secs_f64();
+        if let (Some(before), Some(after)) = (self.loadgen_cpu_before, clients.cpu_seconds()) {
+            report.loadgen_cpu_seconds = after - before;
+        }
+        if let (Some(pid), Some(before)) = (s.common.server_pid, self.server_cpu_before) {
+            report.server_cpu_seconds = server::cpu_seconds(pid).map(|after| after - before);
+        }
+        active
+    }
+}
+
+/// The scenario itself.
+fn drive(
+    s: &Settings,
+    clients: &mut Clients,
+    shared: &Shared,
+    progress: &mut Progress<'_>,
+    report: &mut Report,
+    baseline: &Baseline,
+    deliveries_before: u64,
+) -> anyhow::Result<Sent> {
+    match s.kind {
+        Kind::Fanout => fanout(s, shared, progress, report, deliveries_before),
+        Kind::Comments => comments(s, clients, shared, progress),
+        Kind::Churn => churn(s, clients, shared, progress, report, deliveries_before),
+        Kind::Idle => {
+            let pid = s.common.server_pid;
+            report.server_rss_kib = pid.and_then(|pid| Some((baseline.rss_kib?, server::rss_kib(pid)?)));
+            wait_until(progress, Duration::from_secs_f64(s.hold_seconds), || false);
+            Ok(Sent::default())
+        }
+        Kind::Storm => Ok(Sent::default()),
+    }
+}
+
+/// Publish, then wait until every member of every room has every event (or `--drain`).
+fn fanout(
+    s: &Settings,
+    shared: &Shared,
+    progress: &mut Progress<'_>,
+    report: &mut Report,
+    deliveries_before: u64,
+) -> anyhow::Result<Sent> {
+    let sent = publish(s, shared, progress, report)?;
+    // Connections that never joined expect nothing.
+    let want = s.common.conns as u64;
+    report.expected = report.expected * shared.joined.load(Ordering::Relaxed) / want.max(1);
+    let expected = report.expected + deliveries_before;
+    wait_until(progress, Duration::from_secs_f64(s.drain), || shared.deliveries.load(Ordering::Relaxed) >= expected);
+    Ok(sent)
+}
+
+/// Comment for `--duration`, then wait until every comment is acked and delivered (or
+/// `--drain`).
+fn comments(s: &Settings, clients: &mut Clients, shared: &Shared, progress: &mut Progress<'_>) -> anyhow::Result<Sent> {
+    let Some(pace) = &s.comments else { return Ok(Sent::default()) };
+    clients.start_comments()?;
+    wait_until(progress, Duration::from_secs_f64(pace.duration), || false);
+    // Every comment acked and, when rooms are equal, delivered to every member of its room
+    // (the ack can reach the sender before the comment reaches the others).
+    let per_room = members_per_room(s);
+    wait_until(progress, Duration::from_secs_f64(s.drain), || {
+        let sent = shared.comments.load(Ordering::Relaxed);
+        shared.acks.load(Ordering::Relaxed) >= sent
+            && per_room.is_none_or(|n| shared.deliveries.load(Ordering::Relaxed) >= sent * n)
+    });
+    let lateness = Lateness {
+        tolerance: Duration::from_secs_f64(pace.lag_tolerance_ms / 1000.0),
+        sent: shared.comments.load(Ordering::Relaxed),
+        late: shared.late_comments.load(Ordering::Relaxed),
+        max: Duration::from_nanos(shared.send_lag_ns.load(Ordering::Relaxed)),
+    };
+    Ok(Sent { last_seq: Vec::new(), lateness: Some(lateness), sender: "comment sender" })
+}
+
+/// Publish while viewers churn, then stop churning and wait until every rejoin is answered and
+/// every event delivered (or `--drain`).
+fn churn(
+    s: &Settings,
+    clients: &mut Clients,
+    shared: &Shared,
+    progress: &mut Progress<'_>,
+    report: &mut Report,
+    deliveries_before: u64,
+) -> anyhow::Result<Sent> {
+    let mut sent = Sent::default();
+    match &s.publish {
+        // Every viewer joined before publishing and rejoins with `since`, so each must end up
+        // with every event of its room: the expected count stands as it is.
+        Some(p) if p.rate > 0.0 => sent = publish(s, shared, progress, report)?,
+        Some(p) => {
+            wait_until(progress, Duration::from_secs_f64(p.duration), || false);
+        }
+        None => {}
+    }
+    // Stop churning, then let rejoins in flight and the last events arrive before counting: a
+    // stream cut short by this tool is not a loss by the server.
+    clients.quiesce()?;
+    let expected = report.expected + deliveries_before;
+    wait_until(progress, Duration::from_secs_f64(s.drain), || {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        load(&shared.recovered) + load(&shared.recovery_failed) >= load(&shared.reconnects)
+            && load(&shared.deliveries) >= expected
+    });
+    Ok(sent)
+}
+
+/// Members of each room when every room has as many (connection i is in room i mod rooms).
+fn members_per_room(s: &Settings) -> Option<u64> {
+    (s.common.conns % s.rooms == 0).then(|| (s.common.conns / s.rooms) as u64)
+}
+
+/// Publish on the timetable and put it in `report`: messages published and the deliveries
+/// expected if every planned connection is a member.
+fn publish(s: &Settings, shared: &Shared, progress: &mut Progress<'_>, report: &mut Report) -> anyhow::Result<Sent> {
+    let Some(p) = &s.publish else { return Ok(Sent::default()) };
+    let plan = publisher::Plan {
+        ingest: p.ingest.clone(),
+        token: p.ingest_token.clone(),
+        rooms: s.rooms,
+        room_prefix: s.room_prefix.clone(),
+        rate: p.rate,
+        duration: Duration::from_secs_f64(p.duration),
+        payload: p.payload,
+        lag_tolerance: Duration::from_secs_f64(p.lag_tolerance_ms / 1000.0),
+    };
+    let published = Publisher::connect(plan)?.run(progress)?;
+    shared.errors.fetch_add(published.errors, Ordering::Relaxed);
+    report.published = published.per_room.iter().sum();
+    let members = |r: usize| (0..s.common.conns).filter(|i| i % s.rooms == r).count() as u64;
+    report.expected = published.per_room.iter().enumerate().map(|(r, n)| n * members(r)).sum();
+    Ok(Sent { last_seq: published.last_seq, lateness: Some(published.lateness), sender: "publisher" })
+}
+
+/// The clients' totals and counters.
+fn record_totals(s: &Settings, report: &mut Report, totals: &Totals, shared: &Shared, active: f64) {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    report.delivered = totals.delivered;
+    report.duplicated = totals.duplicated;
+    report.reordered = totals.reordered;
+    report.lost = totals.lost;
+    report.loadgen_processes = totals.processes;
+    report.reconnects = load(&shared.reconnects);
+    report.recovered = load(&shared.recovered);
+    report.recovery_failed = load(&shared.recovery_failed);
+    report.presence_messages = load(&shared.presence);
+    let conns = s.common.conns.max(1) as f64;
+    report.presence_per_member_per_sec = report.presence_messages as f64 / (conns * active.max(1e-6));
+    report.connected = load(&shared.connected);
+    report.joined = load(&shared.joined);
+    report.failed = load(&shared.failed);
+    report.closed_by_server = load(&shared.closed);
+    report.errors = load(&shared.errors);
+    let mut codes: Vec<_> = totals.close_codes.iter().collect();
+    codes.sort();
+    report.close_codes = codes.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+    if !totals.connect_time.is_zero() {
+        report.connect_seconds = totals.connect_time.as_secs_f64();
+    }
+    report.connects_per_sec = report.connected as f64 / report.connect_seconds.max(1e-6);
+    report.latency = Percentiles::of(&totals.latency);
+    report.connect_latency = Percentiles::of(&totals.connect_latency);
+    report.upgrade_latency = Percentiles::of(&totals.upgrade_latency);
+    if s.kind == Kind::Comments {
+        report.published = totals.comments_sent;
+        if let Some(n) = members_per_room(s) {
+            // Every comment reaches every member of its room, the sender included.
+            report.expected = totals.comments_sent * n;
+        }
+        report.ack_latency = Some(Percentiles::of(&totals.ack_latency));
+    }
+    report.deliveries_per_sec = report.delivered as f64 / active.max(1e-6);
+    if let Some(cpu) = report.server_cpu_seconds {
+        report.deliveries_per_server_cpu_sec = Some(report.delivered as f64 / cpu.max(0.01));
+    }
+}
+
+/// How late the sender was, and a note when a few messages were.
+fn record_sending(report: &mut Report, sent: &Sent) {
+    let Some(l) = sent.lateness else { return };
+    report.publisher_max_lag_ms = l.max.as_secs_f64() * 1000.0;
+    report.late_messages = l.late;
+    report.lag_tolerance_ms = l.tolerance.as_secs_f64() * 1000.0;
+    report.warnings.extend(l.note(sent.sender));
+}
+
+/// The server's RSS per connection, from its RSS before this run's connections; with a
+/// warning when it already held others then.
+fn record_memory(s: &Settings, report: &mut Report, baseline: &Baseline) {
+    let Some(pid) = s.common.server_pid else { return };
+    if report.server_rss_kib.is_none() {
+        report.server_rss_kib = baseline.rss_kib.zip(server::rss_kib(pid));
+    }
+    let Some((before, after)) = report.server_rss_kib else { return };
+    let ours = report.joined.max(report.connected).max(1);
+    report.server_rss_per_conn = Some((after.saturating_sub(before) * 1024) as f64 / ours as f64);
+    match baseline.connections {
+        Some(0) => {}
+        Some(n) => report.warnings.push(format!(
+            "the server already held {n} connections before this run opened its own: the RSS per connection \
+             is measured from an RSS that held them (and memory they freed is reused), so it is likely too low; \
+             measure against a fresh server"
+        )),
+        None => report.warnings.push(format!(
+            "could not read the server's connections from /proc/{pid}/fd: the RSS per connection assumes it held none"
+        )),
+    }
+}
+
+/// `--json`, `--hgrm`, `--svg`: storm and idle chart connect and upgrade latency (their
+/// `.hgrm` is the upgrade latency), the others delivery latency.
+fn write_outputs(s: &Settings, report: &Report, totals: &Totals) -> anyhow::Result<()> {
+    let c = &s.common;
+    let opens = matches!(s.kind, Kind::Storm | Kind::Idle);
+    if let Some(path) = &c.json {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &c.hgrm {
+        let h = if opens { &totals.upgrade_latency } else { &totals.latency };
+        std::fs::write(path, hgrm::hgrm(h)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &c.svg {
+        let mut series = Vec::new();
+        if opens {
+            series.push(("connect (TCP)", &totals.connect_latency));
+            series.push(("upgrade (connect to 101)", &totals.upgrade_latency));
+        } else {
+            series.push(("delivery", &totals.latency));
+        }
+        if s.kind == Kind::Comments {
+            series.push(("ack", &totals.ack_latency));
+        }
+        let rate = s.publish.as_ref().map(|p| p.rate).or(s.comments.as_ref().map(|p| p.rate));
+        let title = match rate {
+            Some(rate) => format!("roomcast {}: {} conns, {} rooms, {rate}/s", s.kind.name(), c.conns, s.rooms),
+            None => format!("roomcast {}: {} conns", s.kind.name(), c.conns),
+        };
+        std::fs::write(path, report::svg(&series, &title)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

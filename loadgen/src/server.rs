@@ -1,0 +1,89 @@
+//! The server process as this machine shows it (`--server-pid`): its CPU time, its resident
+//! memory and the TCP connections it holds, read from `/proc`. Reading `/proc` is cheap and
+//! needs no cooperation from the server; a value that cannot be read is `None`, never a guess.
+//!
+//! It must never signal or otherwise touch the server.
+
+use std::collections::HashSet;
+
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU seconds (user + system) process `pid` has used.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / TICKS_PER_SECOND)
+}
+
+/// Resident memory of process `pid`, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Established TCP connections process `pid` holds: its socket descriptors whose inode is an
+/// established connection in `/proc/PID/net/tcp{,6}` (listeners and other sockets are not
+/// counted).
+pub fn established_connections(pid: u32) -> Option<u64> {
+    let mut inodes = HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        let Ok(link) = entry.and_then(|e| std::fs::read_link(e.path())) else { continue };
+        let link = link.to_string_lossy();
+        if let Some(inode) = link.strip_prefix("socket:[").and_then(|l| l.strip_suffix(']')) {
+            inodes.insert(inode.to_owned());
+        }
+    }
+    let mut count = 0;
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
+        count += established_in(&text, &inodes);
+    }
+    Some(count)
+}
+
+/// TCP state `01` in `/proc/net/tcp` (include/net/tcp_states.h: `TCP_ESTABLISHED = 1`).
+const TCP_ESTABLISHED: &str = "01";
+
+/// Rows of a `/proc/net/tcp` table in state ESTABLISHED whose inode is in `inodes`.
+fn established_in(table: &str, inodes: &HashSet<String>) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter(|row| {
+            let fields: Vec<&str> = row.split_whitespace().collect();
+            fields.get(3) == Some(&TCP_ESTABLISHED) && fields.get(9).is_some_and(|inode| inodes.contains(*inode))
+        })
+        .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_established_rows_of_the_process_count() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:A000 01 00000000:00000000 00:00000000 00000000     0        0 1002 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:1F90 0100007F:A001 01 00000000:00000000 00:00000000 00000000     0        0 1003 1 0000000000000000 20 4 30 10 -1
+   3: 0100007F:A002 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 1004 1 0000000000000000 20 4 30 10 -1";
+        let mine: HashSet<String> = ["1001", "1002", "1003"].map(String::from).into();
+        assert_eq!(established_in(table, &mine), 2, "the listener (0A) and another process's socket do not count");
+    }
+
+    #[test]
+    fn this_process_is_readable() {
+        let me = std::process::id();
+        assert!(rss_kib(me).is_some_and(|kib| kib > 0));
+        assert!(cpu_seconds(me).is_some());
+        let before = established_connections(me).expect("own /proc is readable");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let _server = listener.accept().expect("accept");
+        assert_eq!(established_connections(me), Some(before + 2), "both ends are this process's");
+    }
+}

@@ -1,0 +1,312 @@
+//! The batching window: when a home room's frames leave for its members.
+//!
+//! A room's frames collect in its batch as they are sequenced. At the end of a loop turn a
+//! room's batch goes out as one buffer of consecutive frames (one write per member), unless
+//! the room already sent a batch less than `window_ms` ago: then it is held until the window
+//! ends (DESIGN.md, "hot live room"), so a busy room costs each member one write per window,
+//! while a quiet room's message is never delayed. A batch also goes out at once, whatever the
+//! window, when it reaches [`MAX_BATCH_BYTES`] (it is one buffer in every member's queue and
+//! must stay small next to the outbound budget) and when the shard takes it because a member
+//! joins (a newcomer must start after everything sequenced before its `joined`), the room
+//! closes, or its presence is announced.
+//!
+//! All state of the window is here, keyed by the room's key in the shard's home slab: each
+//! room's frames and last send time, the rooms with fresh frames this turn, and the rooms held
+//! by their window with the earliest time one of them is due, so a turn never walks every busy
+//! room. Time is a parameter; nothing here reads a clock or knows what a member is.
+
+use bytes::{Bytes, BytesMut};
+
+/// Largest batch of consecutive frames sent as one buffer.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// One room's batch.
+#[derive(Debug, Default)]
+struct Slot {
+    frames: Vec<Bytes>,
+    bytes: usize,
+    /// When the room last sent a batch (`None`: never), for the window.
+    last_sent_ms: Option<u64>,
+    /// On `fresh` or `held`.
+    listed: bool,
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    window_ms: u64,
+    slots: Vec<Slot>,
+    /// Rooms whose batch got its first frame since it was last listed.
+    fresh: Vec<usize>,
+    /// Rooms whose batch the window holds.
+    held: Vec<usize>,
+    /// A spare list, so a turn allocates nothing while it sorts the two above.
+    spare: Vec<usize>,
+    /// When the earliest room in `held` is due (`u64::MAX`: none).
+    held_due_ms: u64,
+}
+
+impl Batcher {
+    /// A batcher with a window of `window_ms` (0: every batch goes at the end of its turn).
+    pub(crate) fn new(window_ms: u64) -> Self {
+        Self {
+            window_ms,
+            slots: Vec::new(),
+            fresh: Vec::new(),
+            held: Vec::new(),
+            spare: Vec::new(),
+            held_due_ms: u64::MAX,
+        }
+    }
+
+    fn slot(&mut self, room: usize) -> &mut Slot {
+        if room >= self.slots.len() {
+            self.slots.resize_with(room + 1, Slot::default);
+        }
+        &mut self.slots[room]
+    }
+
+    /// Add a sequenced frame to `room`'s batch. Returns the batch when it is full: the caller
+    /// sends it now.
+    #[must_use]
+    pub(crate) fn push(&mut self, room: usize, frame: Bytes, now_ms: u64) -> Option<Bytes> {
+        let slot = self.slot(room);
+        slot.bytes += frame.len();
+        slot.frames.push(frame);
+        let full = slot.bytes >= MAX_BATCH_BYTES;
+        if !std::mem::replace(&mut slot.listed, true) {
+            self.fresh.push(room);
+        }
+        if full {
+            return self.take(room, now_ms);
+        }
+        None
+    }
+
+    /// Take `room`'s batch now, whatever the window; `None` when nothing waits. Taking
+    /// something starts the room's next window.
+    #[must_use]
+    pub(crate) fn take(&mut self, room: usize, now_ms: u64) -> Option<Bytes> {
+        let slot = self.slots.get_mut(room)?;
+        slot.bytes = 0;
+        let batch = match slot.frames.len() {
+            0 => return None,
+            1 => slot.frames.pop(),
+            _ => {
+                let len = slot.frames.iter().map(Bytes::len).sum();
+                let mut buf = BytesMut::with_capacity(len);
+                for frame in slot.frames.drain(..) {
+                    buf.extend_from_slice(&frame);
+                }
+                Some(buf.freeze())
+            }
+        };
+        slot.last_sent_ms = Some(now_ms);
+        batch
+    }
+
+    /// Whether frames wait in `room`'s batch.
+    pub(crate) fn has_batch(&self, room: usize) -> bool {
+        self.slots.get(room).is_some_and(|s| !s.frames.is_empty())
+    }
+
+    /// The end of a turn at `now_ms`: every listed room whose window allows it gives its batch
+    /// into `out` (room, batch); the rest are held until their window ends.
+    pub(crate) fn poll_due(&mut self, now_ms: u64, out: &mut Vec<(usize, Bytes)>) {
+        let fresh = std::mem::replace(&mut self.fresh, std::mem::take(&mut self.spare));
+        self.send_or_hold(fresh, now_ms, out);
+        if now_ms >= self.held_due_ms {
+            self.held_due_ms = u64::MAX;
+            let due = std::mem::replace(&mut self.held, std::mem::take(&mut self.spare));
+            self.send_or_hold(due, now_ms, out);
+        }
+    }
+
+    /// Send each listed room's batch, or hold it while its window lasts. `rooms` is emptied
+    /// and kept as the spare list.
+    fn send_or_hold(&mut self, mut rooms: Vec<usize>, now_ms: u64, out: &mut Vec<(usize, Bytes)>) {
+        let window = self.window_ms;
+        for room in rooms.drain(..) {
+            let Some(slot) = self.slots.get_mut(room) else { continue };
+            let due = slot.last_sent_ms.map_or(0, |at| at.saturating_add(window));
+            if window > 0 && due > now_ms && !slot.frames.is_empty() {
+                self.held_due_ms = self.held_due_ms.min(due);
+                self.held.push(room);
+                continue;
+            }
+            slot.listed = false;
+            if let Some(batch) = self.take(room, now_ms) {
+                out.push((room, batch));
+            }
+        }
+        self.spare = rooms;
+    }
+
+    /// When [`Batcher::poll_due`] next has work to do because a held window ends.
+    pub(crate) fn next_due_ms(&self) -> Option<u64> {
+        (self.held_due_ms != u64::MAX).then_some(self.held_due_ms)
+    }
+
+    /// Every waiting batch, now (shutdown: they go out before the close frames).
+    pub(crate) fn take_all(&mut self, now_ms: u64, out: &mut Vec<(usize, Bytes)>) {
+        let mut listed = std::mem::take(&mut self.fresh);
+        listed.append(&mut self.held);
+        self.held_due_ms = u64::MAX;
+        for room in listed {
+            if let Some(slot) = self.slots.get_mut(room) {
+                slot.listed = false;
+            }
+            if let Some(batch) = self.take(room, now_ms) {
+                out.push((room, batch));
+            }
+        }
+    }
+
+    /// `room` was freed (its key may be reused by a new room): forget its slot and take it off
+    /// the lists. Its batch must have been taken first.
+    pub(crate) fn forget(&mut self, room: usize) {
+        if let Some(slot) = self.slots.get_mut(room) {
+            debug_assert!(slot.frames.is_empty(), "a freed room's batch was not sent");
+            *slot = Slot::default();
+            self.fresh.retain(|r| *r != room);
+            self.held.retain(|r| *r != room);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame(n: u32) -> Bytes {
+        Bytes::copy_from_slice(&n.to_be_bytes())
+    }
+
+    fn numbers(batch: &Bytes) -> Vec<u32> {
+        batch.chunks(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+
+    #[test]
+    fn a_quiet_room_goes_at_the_end_of_the_turn_and_a_busy_one_waits_for_its_window() {
+        let mut b = Batcher::new(10);
+        let mut out = Vec::new();
+        assert!(b.push(0, frame(1), 100).is_none());
+        b.poll_due(100, &mut out);
+        assert_eq!(out.iter().map(|(r, f)| (*r, numbers(f))).collect::<Vec<_>>(), [(0, vec![1])]);
+        out.clear();
+        assert!(b.push(0, frame(2), 103).is_none());
+        assert!(b.push(0, frame(3), 104).is_none());
+        b.poll_due(104, &mut out);
+        assert!(out.is_empty(), "held by the window");
+        assert_eq!(b.next_due_ms(), Some(110));
+        b.poll_due(109, &mut out);
+        assert!(out.is_empty());
+        b.poll_due(110, &mut out);
+        assert_eq!(out.iter().map(|(r, f)| (*r, numbers(f))).collect::<Vec<_>>(), [(0, vec![2, 3])]);
+        assert_eq!(b.next_due_ms(), None);
+    }
+
+    #[test]
+    fn a_full_batch_goes_at_once() {
+        let mut b = Batcher::new(1_000);
+        let big = Bytes::from(vec![0u8; MAX_BATCH_BYTES / 2]);
+        assert!(b.push(3, big.clone(), 0).is_none());
+        assert_eq!(b.push(3, big, 0).map(|f| f.len()), Some(MAX_BATCH_BYTES));
+        assert!(!b.has_batch(3));
+    }
+
+    #[test]
+    fn a_forgotten_room_leaves_no_trace_for_the_next_room_on_its_key() {
+        let mut b = Batcher::new(10);
+        let mut out = Vec::new();
+        assert!(b.push(1, frame(1), 0).is_none());
+        b.poll_due(0, &mut out);
+        assert!(b.push(1, frame(2), 1).is_none());
+        b.poll_due(1, &mut out);
+        let _ = b.take(1, 1);
+        b.forget(1);
+        out.clear();
+        assert!(b.push(1, frame(9), 2).is_none());
+        b.poll_due(2, &mut out);
+        assert_eq!(out.len(), 1, "a new room has no window to wait for");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push { room: usize },
+        Take { room: usize },
+        Turn,
+        Advance { ms: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0usize..3).prop_map(|room| Op::Push { room }),
+            1 => (0usize..3).prop_map(|room| Op::Take { room }),
+            3 => Just(Op::Turn),
+            2 => (1u64..8).prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    proptest! {
+        /// Against a model: every frame is sent exactly once, in order per room; a batch sent
+        /// at the end of a turn is never early (its room's previous send was at least a window
+        /// before) and never late (at a turn where the window allows it, nothing stays
+        /// behind); a taken batch holds everything pushed before it (what a join needs); the
+        /// worker is told when to wake for a held room.
+        #[test]
+        fn never_early_never_late_each_frame_once_in_order(window in 0u64..12, ops in proptest::collection::vec(op(), 1..200)) {
+            let mut b = Batcher::new(window);
+            let mut now = 0u64;
+            let mut next = 0u32;
+            let mut pushed: Vec<Vec<u32>> = vec![Vec::new(); 3];
+            let mut sent: Vec<Vec<u32>> = vec![Vec::new(); 3];
+            let mut last_sent: Vec<Option<u64>> = vec![None; 3];
+            let mut out = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Push { room } => {
+                        next += 1;
+                        pushed[room].push(next);
+                        if let Some(batch) = b.push(room, frame(next), now) {
+                            sent[room].extend(numbers(&batch));
+                            last_sent[room] = Some(now);
+                        }
+                    }
+                    Op::Take { room } => {
+                        if let Some(batch) = b.take(room, now) {
+                            sent[room].extend(numbers(&batch));
+                            last_sent[room] = Some(now);
+                        }
+                        prop_assert_eq!(&sent[room], &pushed[room], "a take holds everything pushed before it");
+                    }
+                    Op::Turn => {
+                        out.clear();
+                        b.poll_due(now, &mut out);
+                        for (room, batch) in &out {
+                            if let Some(at) = last_sent[*room] {
+                                prop_assert!(window == 0 || now >= at + window, "early: room {} sent at {} and {}", room, at, now);
+                            }
+                            sent[*room].extend(numbers(batch));
+                            last_sent[*room] = Some(now);
+                        }
+                        for room in 0..3 {
+                            let allowed = last_sent[room].is_none_or(|at| window == 0 || now >= at + window);
+                            if allowed {
+                                prop_assert_eq!(&sent[room], &pushed[room], "late: room {} at {}", room, now);
+                            } else if sent[room] != pushed[room] {
+                                let due = b.next_due_ms();
+                                prop_assert!(due.is_some_and(|d| d <= last_sent[room].unwrap_or(0) + window), "no wake-up for room {}", room);
+                            }
+                        }
+                    }
+                    Op::Advance { ms } => now += ms,
+                }
+                for room in 0..3 {
+                    prop_assert!(pushed[room].starts_with(&sent[room]), "order or duplicate in room {}", room);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The rooms this worker is home to: creating them, sequencing their messages, sending their
+//! frames to the workers with members, announcing presence, and freeing the quiet ones.
+//!
+//! Rooms live in a slab so the per-turn and per-tick lists name them by key: a tick walks only
+//! the rooms that changed, without hashing a name or chasing a string. The lists are the
+//! shard's, not the room's: the [`Batcher`] decides when a room's frames leave; `announce`
+//! holds the rooms whose presence or reactions changed since the last tick; `empty` the rooms
+//! that are candidates for eviction. A key is reused after its room is freed; freeing takes
+//! the key off every list, so no list acts for a room it was not filled by.
+//!
+//! Every frame a home sends goes out through one function, [`Homes::send`]: one `Deliver` mail
+//! per worker with members (a refcount of the same [`Bytes`], never a copy).
+
+use super::batcher::Batcher;
+use super::mail::{Mail, Origin, Router};
+use super::ShardConfig;
+use crate::ids::{RoomName, WorkerId};
+use crate::room::{HomeRoom, Message, Recorded, RoomLimits};
+use bytes::{Bytes, BytesMut};
+use slab::Slab;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A homed room with the shard's bookkeeping about it.
+#[derive(Debug)]
+struct HomeEntry {
+    room: HomeRoom,
+    /// On `announce` for the next tick.
+    announce_queued: bool,
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub(crate) struct Homes {
+    me: WorkerId,
+    workers: usize,
+    limits: RoomLimits,
+    epoch_seed: u64,
+    next_epoch: u64,
+    rooms: Slab<HomeEntry>,
+    keys: HashMap<RoomName, usize>,
+    batcher: Batcher,
+    /// Batches the batcher let go this turn (kept to reuse its buffer).
+    due: Vec<(usize, Bytes)>,
+    announce: Vec<usize>,
+    empty: Vec<usize>,
+    interval_ms: u64,
+    idle_ms: u64,
+    next_tick_ms: u64,
+}
+
+impl Homes {
+    /// No rooms yet.
+    pub(crate) fn new(me: WorkerId, cfg: &ShardConfig) -> Self {
+        Self {
+            me,
+            workers: cfg.workers,
+            limits: cfg.room_limits,
+            epoch_seed: cfg.epoch_seed,
+            next_epoch: 0,
+            rooms: Slab::new(),
+            keys: HashMap::new(),
+            batcher: Batcher::new(cfg.batch_window_ms),
+            due: Vec::new(),
+            announce: Vec::new(),
+            empty: Vec::new(),
+            interval_ms: cfg.presence_interval_ms,
+            idle_ms: cfg.room_idle_ms,
+            next_tick_ms: 0,
+        }
+    }
+
+    /// The homed room `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&HomeRoom> {
+        self.keys.get(name).and_then(|key| self.rooms.get(*key)).map(|e| &e.room)
+    }
+
+    /// Rooms homed here.
+    pub(crate) fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The key of `name`, created when it is new.
+    fn key(&mut self, name: &RoomName, now_ms: u64) -> usize {
+        if let Some(key) = self.keys.get(&**name) {
+            return *key;
+        }
+        self.next_epoch += 1;
+        // A new epoch for every room created in this process: a re-created room never shares
+        // an epoch with its former self, and the seed differs between runs.
+        let epoch = self.epoch_seed ^ ((self.next_epoch << 8) | u64::from(self.me.0));
+        let room = HomeRoom::new(name.clone(), epoch, self.workers, self.limits, now_ms);
+        let key = self.rooms.insert(HomeEntry { room, announce_queued: false });
+        self.keys.insert(name.clone(), key);
+        // A room starts without members: if none come it is an eviction candidate.
+        self.empty.push(key);
+        key
+    }
+
+    /// Send `frames` of the room under `key` to every worker with members.
+    fn send(&self, key: usize, frames: &Bytes, router: &mut Router) {
+        let Some(entry) = self.rooms.get(key) else { return };
+        for worker in entry.room.subscribers() {
+            router.post(worker, Mail::Deliver { room: entry.room.name().clone(), frames: frames.clone() });
+        }
+    }
+
+    /// Send the room's batch now, whatever the window.
+    fn flush(&mut self, key: usize, now_ms: u64, router: &mut Router) {
+        if let Some(batch) = self.batcher.take(key, now_ms) {
+            self.send(key, &batch, router);
+        }
+    }
+
+    /// Sequence `message` in room `name` (created when new): the one path of every sequenced
+    /// message. Its frame joins the room's batch (sent at once when the batch is full).
+    pub(crate) fn sequence(
+        &mut self,
+        name: &RoomName,
+        message: Message<'_>,
+        now_ms: u64,
+        router: &mut Router,
+    ) -> Recorded {
+        let key = self.key(name, now_ms);
+        let recorded = self.rooms[key].room.sequence(message, now_ms);
+        if let Some(full) = self.batcher.push(key, recorded.frame.clone(), now_ms) {
+            self.send(key, &full, router);
+        }
+        recorded
+    }
+
+    /// Send the batch of `name` now, whatever the window: after a comment, so that the
+    /// commenter's `ack` (sent next, on the same mailboxes) follows the comment's event.
+    pub(crate) fn flush_now(&mut self, name: &str, now_ms: u64, router: &mut Router) {
+        if let Some(&key) = self.keys.get(name) {
+            self.flush(key, now_ms, router);
+        }
+    }
+
+    /// A member of worker `from.worker` joins `name`: everything sequenced before goes out
+    /// first, then the home's answer goes back to the member's worker on the same mailbox.
+    pub(crate) fn join(&mut self, name: RoomName, join: JoinRequest, now_ms: u64, router: &mut Router) {
+        let key = self.key(&name, now_ms);
+        self.flush(key, now_ms, router);
+        let since = join.since.as_ref().map(|(s, e)| (*s, &**e));
+        let reply = self.rooms[key].room.join(join.from.worker, (&join.user, &join.name), since, now_ms);
+        self.queue_announce(key);
+        router.post(join.from.worker, Mail::Joined { room: name, to: join.from, join_id: join.join_id, reply });
+    }
+
+    /// A member of `worker` left `name`.
+    pub(crate) fn leave(&mut self, name: &str, worker: WorkerId, viewer: (&str, &Arc<str>), now_ms: u64) {
+        let Some(&key) = self.keys.get(name) else { return };
+        let room = &mut self.rooms[key].room;
+        room.leave(worker, viewer, now_ms);
+        if room.is_empty() {
+            self.empty.push(key);
+        }
+        self.queue_announce(key);
+    }
+
+    /// A reaction in `name`, counted for the interval.
+    pub(crate) fn react(&mut self, name: &str, kind: &str) {
+        let Some(&key) = self.keys.get(name) else { return };
+        self.rooms[key].room.react(kind);
+        self.queue_announce(key);
+    }
+
+    /// Close `name`: what it sequenced goes out, then every worker with members is told and
+    /// the room is freed. False when no such room is homed here.
+    pub(crate) fn close(&mut self, name: &str, now_ms: u64, router: &mut Router) -> bool {
+        let Some(&key) = self.keys.get(name) else { return false };
+        self.flush(key, now_ms, router);
+        let Some(entry) = self.remove(key) else { return false };
+        for worker in entry.room.subscribers() {
+            router.post(worker, Mail::RoomClosed { room: entry.room.name().clone() });
+        }
+        true
+    }
+
+    fn queue_announce(&mut self, key: usize) {
+        let Some(entry) = self.rooms.get_mut(key) else { return };
+        if entry.room.has_announcement() && !entry.announce_queued {
+            entry.announce_queued = true;
+            self.announce.push(key);
+        }
+    }
+
+    fn remove(&mut self, key: usize) -> Option<HomeEntry> {
+        let entry = self.rooms.try_remove(key)?;
+        self.keys.remove(&**entry.room.name());
+        self.batcher.forget(key);
+        self.announce.retain(|k| *k != key);
+        self.empty.retain(|k| *k != key);
+        Some(entry)
+    }
+
+    /// When [`Homes::tick`] is next due.
+    pub(crate) fn next_tick_ms(&self) -> u64 {
+        self.next_tick_ms
+    }
+
+    /// When this part next has work: the tick, or a batch held by its window.
+    pub(crate) fn next_wake_ms(&self) -> u64 {
+        self.batcher.next_due_ms().map_or(self.next_tick_ms, |due| due.min(self.next_tick_ms))
+    }
+
+    /// The end of a presence interval: announce presence and reactions of the rooms that
+    /// changed (at most one message of each per room per interval) and free rooms that have
+    /// been empty and quiet for the idle time. Cost is proportional to the rooms that changed
+    /// or emptied, never to all rooms. Calling it early does nothing.
+    pub(crate) fn tick(&mut self, now_ms: u64, router: &mut Router) {
+        if now_ms < self.next_tick_ms {
+            return;
+        }
+        self.next_tick_ms = now_ms + self.interval_ms;
+        let mut announce = std::mem::take(&mut self.announce);
+        for key in announce.drain(..) {
+            let Some(entry) = self.rooms.get_mut(key) else { continue };
+            entry.announce_queued = false;
+            let (presence, reactions) = (entry.room.take_presence(), entry.room.take_reactions());
+            if presence.is_none() && reactions.is_none() {
+                continue;
+            }
+            // Frames sequenced earlier in this turn go first, in the same buffer: one message
+            // per worker per room per interval.
+            let frames = concat_frames([self.batcher.take(key, now_ms), presence, reactions]);
+            self.send(key, &frames, router);
+        }
+        self.announce = announce;
+        let mut empty = std::mem::take(&mut self.empty);
+        let mut keep = Vec::new();
+        for key in empty.drain(..) {
+            let Some(entry) = self.rooms.get(key) else { continue };
+            if !entry.room.is_empty() {
+                continue;
+            }
+            if entry.room.last_active_ms() + self.idle_ms <= now_ms && !self.batcher.has_batch(key) {
+                self.remove(key);
+            } else {
+                keep.push(key);
+            }
+        }
+        keep.append(&mut self.empty);
+        self.empty = keep;
+    }
+
+    /// The end of a loop turn: send the batches the window lets go.
+    pub(crate) fn end_turn(&mut self, now_ms: u64, router: &mut Router) {
+        let mut due = std::mem::take(&mut self.due);
+        self.batcher.poll_due(now_ms, &mut due);
+        for (key, batch) in due.drain(..) {
+            self.send(key, &batch, router);
+        }
+        self.due = due;
+    }
+
+    /// Send every waiting batch now (shutdown).
+    pub(crate) fn flush_all(&mut self, now_ms: u64, router: &mut Router) {
+        let mut due = std::mem::take(&mut self.due);
+        self.batcher.take_all(now_ms, &mut due);
+        for (key, batch) in due.drain(..) {
+            self.send(key, &batch, router);
+        }
+        self.due = due;
+    }
+}
+
+/// What a `join` carries to the home.
+#[derive(Debug)]
+pub(crate) struct JoinRequest {
+    /// Who joins.
+    pub(crate) from: Origin,
+    /// The session's id for this join.
+    pub(crate) join_id: u32,
+    /// The viewer's user id.
+    pub(crate) user: Arc<str>,
+    /// The viewer's display name.
+    pub(crate) name: Arc<str>,
+    /// Recovery position: last seq seen and its epoch.
+    pub(crate) since: Option<(u64, Box<str>)>,
+}
+
+/// The present frames as one buffer (no copy when there is only one).
+fn concat_frames<const N: usize>(frames: [Option<Bytes>; N]) -> Bytes {
+    let mut present = frames.into_iter().flatten();
+    let Some(first) = present.next() else { return Bytes::new() };
+    let Some(second) = present.next() else { return first };
+    let mut buf = BytesMut::with_capacity(first.len() + second.len() + 256);
+    buf.extend_from_slice(&first);
+    buf.extend_from_slice(&second);
+    for more in present {
+        buf.extend_from_slice(&more);
+    }
+    buf.freeze()
+}

@@ -1,0 +1,352 @@
+//! An upstream service's connection to the ingest protocol, without its transport.
+//!
+//! An [`Upstream`] turns the bytes an upstream sends (NDJSON commands, PROTOCOL.md "Ingest
+//! socket") into mail for the rooms' homes, and the homes' answers into reply lines in command
+//! order. It owns every rule of the protocol: the line limit (a longer line closes the
+//! connection after its error), `auth` first when tokens are configured (a failed `auth`
+//! closes it), `hello` and `"ack":false`, room validation, the kick fan-out to every worker,
+//! and pausing: a connection whose replies pile up (it does not read them) stops being read
+//! until they drain, so memory per upstream stays bounded ([`MAX_IN_FLIGHT`],
+//! [`MAX_REPLY_BACKLOG`]). The ingest socket's loop only moves bytes in and out of it; the
+//! admin port's `POST /api/publish` feeds the same machine one body at a time. Nothing here
+//! touches a socket, a thread or a clock.
+//!
+//! Call order: [`Upstream::handle_bytes`] with what was read (then check
+//! [`Upstream::wants_read`] before reading more), [`Upstream::handle_reply`] for each home
+//! answer, [`Upstream::handle_eof`] at end of stream; write [`Upstream::output`] and report it
+//! with [`Upstream::advance_output`]; after a reply or a write, [`Upstream::poll_resume`] says
+//! when a paused connection must be read again; the connection is finished when
+//! [`Upstream::is_done`].
+
+mod replies;
+
+pub use replies::Replies;
+
+use crate::ids::{RoomName, WorkerId};
+use crate::shard::home_of;
+use crate::shard::mail::{IngestReply, Mail, ReplyTo};
+use crate::wire::ingest::{self, IngestCmd};
+use crate::wire::ErrorCode;
+use replies::Slot;
+
+/// Commands awaiting their reply before a connection stops being read.
+pub const MAX_IN_FLIGHT: usize = 65_536;
+/// Reply bytes waiting for the socket before a connection stops being read.
+pub const MAX_REPLY_BACKLOG: usize = 4 * 1024 * 1024;
+/// Buffers that grew past this are released once empty, so an idle upstream holds little.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// What every upstream connection of the process shares.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Longest accepted line.
+    pub max_line: usize,
+    /// Accepted `auth` tokens; empty means none needed.
+    pub tokens: Vec<String>,
+    /// Number of workers (to find a room's home).
+    pub workers: usize,
+}
+
+/// Mail for the homes produced by one read, one list per worker; the shell sends each
+/// non-empty list as one batch (one channel push and one wake-up per home per read).
+pub type Outgoing = [Vec<Mail>];
+
+/// One upstream connection. See the module doc.
+#[derive(Debug)]
+pub struct Upstream {
+    conn: usize,
+    generation: u64,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    replies: Replies,
+    acks: bool,
+    authed: bool,
+    /// Stop after writing `output` (failed auth, line over the limit).
+    closing: bool,
+    /// Not read while its replies pile up; resumed when they drain.
+    paused: bool,
+    /// The peer finished sending.
+    eof: bool,
+}
+
+impl Upstream {
+    /// A new connection, known to the shell as `conn` (reused) of `generation` (not reused):
+    /// home answers carry both. `authed` skips the `auth` step (the HTTP API checks its bearer
+    /// token itself).
+    pub fn new(conn: usize, generation: u64, settings: &UpstreamSettings, authed: bool) -> Self {
+        Self {
+            conn,
+            generation,
+            input: Vec::new(),
+            output: Vec::new(),
+            replies: Replies::default(),
+            acks: true,
+            authed: authed || settings.tokens.is_empty(),
+            closing: false,
+            paused: false,
+            eof: false,
+        }
+    }
+
+    /// The generation given at creation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Bytes read from the peer: every complete line is handled (unless paused: then they
+    /// wait in the buffer), its mail appended to `outgoing`.
+    pub fn handle_bytes(&mut self, bytes: &[u8], settings: &UpstreamSettings, outgoing: &mut Outgoing) {
+        if self.closing {
+            return;
+        }
+        self.input.extend_from_slice(bytes);
+        self.process_lines(settings, outgoing);
+    }
+
+    /// The peer finished sending (a last line without its `\n` is not a command).
+    pub fn handle_eof(&mut self) {
+        self.eof = true;
+    }
+
+    /// A home's answer to one of this connection's commands.
+    pub fn handle_reply(&mut self, reply: &IngestReply) {
+        self.replies.fill(reply);
+        self.replies.drain_ready(&mut self.output);
+    }
+
+    /// Whether the shell should read the socket now: not while closing, paused or finished.
+    pub fn wants_read(&self) -> bool {
+        !self.closing && !self.paused && !self.eof
+    }
+
+    /// Reply bytes waiting to be written.
+    pub fn output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// `n` bytes of [`Upstream::output`] were written.
+    pub fn advance_output(&mut self, n: usize) {
+        self.output.drain(..n.min(self.output.len()));
+        if self.output.is_empty() && self.output.capacity() > KEEP_CAPACITY {
+            self.output = Vec::new();
+        }
+    }
+
+    /// After replies or writes: whether a paused connection has drained enough to go on. Its
+    /// buffered lines are handled now; `true` tells the shell to read the socket again (with
+    /// edge-triggered readiness it will not be told of data that arrived meanwhile).
+    pub fn poll_resume(&mut self, settings: &UpstreamSettings, outgoing: &mut Outgoing) -> bool {
+        if !self.paused || self.replies.in_flight() >= MAX_IN_FLIGHT / 2 || self.output.len() >= MAX_REPLY_BACKLOG / 2 {
+            return false;
+        }
+        self.paused = false;
+        self.process_lines(settings, outgoing);
+        self.wants_read()
+    }
+
+    /// Whether the connection is finished: closing with everything written, or the peer done
+    /// sending and every reply written.
+    pub fn is_done(&self) -> bool {
+        let written = self.output.is_empty();
+        (self.closing && written) || (self.eof && written && self.replies.in_flight() == 0)
+    }
+
+    /// Commands whose reply is not yet written.
+    pub fn in_flight(&self) -> usize {
+        self.replies.in_flight()
+    }
+
+    /// Whether the connection is closing (failed auth, a line over the limit).
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    fn over_backlog(&self) -> bool {
+        self.replies.in_flight() >= MAX_IN_FLIGHT || self.output.len() >= MAX_REPLY_BACKLOG
+    }
+
+    fn process_lines(&mut self, settings: &UpstreamSettings, outgoing: &mut Outgoing) {
+        let input = std::mem::take(&mut self.input);
+        let mut start = 0;
+        while !self.closing {
+            if self.over_backlog() {
+                self.paused = true;
+                break;
+            }
+            let Some(len) = memchr::memchr(b'\n', &input[start..]) else { break };
+            let line = &input[start..start + len];
+            start += len + 1;
+            if line.len() > settings.max_line {
+                self.over_limit(settings.max_line);
+                break;
+            }
+            self.handle_line(line, settings, outgoing);
+            self.replies.drain_ready(&mut self.output);
+        }
+        if !self.closing {
+            let rest = &input[start.min(input.len())..];
+            // Only the unterminated tail is a line in the making: complete lines waiting behind
+            // a pause are judged when they are handled.
+            let tail = memchr::memrchr(b'\n', rest).map_or(rest, |i| &rest[i + 1..]);
+            if tail.len() > settings.max_line {
+                self.over_limit(settings.max_line);
+            } else if rest.is_empty() && input.capacity() > KEEP_CAPACITY {
+                self.input = Vec::new();
+            } else {
+                let mut input = input;
+                input.drain(..start.min(input.len()));
+                self.input = input;
+            }
+        }
+        self.replies.drain_ready(&mut self.output);
+    }
+
+    fn over_limit(&mut self, max_line: usize) {
+        let mut line = Vec::new();
+        ingest::reply_error(&mut line, ErrorCode::TooLarge, &format!("line longer than {max_line} bytes; closing"));
+        self.replies.push(Slot::Ready(line));
+        self.closing = true;
+    }
+
+    fn ready(&mut self, line: Vec<u8>) {
+        self.replies.push(Slot::Ready(line));
+    }
+
+    fn ready_ok(&mut self, wants_reply: bool) {
+        if wants_reply {
+            let mut out = Vec::new();
+            ingest::reply_ok(&mut out);
+            self.ready(out);
+        }
+    }
+
+    fn ready_error(&mut self, code: ErrorCode, message: &str) {
+        let mut out = Vec::new();
+        ingest::reply_error(&mut out, code, message);
+        self.ready(out);
+    }
+
+    /// A slot for a command answered by homes, when the connection wants its reply.
+    fn reply_to(&mut self, wants_reply: bool, slot: Slot) -> Option<ReplyTo> {
+        wants_reply.then(|| ReplyTo {
+            conn: self.conn,
+            generation: self.generation,
+            serial: self.replies.push(slot),
+            part: 0,
+        })
+    }
+
+    fn handle_line(&mut self, line: &[u8], settings: &UpstreamSettings, outgoing: &mut Outgoing) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        let parsed = match ingest::decode_ingest_line(line) {
+            Ok(parsed) => parsed,
+            Err(e) => return self.ready_error(e.code, &e.message),
+        };
+        let wants_reply = self.acks && parsed.ack;
+        if !self.authed {
+            let ok = matches!(&parsed.cmd, IngestCmd::Auth { token } if settings.tokens.iter().any(|t| t == token));
+            if ok {
+                self.authed = true;
+                return self.ready_ok(true);
+            }
+            self.closing = true;
+            return self.ready_error(ErrorCode::Unauthorized, "auth with a valid token first; closing");
+        }
+        match parsed.cmd {
+            IngestCmd::Auth { .. } => self.ready_ok(wants_reply),
+            IngestCmd::Hello { acks } => {
+                self.acks = acks;
+                self.ready_ok(true);
+            }
+            IngestCmd::Publish { rooms, many, kind, data } => {
+                let rooms = match rooms.iter().map(|r| RoomName::new(r)).collect::<Result<Vec<_>, _>>() {
+                    Ok(rooms) if !rooms.is_empty() => rooms,
+                    Ok(_) => return self.ready_error(ErrorCode::BadRequest, "rooms is empty"),
+                    Err(why) => return self.ready_error(ErrorCode::BadRequest, &format!("bad room name: {why}")),
+                };
+                let slot = Slot::Publish { seqs: vec![0; rooms.len()], left: rooms.len() as u32, many };
+                let base = self.reply_to(wants_reply, slot);
+                let data: Box<str> = data.get().into();
+                for (part, room) in rooms.into_iter().enumerate() {
+                    let reply = base.map(|r| ReplyTo { part: part as u32, ..r });
+                    let home = home_of(&room, settings.workers);
+                    let mail = Mail::Publish { room, kind: (*kind).into(), data: data.clone(), reply };
+                    post(outgoing, home, mail);
+                }
+            }
+            IngestCmd::State { room, state } => {
+                let room = match RoomName::new(&room) {
+                    Ok(room) => room,
+                    Err(why) => return self.ready_error(ErrorCode::BadRequest, &format!("bad room name: {why}")),
+                };
+                let reply = self.reply_to(wants_reply, Slot::State);
+                let home = home_of(&room, settings.workers);
+                post(outgoing, home, Mail::SetState { room, state: state.get().into(), reply });
+            }
+            IngestCmd::Kick { user, room } => {
+                let room = match room.as_deref().map(RoomName::new).transpose() {
+                    Ok(room) => room,
+                    Err(why) => return self.ready_error(ErrorCode::BadRequest, &format!("bad room name: {why}")),
+                };
+                let slot = Slot::Kick { left: settings.workers as u32, closed: 0 };
+                let reply = self.reply_to(wants_reply, slot);
+                let user: std::sync::Arc<str> = std::sync::Arc::from(&*user);
+                for w in 0..settings.workers {
+                    let mail = Mail::Kick { user: std::sync::Arc::clone(&user), room: room.clone(), reply };
+                    post(outgoing, WorkerId(w as u16), mail);
+                }
+            }
+            IngestCmd::CloseRoom { room, .. } => {
+                let room = match RoomName::new(&room) {
+                    Ok(room) => room,
+                    Err(why) => return self.ready_error(ErrorCode::BadRequest, &format!("bad room name: {why}")),
+                };
+                let reply = self.reply_to(wants_reply, Slot::Done);
+                let home = home_of(&room, settings.workers);
+                post(outgoing, home, Mail::CloseRoom { room, reply });
+            }
+        }
+    }
+}
+
+/// Whether the ingest side should stop reading upstreams because the workers' mailboxes are
+/// deep (see `runtime::mesh`): on above [`MailPressure::HIGH`] mails waiting in any worker's
+/// mailbox, off again below [`MailPressure::LOW`], so it does not flap around one mark.
+#[derive(Debug, Default)]
+pub struct MailPressure {
+    paused: bool,
+}
+
+impl MailPressure {
+    /// Mails waiting in one worker's mailbox at which reading stops: about 100k publishes of
+    /// a few hundred bytes, tens of MiB.
+    pub const HIGH: usize = 100_000;
+    /// Mails waiting at which reading resumes.
+    pub const LOW: usize = Self::HIGH / 2;
+
+    /// Update with the deepest worker queue; returns whether reading is paused now.
+    pub fn update(&mut self, deepest: usize) -> bool {
+        if self.paused && deepest <= Self::LOW {
+            self.paused = false;
+        } else if !self.paused && deepest >= Self::HIGH {
+            self.paused = true;
+        }
+        self.paused
+    }
+
+    /// Whether reading is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+}
+
+fn post(outgoing: &mut Outgoing, to: WorkerId, mail: Mail) {
+    if let Some(out) = outgoing.get_mut(usize::from(to.0)) {
+        out.push(mail);
+    }
+}
+
+#[cfg(test)]
+mod tests;
