@@ -113,10 +113,6 @@ fn main() -> ExitCode {
                         anyhow::anyhow!("auth keys are configured, but this build does not verify tokens at the upgrade yet; refusing to serve without the authentication that was asked for"),
                     );
                 }
-                tracing::warn!("no auth key configured (auth.hmac_secret, auth.public_keys): ANY client may connect as ANY user with ?user= and join every room; development only");
-                if let Some(path) = &config.testing.echo_path {
-                    tracing::warn!(path = %path, "testing.echo_path is set: a WebSocket echo endpoint for conformance tests; never in production");
-                }
                 match roomcast::runtime::run(config) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(e.exit_code(), e.into()),
