@@ -127,7 +127,7 @@ impl Guard {
 mod tests {
     use super::*;
     use crate::auth::mint::{mint, SigningKey, TokenSpec};
-    use crate::auth::{Identity, KeySet, Rules, Verifier};
+    use crate::auth::{Authenticated, KeySet, Rules, Verifier};
 
     const SECRET: &[u8] = b"a-development-secret-of-32-bytes!";
     const NOW_S: u64 = 1_800_000_000;
@@ -151,7 +151,7 @@ mod tests {
 
     fn guard(auth: &mut Authenticator, rooms: &[&str], comment: bool) -> Guard {
         let t = token("alice", rooms, comment, NOW_S);
-        let Ok(Identity::Verified(claims)) = auth.authenticate(Some(&t), NOW_S * 1000) else { panic!("verified") };
+        let Ok(Authenticated::Verified(claims)) = auth.authenticate(Some(&t), NOW_S * 1000) else { panic!("verified") };
         Guard::new(claims, &RateLimits::default(), NOW_S * 1000)
     }
 

@@ -112,7 +112,7 @@ impl AuthError {
 
 /// The outcome of [`Authenticator::authenticate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
+pub enum Authenticated {
     /// A verified token's claims.
     Verified(Arc<Claims>),
     /// No auth key is configured (the development default): the caller names the user from
@@ -145,13 +145,13 @@ impl Authenticator {
     }
 
     /// Decide on the token an upgrade carried (`now_ms`: the worker's clock). With no key
-    /// configured any token is ignored and the answer is [`Identity::Development`]. A cache hit
+    /// configured any token is ignored and the answer is [`Authenticated::Development`]. A cache hit
     /// costs one SHA-256 of the token; a miss verifies the signature and caches the claims
     /// until they expire.
-    pub fn authenticate(&mut self, token: Option<&str>, now_ms: u64) -> Result<Identity, AuthError> {
-        let Some(verifier) = &self.verifier else { return Ok(Identity::Development) };
+    pub fn authenticate(&mut self, token: Option<&str>, now_ms: u64) -> Result<Authenticated, AuthError> {
+        let Some(verifier) = &self.verifier else { return Ok(Authenticated::Development) };
         let token = token.ok_or(AuthError::Missing)?;
-        verifier.verify_cached(&mut self.cache, token, now_ms / 1000).map(Identity::Verified)
+        verifier.verify_cached(&mut self.cache, token, now_ms / 1000).map(Authenticated::Verified)
     }
 
     /// Decide on a `refresh` op's token for a session holding `current`: the new token must be

@@ -164,11 +164,11 @@ fn the_cache_answers_repeat_tokens_until_they_expire() {
 fn the_authenticator_covers_development_tokens_refresh_and_deadlines() {
     let mut open = Authenticator::new(None, 16);
     assert!(!open.required());
-    assert_eq!(open.authenticate(None, NOW * 1000), Ok(Identity::Development));
+    assert_eq!(open.authenticate(None, NOW * 1000), Ok(Authenticated::Development));
     let mut auth = Authenticator::new(Some(Arc::new(verifier(Rules::default()))), 16);
     assert_eq!(auth.authenticate(None, NOW * 1000), Err(AuthError::Missing));
     let token = mint(&spec("alice"), &signer("HS256"), NOW).expect("mint");
-    let Ok(Identity::Verified(claims)) = auth.authenticate(Some(&token), NOW * 1000) else { panic!("verified") };
+    let Ok(Authenticated::Verified(claims)) = auth.authenticate(Some(&token), NOW * 1000) else { panic!("verified") };
     assert_eq!(auth.deadline_ms(&claims), Some((NOW + 65) * 1000));
     // Refresh: same sub, later exp, new rooms apply.
     let mut later = spec("alice");
