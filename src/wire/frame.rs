@@ -204,6 +204,9 @@ impl FrameReader {
             self.check_header(&header, len, max_message)?;
             let len = len as usize;
             if buf.len() - pos - header_len < len {
+                if header.opcode == OpCode::Data(Data::Text) {
+                    check_partial_text(&buf[pos + header_len..], header.mask)?;
+                }
                 break;
             }
             let start = pos + header_len;
@@ -321,6 +324,28 @@ fn complete(
         return Err(FrameError::InvalidUtf8);
     }
     Ok(on(Incoming::Text(payload)))
+}
+
+/// Most bytes of an incomplete text frame looked at on each read (see
+/// [`check_partial_text`]): bounds the cost of a frame that arrives slowly.
+const PARTIAL_UTF8_CHECK_BYTES: usize = 4096;
+
+/// Fail a text frame whose bytes so far are already invalid UTF-8, before the rest arrives
+/// (RFC 6455 8.1 asks to fail "as soon as" the stream is seen to be invalid). The available
+/// payload is still masked and stays so (it is decoded again once complete), so its first
+/// [`PARTIAL_UTF8_CHECK_BYTES`] are unmasked into a copy. A character cut by the end of what
+/// arrived is not an error; a bad byte further in is found when the frame is complete.
+fn check_partial_text(payload: &[u8], mask: Option<[u8; 4]>) -> Result<(), FrameError> {
+    let mut prefix = [0u8; PARTIAL_UTF8_CHECK_BYTES];
+    let n = payload.len().min(PARTIAL_UTF8_CHECK_BYTES);
+    prefix[..n].copy_from_slice(&payload[..n]);
+    if let Some(mask) = mask {
+        unmask(&mut prefix[..n], mask);
+    }
+    match std::str::from_utf8(&prefix[..n]) {
+        Err(e) if e.error_len().is_some() => Err(FrameError::InvalidUtf8),
+        _ => Ok(()),
+    }
 }
 
 fn parse_close(payload: &[u8]) -> Result<(Option<u16>, &str), FrameError> {
@@ -703,5 +728,28 @@ mod tests {
         assert_eq!(decode_all(&mut server(), &stream, 100), Ok(vec![Got::Binary(vec![0xff, 0xfe])]));
         // Surrogates encoded in UTF-8 (CESU) are invalid.
         assert_eq!(code_of(decode_all(&mut server(), &client(0x1, &[0xed, 0xa0, 0x80]), 100)), Some(1007));
+    }
+
+    #[test]
+    fn a_text_frame_with_bad_utf8_fails_before_it_is_complete() {
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload
+            .extend_from_slice(&[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xf4, 0x90, 0x80]);
+        payload.extend_from_slice(b"edited");
+        let whole = client(0x1, &payload);
+        // Only the first part of the frame arrives: the bad bytes are in it.
+        let mut r = server();
+        assert_eq!(code_of(decode_all(&mut r, &whole[..6 + 24], 100)), Some(1007));
+        // A character cut by the end of what arrived is fine, and so is the frame once whole.
+        let good = client(0x1, "κόσμε".as_bytes());
+        let mut r = server();
+        assert_eq!(decode_all(&mut r, &good[..6 + 3], 100), Ok(vec![]));
+        assert_eq!(decode_all(&mut r, &good[6 + 3..], 100), Ok(vec![Got::Text("κόσμε".into())]));
+        for split in 0..good.len() {
+            let mut r = server();
+            let mut got = decode_all(&mut r, &good[..split], 100).expect("valid prefix");
+            got.extend(decode_all(&mut r, &good[split..], 100).expect("valid suffix"));
+            assert_eq!(got, [Got::Text("κόσμε".into())], "split at {split}");
+        }
     }
 }
