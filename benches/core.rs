@@ -7,6 +7,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use roomcast::config::Config;
 use roomcast::ids::RoomName;
 use roomcast::ids::WorkerId;
+use roomcast::metrics::Source;
 use roomcast::room::history::History;
 use roomcast::session::outbound::Outbound;
 use roomcast::shard::mail::Mail;
@@ -150,7 +151,13 @@ fn publish_through_shard(c: &mut Criterion) {
             b.iter(|| {
                 // The room name is made per publish, as the ingest path does.
                 let room = RoomName::new("hot").expect("a valid room name");
-                let mail = Mail::Publish { room, kind: "gift".into(), data: r#"{"n":1}"#.into(), reply: None };
+                let mail = Mail::Publish {
+                    room,
+                    kind: "gift".into(),
+                    data: r#"{"n":1}"#.into(),
+                    source: Source::Ingest,
+                    reply: None,
+                };
                 shard.handle_mail(mail, 0);
                 drain(&mut shard, &mut dirty);
             })

@@ -48,6 +48,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Switches for conformance and test tooling; all off by default.
     pub testing: TestingConfig,
+    /// Durable sinks for comments, tombstones and presence records.
+    pub sink: crate::sink::SinkConfig,
 }
 
 /// `[ws]`: the plain viewer listener.
@@ -102,6 +104,9 @@ pub struct AdminConfig {
     /// Address to listen on.
     #[serde(deserialize_with = "addr::deserialize")]
     pub listen: SocketAddr,
+    /// When set, every admin path but `/healthz` needs `Authorization: Bearer <token>`;
+    /// required when `listen` is not a loopback address.
+    pub token: Option<String>,
 }
 
 /// `[limits]`: what one viewer connection may cost.
@@ -308,7 +313,7 @@ impl Default for IngestConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), token: None }
     }
 }
 
@@ -571,6 +576,23 @@ impl Config {
         if self.auth.hmac_secret.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("auth.hmac_secret", "must not be empty".into()));
         }
+        if self.admin.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(invalid("admin.token", "must not be empty (leave it out for no token)".into()));
+        }
+        if self.admin.token.is_none() && !self.admin.listen.ip().is_loopback() {
+            // Anyone who can reach the port could read every room and publish into it.
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address: set {} too, or listen on 127.0.0.1",
+                    self.admin.listen,
+                    name("admin.token")
+                ),
+            ));
+        }
+        if let Err(e) = self.sink.validate() {
+            return Err(invalid(e.key, e.message));
+        }
         if self.ingest.max_line < 1024 {
             return Err(invalid(
                 "ingest.max_line",
@@ -589,10 +611,11 @@ impl Config {
         }
     }
 
-    /// A copy fit for logs and `check-config` output: secrets (ingest tokens) replaced.
+    /// A copy fit for logs and `check-config` output: secrets (ingest and admin tokens)
+    /// replaced.
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
-        for token in &mut copy.ingest.tokens {
+        for token in copy.ingest.tokens.iter_mut().chain(copy.admin.token.as_mut()) {
             *token = "<redacted>".to_owned();
         }
         // `@path` names a file, which is not a secret; the secret itself is.
@@ -635,6 +658,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("ingest.max_line", "--ingest-max-line"),
     ("ingest.tokens", "--ingest-token"),
     ("admin.listen", "--admin-listen"),
+    ("admin.token", "--admin-token"),
     ("limits.max_message", "--max-message"),
     ("limits.max_comment_chars", "--max-comment-chars"),
     ("limits.outbound_budget", "--outbound-budget"),
@@ -725,6 +749,9 @@ pub struct ServeArgs {
     /// `admin.listen`: admin HTTP address, HOST:PORT [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR", value_parser = addr::parse)]
     pub admin_listen: Option<SocketAddr>,
+    /// `admin.token`: bearer token every admin path but /healthz needs [default: none].
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
     /// `limits.max_message`: largest client message [default: 4096].
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
@@ -885,6 +912,7 @@ impl ServeArgs {
         let tokens = (!self.ingest_tokens.is_empty()).then_some(self.ingest_tokens);
         o.set("ingest.tokens", |c| &mut c.ingest.tokens, tokens);
         o.set("admin.listen", |c| &mut c.admin.listen, self.admin_listen);
+        o.set("admin.token", |c| &mut c.admin.token, self.admin_token.map(Some));
         o.set("limits.max_message", |c| &mut c.limits.max_message, self.max_message);
         o.set("limits.max_comment_chars", |c| &mut c.limits.max_comment_chars, self.max_comment_chars);
         o.set("limits.outbound_budget", |c| &mut c.limits.outbound_budget, self.outbound_budget);
@@ -993,6 +1021,8 @@ mod tests {
             .lines()
             .map(|line| match line.strip_prefix("# ") {
                 Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| is_key(k)) => rest,
+                // An optional table (`# [sink.redis]`) and its keys.
+                Some(rest) if rest.starts_with('[') && rest.ends_with(']') => rest,
                 _ => line,
             })
             .map(|line| format!("{line}\n"))
@@ -1007,6 +1037,13 @@ mod tests {
         full.auth.issuer = Some("iss".into());
         full.auth.audience = Some("aud".into());
         full.testing.echo_path = Some("/echo".into());
+        full.admin.token = Some("t".into());
+        full.sink.redis = Some(crate::sink::config::RedisSinkConfig::default());
+        full.sink.webhook = Some(crate::sink::config::WebhookSinkConfig {
+            health_url: Some("http://h/healthz".into()),
+            ..Default::default()
+        });
+        full.sink.spool.dir = Some("spool".into());
         let mut all = Vec::new();
         key_paths(&toml::Table::try_from(&full).expect("config serializes"), "", &mut all);
         listed.sort();
@@ -1014,7 +1051,9 @@ mod tests {
         assert_eq!(listed, all, "roomcast.example.toml must list every key");
         let mut with_flags: Vec<String> = FLAGS.iter().map(|(k, _)| (*k).to_owned()).collect();
         with_flags.sort();
-        assert_eq!(with_flags, all, "every key has a flag in FLAGS");
+        // The sinks are configured in the file only (a table per sink, too many keys for flags).
+        all.retain(|k| !k.starts_with("sink."));
+        assert_eq!(with_flags, all, "every key but the sinks' has a flag in FLAGS");
     }
 
     #[test]
@@ -1101,6 +1140,25 @@ mod tests {
         assert!(e.to_string().contains("per_user_policy"), "{e}");
         let e = Config::from_toml_str("[ws]\nallowed_origins = [\"https://a.example/\"]\n").expect("parses");
         assert!(e.validate().expect_err("slash").to_string().starts_with("ws.allowed_origins"));
+    }
+
+    #[test]
+    fn a_public_admin_port_needs_a_token() {
+        let mut c = Config::default();
+        c.admin.listen = "0.0.0.0:9090".parse().expect("addr");
+        let e = c.validate().expect_err("no token");
+        assert!(e.to_string().starts_with("admin.listen: 0.0.0.0:9090 is not a loopback address"), "{e}");
+        assert!(e.to_string().contains("admin.token"), "{e}");
+        c.admin.token = Some("s3cret".into());
+        c.validate().expect("with a token");
+        assert_eq!(c.redacted().admin.token.as_deref(), Some("<redacted>"));
+        c.admin.token = Some(" ".into());
+        assert!(c.validate().expect_err("empty").to_string().starts_with("admin.token"));
+        c.admin.listen = "[::1]:0".parse().expect("addr");
+        c.admin.token = None;
+        c.validate().expect("IPv6 loopback needs no token");
+        let args = ServeArgs { admin_token: Some("t".into()), ..ServeArgs::default() };
+        assert_eq!(args.into_config().expect("valid").admin.token.as_deref(), Some("t"));
     }
 
     #[test]

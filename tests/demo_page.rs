@@ -5,19 +5,14 @@
 //!
 //! Chromium is driven over the DevTools protocol (a WebSocket, with tungstenite's client);
 //! every wait is a promise in the page that resolves on a DOM change (MutationObserver) or
-//! fails at its deadline, so the test waits on events, not sleeps.
-//!
-//! Until the worker serves `DemoPage` itself, a small front in this test stands in for that
-//! wiring: it answers `GET /` with `roomcast::demo::DemoPage` (the exact bytes the server will
-//! send, with its Content-Security-Policy) and pipes every other connection to the server's
-//! ws port, so the page still talks to the real server through its own origin.
+//! fails at its deadline, so the test waits on events, not sleeps. The page is served by the
+//! server itself on its ws port, so it talks to the server through its own origin.
 
 mod support;
 
-use roomcast::demo::DemoPage;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -25,47 +20,6 @@ use std::time::Duration;
 use support::{Server, WAIT};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Stand-in for the worker's wiring of the demo page (see the module doc).
-fn front(ws_addr: String) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the front");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let page = DemoPage::new("/ws");
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let page = page.clone();
-            let ws_addr = ws_addr.clone();
-            std::thread::spawn(move || serve_one(client, &page, &ws_addr));
-        }
-    });
-    addr
-}
-
-fn serve_one(mut client: TcpStream, page: &DemoPage, ws_addr: &str) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-        match client.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    if let Some(response) = page.respond_to(&head) {
-        let _ = client.write_all(response);
-        return;
-    }
-    let Ok(mut upstream) = TcpStream::connect(ws_addr) else { return };
-    if upstream.write_all(&head).is_err() {
-        return;
-    }
-    let (Ok(mut client_read), Ok(mut upstream_write)) = (client.try_clone(), upstream.try_clone()) else { return };
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut client_read, &mut upstream_write);
-        let _ = upstream_write.shutdown(std::net::Shutdown::Write);
-    });
-    let _ = std::io::copy(&mut upstream, &mut client);
-    let _ = client.shutdown(std::net::Shutdown::Write);
-}
 
 /// Headless Chromium with a DevTools connection to its one page; killed when dropped.
 struct Browser {
@@ -255,8 +209,7 @@ fn readme_snippet() -> String {
 #[test]
 fn the_demo_page_shows_a_published_event_presence_and_comments_in_chromium() {
     let server = Server::start(&["--presence-interval-ms", "100"]);
-    let front = front(server.ws.clone());
-    let url = format!("http://{front}/");
+    let url = format!("http://{}/", server.ws);
     let mut browser = Browser::open(&url);
     browser.call(
         "Emulation.setDeviceMetricsOverride",

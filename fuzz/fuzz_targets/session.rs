@@ -7,6 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use roomcast::config::Config;
 use roomcast::ids::{ConnKey, RoomName, WorkerId};
+use roomcast::metrics::Source;
 use roomcast::shard::mail::Mail;
 use roomcast::shard::{home_of, Shard, ShardConfig};
 use roomcast::wire::frame::{FrameReader, Incoming, Role};
@@ -45,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
             4 => {
                 let home = usize::from(home_of(room, 2).0);
                 let room = RoomName::new(room).expect("a valid room name");
-                let mail = Mail::Publish { room, kind: "e".into(), data: "1".into(), reply: None };
+                let mail = Mail::Publish { room, kind: "e".into(), data: "1".into(), source: Source::Ingest, reply: None };
                 shards[home].handle_mail(mail, now);
             }
             _ => now += u64::from(x) * 10,

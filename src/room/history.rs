@@ -70,6 +70,11 @@ impl History {
         Some(self.entries.range(skip..).map(|(_, _, frame)| frame))
     }
 
+    /// Every frame held, oldest first.
+    pub fn frames(&self) -> impl Iterator<Item = &Bytes> + '_ {
+        self.entries.iter().map(|(_, _, frame)| frame)
+    }
+
     /// Messages held.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -26,8 +26,23 @@ use std::sync::Arc;
 /// A distinct viewer of a room, however many connections it has in it.
 #[derive(Debug)]
 struct Viewer {
+    /// Its display name (shared with its session: no copy).
+    name: Arc<str>,
     conns: u32,
     joined_at_ms: u64,
+}
+
+/// One distinct viewer as the home sees it, for the presence listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewerInfo<'a> {
+    /// The user id.
+    pub user: &'a str,
+    /// The display name.
+    pub name: &'a str,
+    /// When its first connection joined (ms).
+    pub joined_at_ms: u64,
+    /// Its connections in the room.
+    pub connections: u32,
 }
 
 /// Limits a room is created with.
@@ -260,7 +275,11 @@ impl HomeRoom {
         if self.is_private() {
             return;
         }
-        let viewer = self.viewers.entry(Arc::clone(user)).or_insert_with(|| Viewer { conns: 0, joined_at_ms: now_ms });
+        let viewer = self.viewers.entry(Arc::clone(user)).or_insert_with(|| Viewer {
+            name: Arc::clone(name),
+            conns: 0,
+            joined_at_ms: now_ms,
+        });
         viewer.conns += 1;
         if viewer.conns == 1 {
             let large = self.large_room;
@@ -339,5 +358,40 @@ impl HomeRoom {
     /// When `user` joined (first connection), if online.
     pub fn viewer_joined_at(&self, user: &str) -> Option<u64> {
         self.viewers.get(user).map(|v| v.joined_at_ms)
+    }
+
+    /// Every distinct viewer, in no particular order.
+    pub fn viewers(&self) -> impl Iterator<Item = ViewerInfo<'_>> {
+        self.viewers.iter().map(|(user, v)| ViewerInfo {
+            user,
+            name: &v.name,
+            joined_at_ms: v.joined_at_ms,
+            connections: v.conns,
+        })
+    }
+
+    /// The state object as last set (raw JSON), if any.
+    pub fn state(&self) -> Option<&str> {
+        self.state.as_deref()
+    }
+
+    /// The state's version (0 before the first `state`).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The history ring's frames after `since`, in `epoch` (the room's current one when
+    /// `None`), by the `join` recovery rule: all of them or nothing, and `recovered` says
+    /// which. Without a position: the whole ring, and no `recovered`.
+    pub fn history_since(&mut self, since: Option<(u64, Option<&str>)>, now_ms: u64) -> (Vec<Bytes>, Option<bool>) {
+        self.history.prune(now_ms);
+        let Some((since, epoch)) = since else { return (self.history.frames().cloned().collect(), None) };
+        if epoch.is_some_and(|e| e != self.epoch_string()) {
+            return (Vec::new(), Some(false));
+        }
+        match self.history.replay(since, self.seq.0) {
+            Some(frames) => (frames.cloned().collect(), Some(true)),
+            None => (Vec::new(), Some(false)),
+        }
     }
 }

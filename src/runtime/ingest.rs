@@ -8,11 +8,16 @@
 //! Besides each connection's own pausing, the loop stops reading every upstream while any
 //! worker's mailbox is deep ([`MailPressure`]; `runtime::mesh` explains why that bounds the
 //! queues) and polls the depth every millisecond until it drains.
+//!
+//! The admin port's `POST /api/publish` (and `state`, `kick`, `close_room`) comes here too, as
+//! one command per request ([`IngestMail::Http`]): it gets an [`Upstream`] of its own, so the
+//! HTTP API follows exactly the socket's rules, and its reply line is the response.
 
 use super::mesh::{IngestMail, Mesh};
+use crate::metrics::IngestCounts;
 use crate::shard::mail::{IngestReply, Mail};
 use crate::upstream::{MailPressure, Upstream, UpstreamSettings};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -26,11 +31,20 @@ const READ_CHUNK: usize = 64 * 1024;
 /// How often the workers' queue depth is looked at while reading is paused for it.
 const PRESSURE_POLL: Duration = Duration::from_millis(1);
 
-/// One upstream connection: its socket and its protocol state.
+/// One upstream connection: its transport and its protocol state.
 #[derive(Debug)]
 struct Client {
-    sock: TcpStream,
+    peer: Peer,
     up: Upstream,
+}
+
+/// Where an upstream's bytes come from and its replies go.
+#[derive(Debug)]
+enum Peer {
+    /// An ingest socket.
+    Socket(TcpStream),
+    /// One HTTP request of the admin port: the reply lines go back once all are known.
+    Http(Sender<Vec<u8>>),
 }
 
 /// The ingest thread. Built on the main thread, then [`IngestLoop::run`] in its own.
@@ -45,6 +59,8 @@ pub struct IngestLoop {
     outgoing: Vec<Vec<Mail>>,
     scratch: Vec<u8>,
     pressure: MailPressure,
+    /// Every command handled so far, by op and outcome.
+    counts: IngestCounts,
 }
 
 impl IngestLoop {
@@ -72,6 +88,7 @@ impl IngestLoop {
             outgoing: (0..workers).map(|_| Vec::new()).collect(),
             scratch: vec![0; READ_CHUNK],
             pressure: MailPressure::default(),
+            counts: IngestCounts::default(),
         })
     }
 
@@ -96,6 +113,12 @@ impl IngestLoop {
             while let Ok(mail) = self.inbox.try_recv() {
                 match mail {
                     IngestMail::Replies(replies) => self.deliver_replies(&replies),
+                    IngestMail::Http { op, body, bearer, operator, reply } => {
+                        self.http(op, &body, (bearer.as_deref(), operator), reply)
+                    }
+                    IngestMail::Counters { reply } => {
+                        let _ = reply.send(self.counts);
+                    }
                     IngestMail::Shutdown => return Ok(()),
                 }
             }
@@ -129,8 +152,8 @@ impl IngestLoop {
                         continue;
                     }
                     tracing::debug!(%peer, "ingest connection");
-                    let up = Upstream::new(key, self.next_generation, &self.settings, false);
-                    entry.insert(Client { sock, up });
+                    let up = Upstream::new(key, self.next_generation, &self.settings);
+                    entry.insert(Client { peer: Peer::Socket(sock), up });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -165,13 +188,15 @@ impl IngestLoop {
                 return;
             }
             let Some(client) = self.conns.get_mut(key) else { return };
+            let Peer::Socket(sock) = &mut client.peer else { return };
             if !client.up.wants_read() {
                 return;
             }
-            match client.sock.read(&mut self.scratch) {
+            match sock.read(&mut self.scratch) {
                 Ok(0) => client.up.handle_eof(),
                 Ok(n) => {
                     client.up.handle_bytes(&self.scratch[..n], &self.settings, &mut self.outgoing);
+                    self.counts.merge(&client.up.take_counts());
                     self.send_mail();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -184,9 +209,21 @@ impl IngestLoop {
     /// Write the connection's replies; false when it is finished (and removed).
     fn write(&mut self, key: usize) -> bool {
         let Some(client) = self.conns.get_mut(key) else { return false };
+        let sock = match &mut client.peer {
+            Peer::Socket(sock) => sock,
+            Peer::Http(reply) => {
+                if client.up.in_flight() > 0 {
+                    return true;
+                }
+                // Every reply is known: the response is the reply line.
+                let _ = reply.send(client.up.output().to_vec());
+                self.conns.remove(key);
+                return false;
+            }
+        };
         let mut broken = false;
         while !client.up.output().is_empty() {
-            match client.sock.write(client.up.output()) {
+            match sock.write(client.up.output()) {
                 Ok(0) => break,
                 Ok(n) => client.up.advance_output(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -198,11 +235,24 @@ impl IngestLoop {
             }
         }
         if broken || client.up.is_done() {
-            let mut client = self.conns.remove(key);
-            let _ = self.poll.registry().deregister(&mut client.sock);
+            if let Peer::Socket(mut sock) = self.conns.remove(key).peer {
+                let _ = self.poll.registry().deregister(&mut sock);
+            }
             return false;
         }
         true
+    }
+
+    /// One command over HTTP: an [`Upstream`] for the request, answered like a socket's.
+    fn http(&mut self, op: &'static str, body: &[u8], caller: (Option<&str>, bool), reply: Sender<Vec<u8>>) {
+        self.next_generation += 1;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let mut up =
+            Upstream::request(key, self.next_generation, &self.settings, (op, body), caller, &mut self.outgoing);
+        self.counts.merge(&up.take_counts());
+        entry.insert(Client { peer: Peer::Http(reply), up });
+        self.write(key);
     }
 
     fn deliver_replies(&mut self, replies: &[IngestReply]) {

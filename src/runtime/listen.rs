@@ -127,6 +127,27 @@ fn probe(addr: SocketAddr, what: &'static str) -> Result<(), ListenError> {
 
 /// Bind a non-blocking listener with `SO_REUSEPORT`, so every worker has its own accept queue
 /// on the same port and the kernel spreads connections over them.
+/// A blocking `std` listener (the admin port's HTTP server takes one), with the same refusal
+/// of a port another process holds unless sharing was asked for.
+pub fn bind_std(
+    addr: SocketAddr,
+    what: &'static str,
+    share: bool,
+) -> Result<(SocketAddr, std::net::TcpListener), ListenError> {
+    if addr.port() != 0 && !share {
+        probe(addr, what)?;
+    }
+    let err = |source| ListenError::Bind { what, addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_reuse_port(share).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)?;
+    let listener: std::net::TcpListener = socket.into();
+    let bound = listener.local_addr().map_err(|source| ListenError::Bind { what, addr, source })?;
+    Ok((bound, listener))
+}
+
 fn bind_reuseport(addr: SocketAddr, what: &'static str) -> Result<mio::net::TcpListener, ListenError> {
     let err = |source| ListenError::Bind { what, addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;

@@ -14,6 +14,8 @@
 //! `Deliver` is caused by a sequenced message, so the queues stay bounded by the high mark plus
 //! what viewers send within one turn.
 
+use crate::metrics::{IngestCounts, WorkerLoad};
+use crate::shard::ask::{Answer, Question};
 use crate::shard::mail::{IngestReply, Mail};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +26,14 @@ use std::sync::Arc;
 pub enum WorkerMail {
     /// Mail from another worker or the ingest loop, in the sender's order.
     Mail(Vec<Mail>),
+    /// A question from the admin port; the answer (with the worker's load) goes back on
+    /// `reply`, which the asker reads with a deadline (a late answer is dropped).
+    Ask {
+        /// The question.
+        question: Question,
+        /// Where the answer goes.
+        reply: Sender<(Answer, WorkerLoad)>,
+    },
     /// Close every connection with 1001 and stop.
     Shutdown,
 }
@@ -33,6 +43,25 @@ pub enum WorkerMail {
 pub enum IngestMail {
     /// Replies from room homes.
     Replies(Vec<IngestReply>),
+    /// One upstream command over HTTP (`POST /api/publish` and the like), handled exactly as
+    /// an ingest line; the reply line goes back on `reply`.
+    Http {
+        /// The command's op, from the path.
+        op: &'static str,
+        /// The request body (a JSON object).
+        body: Vec<u8>,
+        /// The request's bearer token, checked like an ingest `auth`.
+        bearer: Option<String>,
+        /// Whether the request carried the admin token (no ingest token needed then).
+        operator: bool,
+        /// Where the reply line goes.
+        reply: Sender<Vec<u8>>,
+    },
+    /// The upstream commands counted so far (by op and outcome), for a scrape.
+    Counters {
+        /// Where the counts go.
+        reply: Sender<IngestCounts>,
+    },
     /// Stop accepting and exit.
     Shutdown,
 }

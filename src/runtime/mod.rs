@@ -6,6 +6,7 @@
 //! then waits for SIGINT/SIGTERM. On a signal every worker closes its connections with 1001;
 //! the process exits once they are gone or a grace period passed.
 
+pub mod backend;
 pub mod ingest;
 pub mod listen;
 pub mod mesh;
@@ -15,6 +16,7 @@ pub mod worker;
 use crate::config::Config;
 use crate::ids::WorkerId;
 use crate::shard::ShardConfig;
+use backend::{HealthState, MeshBackend};
 use mesh::{IngestMail, Mailbox, Mesh, WorkerMail};
 use mio::Poll;
 use std::io::{self, Write};
@@ -115,6 +117,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
     };
     let (ingest_addr, ingest_listener) = listen::bind_one(config.ingest.listen, "ingest", share)?;
+    let (admin_addr, admin_listener) = listen::bind_std(config.admin.listen, "admin", share)?;
 
     // Polls and wakers first: the mesh must be complete before any thread starts.
     let mut polls = Vec::with_capacity(workers);
@@ -156,8 +159,11 @@ pub fn run(config: Config) -> Result<(), RunError> {
             .map_err(io_err("spawn worker"))?;
         threads.push(handle);
     }
-    let ingest_settings =
-        crate::upstream::UpstreamSettings { max_line: config.ingest.max_line, tokens: config.ingest.tokens, workers };
+    let ingest_settings = crate::upstream::UpstreamSettings {
+        max_line: config.ingest.max_line,
+        tokens: config.ingest.tokens.clone(),
+        workers,
+    };
     let ingest_loop =
         ingest::IngestLoop::new(ingest_poll, ingest_listener, ingest_inbox, Arc::clone(&mesh), ingest_settings)
             .map_err(io_err("ingest setup"))?;
@@ -170,20 +176,28 @@ pub fn run(config: Config) -> Result<(), RunError> {
         })
         .map_err(io_err("spawn ingest"))?;
 
+    let health = Arc::new(HealthState::default());
+    let backend = Arc::new(MeshBackend::new(Arc::clone(&mesh), Arc::clone(&health)));
+    let admin = crate::admin::spawn(admin_listener, backend, crate::admin::AdminSettings::from_config(&config))
+        .map_err(io_err("admin port"))?;
+
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .map_err(io_err("signal handler"))?;
 
     let wss_text = wss_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
-    tracing::info!(ws = %ws_addr, wss = %wss_text, ingest = %ingest_addr, "roomcast ready");
-    tracing::info!(admin = %config.admin.listen, "the admin HTTP port is not served yet");
+    tracing::info!(ws = %ws_addr, wss = %wss_text, ingest = %ingest_addr, admin = %admin_addr, "roomcast ready");
+    if config.admin.token.is_none() {
+        tracing::info!(admin = %admin_addr, "the admin port has no token: keep it on loopback (admin.token)");
+    }
     let mut stdout = io::stdout().lock();
-    let _ = writeln!(stdout, "roomcast ready ws={ws_addr} wss={wss_text} ingest={ingest_addr} admin=off");
+    let _ = writeln!(stdout, "roomcast ready ws={ws_addr} wss={wss_text} ingest={ingest_addr} admin={admin_addr}");
     let _ = stdout.flush();
     drop(stdout);
 
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down: closing every connection with 1001");
     }
+    health.set_stopping();
     for mailbox in &mesh.workers {
         mailbox.send(WorkerMail::Shutdown);
     }
@@ -192,6 +206,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         let _ = t.join();
     }
     let _ = ingest_thread.join();
+    admin.shutdown();
     tracing::info!("roomcast stopped");
     Ok(())
 }

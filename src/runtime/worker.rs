@@ -26,13 +26,14 @@ use super::mesh::{IngestMail, Mesh, WorkerMail};
 use super::transport::Transport;
 use super::{clock_ms, Listener};
 use crate::ids::{ConnKey, WorkerId};
+use crate::metrics::{ListenerKind, WorkerLoad};
 use crate::shard::{Shard, ShardConfig};
 use crate::wire::frame::close_code;
 use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token};
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bytes read from a socket at once; one buffer per worker, shared by all its connections.
 const SCRATCH_LEN: usize = 64 * 1024;
@@ -63,6 +64,8 @@ pub struct Worker {
     /// The shard's dirty list of this turn (kept to reuse its buffer).
     dirty: Vec<ConnKey>,
     shutdown_deadline_ms: Option<u64>,
+    /// Time spent on turns (not waiting in poll) since start, in microseconds.
+    busy_us: u64,
 }
 
 impl Worker {
@@ -90,6 +93,7 @@ impl Worker {
             scratch: vec![0; SCRATCH_LEN],
             dirty: Vec::new(),
             shutdown_deadline_ms: None,
+            busy_us: 0,
         })
     }
 
@@ -108,6 +112,7 @@ impl Worker {
                 return Err(e);
             }
             let now = clock_ms();
+            let turn_started = Instant::now();
             // 1. Inputs.
             for event in events.iter() {
                 match event.token() {
@@ -132,6 +137,7 @@ impl Worker {
             self.write(now);
             self.send_mail();
             self.finish_sockets();
+            self.busy_us += turn_started.elapsed().as_micros() as u64;
             if let Some(deadline) = self.shutdown_deadline_ms {
                 if self.shard.conn_count() == 0 || now >= deadline {
                     tracing::debug!(worker = %self.id, left = self.shard.conn_count(), "worker stopped");
@@ -179,7 +185,8 @@ impl Worker {
                 },
                 _ => Transport::Plain(sock),
             };
-            let key = self.shard.accept(transport, now);
+            let kind = if tls { ListenerKind::Wss } else { ListenerKind::Ws };
+            let key = self.shard.accept(transport, kind, now);
             let registered = self.shard.io_mut(key).is_some_and(|io| {
                 self.poll
                     .registry()
@@ -220,6 +227,16 @@ impl Worker {
     fn drain_inbox(&mut self, now: u64) {
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
+                WorkerMail::Ask { question, reply } => {
+                    let answer = self.shard.answer(question, now);
+                    let load = WorkerLoad {
+                        worker: self.id,
+                        busy_us: self.busy_us,
+                        mailbox_depth: self.mesh.workers.get(usize::from(self.id.0)).map_or(0, |m| m.depth() as u64),
+                    };
+                    // The asker may have given up (deadline passed): nothing to do then.
+                    let _ = reply.send((answer, load));
+                }
                 WorkerMail::Mail(batch) => {
                     let n = batch.len();
                     for mail in batch {

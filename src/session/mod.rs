@@ -10,20 +10,21 @@
 //! Life, forward only:
 //!
 //! ```text
-//! Upgrading --accept--> Open --close--> Closing --(written, peer done)--> gone
-//!     |                                    ^
-//!     +--refuse--> Refused --(written)--> gone
+//! Upgrading --upgrade--> Open --close--> Closing --(close written, peer done)--> gone
+//!     |
+//!     +--answer--> Answered --(response written)--> gone
 //! ```
 //!
 //! `Upgrading` buffers the request; `Open` serves; `Closing` has its close frame queued after
 //! whatever was queued before it, and lets the socket go once that is written and the peer
-//! answered (or, when the peer closed first, once the echo is written); `Refused` has an HTTP
-//! error queued and lets the socket go once it is written. [`Session::after_write`] says which
-//! step the socket takes next.
+//! answered (or, when the peer closed first, once the echo is written); `Answered` has an HTTP
+//! response other than the upgrade queued (an error, or the demo page) and lets the socket go
+//! once it is written. [`Session::after_write`] says which step the socket takes next.
 
 pub mod outbound;
 
 use crate::ids::ConnId;
+use crate::metrics::ListenerKind;
 use crate::wire::frame::{self, close_code, FrameReader, Role};
 use bytes::Bytes;
 use outbound::{Outbound, OverBudget};
@@ -44,8 +45,8 @@ pub enum Phase {
         /// Whether the peer started the close handshake.
         by_peer: bool,
     },
-    /// The upgrade was refused: an HTTP error response is queued.
-    Refused,
+    /// The request got an HTTP response other than the upgrade (a refusal, or the demo page).
+    Answered,
 }
 
 /// The life with the data that exists only in some phases: the request buffer only while
@@ -56,7 +57,7 @@ enum Life {
     Upgrading { request: Vec<u8> },
     Open { identity: Identity },
     Closing { identity: Identity, code: u16, by_peer: bool },
-    Refused,
+    Answered,
 }
 
 /// Who the viewer is, from the handshake.
@@ -116,6 +117,8 @@ pub struct Session {
     last_spoke_ms: u64,
     /// A heartbeat ping went out and no frame arrived since.
     pinged: bool,
+    /// The listener it came in on (ws or wss), for the counters.
+    listener: ListenerKind,
     next_join_id: u32,
 }
 
@@ -125,7 +128,7 @@ const PING_FRAME: &[u8] = &[0x89, 0x00];
 
 impl Session {
     /// A connection just accepted: its upgrade request is yet to come.
-    pub fn accept(id: ConnId, now_ms: u64) -> Self {
+    pub fn accept(id: ConnId, listener: ListenerKind, now_ms: u64) -> Self {
         Self {
             id,
             life: Life::Upgrading { request: Vec::new() },
@@ -137,13 +140,14 @@ impl Session {
             last_seen_ms: now_ms,
             last_spoke_ms: now_ms,
             pinged: false,
+            listener,
             next_join_id: 0,
         }
     }
 
     /// A connection whose upgrade was done elsewhere (tests, benches): open at once.
     pub fn opened(id: ConnId, identity: Identity, now_ms: u64) -> Self {
-        let mut session = Self::accept(id, now_ms);
+        let mut session = Self::accept(id, ListenerKind::Ws, now_ms);
         session.life = Life::Open { identity };
         session.rooms.reserve_exact(1);
         session
@@ -154,13 +158,18 @@ impl Session {
         self.id
     }
 
+    /// The listener the connection came in on.
+    pub fn listener(&self) -> ListenerKind {
+        self.listener
+    }
+
     /// Where the connection is in its life.
     pub fn phase(&self) -> Phase {
         match self.life {
             Life::Upgrading { .. } => Phase::Upgrading,
             Life::Open { .. } => Phase::Open,
             Life::Closing { code, by_peer, .. } => Phase::Closing { code, by_peer },
-            Life::Refused => Phase::Refused,
+            Life::Answered => Phase::Answered,
         }
     }
 
@@ -173,7 +182,7 @@ impl Session {
     pub fn identity(&self) -> Option<&Identity> {
         match &self.life {
             Life::Open { identity } | Life::Closing { identity, .. } => Some(identity),
-            Life::Upgrading { .. } | Life::Refused => None,
+            Life::Upgrading { .. } | Life::Answered => None,
         }
     }
 
@@ -205,10 +214,11 @@ impl Session {
         request.split_off(consumed.min(request.len()))
     }
 
-    /// The upgrade is refused: queue the HTTP error response; the socket goes once it is out.
-    pub fn refuse(&mut self, response: Vec<u8>) {
+    /// Answer the request with an HTTP response other than the upgrade (an error, the demo
+    /// page); the socket goes once it is out.
+    pub fn answer(&mut self, response: Vec<u8>) {
         if matches!(self.life, Life::Upgrading { .. }) {
-            self.life = Life::Refused;
+            self.life = Life::Answered;
             self.outbound.push_unbounded(Bytes::from(response));
         }
     }
@@ -331,7 +341,7 @@ impl Session {
     pub fn send(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
         match self.life {
             Life::Open { .. } => self.outbound.push(frame, budget),
-            Life::Upgrading { .. } | Life::Closing { .. } | Life::Refused => Ok(()),
+            Life::Upgrading { .. } | Life::Closing { .. } | Life::Answered => Ok(()),
         }
     }
 
@@ -360,7 +370,7 @@ impl Session {
         if !self.is_open() {
             return false;
         }
-        let Life::Open { identity } = std::mem::replace(&mut self.life, Life::Refused) else {
+        let Life::Open { identity } = std::mem::replace(&mut self.life, Life::Answered) else {
             return false;
         };
         if code == close_code::SLOW_CONSUMER {
@@ -378,8 +388,8 @@ impl Session {
         match self.life {
             Life::Upgrading { .. } if self.peer_closed => SocketStep::Drop,
             Life::Upgrading { .. } | Life::Open { .. } => SocketStep::Keep,
-            Life::Refused if written => SocketStep::Drop,
-            Life::Refused => SocketStep::Keep,
+            Life::Answered if written => SocketStep::Drop,
+            Life::Answered => SocketStep::Keep,
             Life::Closing { by_peer, .. } => {
                 if written && (by_peer || self.peer_closed) {
                     SocketStep::Drop
@@ -467,15 +477,15 @@ mod tests {
 
     #[test]
     fn an_upgrade_keeps_the_bytes_after_the_request_and_a_refusal_goes_once_written() {
-        let mut s = Session::accept(ConnId(2), 0);
+        let mut s = Session::accept(ConnId(2), ListenerKind::Ws, 0);
         assert_eq!(s.push_request(b"RE"), b"RE");
         assert_eq!(s.push_request(b"Q\x81\x80"), b"REQ\x81\x80");
         let identity = Identity { user: Arc::from("a"), name: Arc::from("a") };
         let rest = s.upgrade(b"101".to_vec(), 3, identity);
         assert_eq!((rest, s.phase(), s.user()), (b"\x81\x80".to_vec(), Phase::Open, "a"));
-        let mut r = Session::accept(ConnId(3), 0);
-        r.refuse(b"HTTP/1.1 404".to_vec());
-        assert_eq!((r.phase(), r.after_write()), (Phase::Refused, SocketStep::Keep));
+        let mut r = Session::accept(ConnId(3), ListenerKind::Ws, 0);
+        r.answer(b"HTTP/1.1 404".to_vec());
+        assert_eq!((r.phase(), r.after_write()), (Phase::Answered, SocketStep::Keep));
         r.outbound_mut().advance(12);
         assert_eq!(r.after_write(), SocketStep::Drop);
         assert!(r.send(Bytes::from_static(b"x"), 10).is_ok() && r.outbound().is_empty(), "nothing after a refusal");

@@ -20,11 +20,22 @@ use bytes::{Bytes, BytesMut};
 /// Largest batch of consecutive frames sent as one buffer.
 pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 
+/// A room's batch leaving now: consecutive frames in one buffer.
+#[derive(Debug, Clone)]
+pub(crate) struct Batch {
+    /// The frames.
+    pub(crate) frames: Bytes,
+    /// When its first frame was pushed (ms).
+    pub(crate) first_ms: u64,
+}
+
 /// One room's batch.
 #[derive(Debug, Default)]
 struct Slot {
     frames: Vec<Bytes>,
     bytes: usize,
+    /// When the first frame of the current batch was pushed.
+    first_ms: u64,
     /// When the room last sent a batch (`None`: never), for the window.
     last_sent_ms: Option<u64>,
     /// On `fresh` or `held`.
@@ -69,8 +80,11 @@ impl Batcher {
     /// Add a sequenced frame to `room`'s batch. Returns the batch when it is full: the caller
     /// sends it now.
     #[must_use]
-    pub(crate) fn push(&mut self, room: usize, frame: Bytes, now_ms: u64) -> Option<Bytes> {
+    pub(crate) fn push(&mut self, room: usize, frame: Bytes, now_ms: u64) -> Option<Batch> {
         let slot = self.slot(room);
+        if slot.frames.is_empty() {
+            slot.first_ms = now_ms;
+        }
         slot.bytes += frame.len();
         slot.frames.push(frame);
         let full = slot.bytes >= MAX_BATCH_BYTES;
@@ -86,23 +100,23 @@ impl Batcher {
     /// Take `room`'s batch now, whatever the window; `None` when nothing waits. Taking
     /// something starts the room's next window.
     #[must_use]
-    pub(crate) fn take(&mut self, room: usize, now_ms: u64) -> Option<Bytes> {
+    pub(crate) fn take(&mut self, room: usize, now_ms: u64) -> Option<Batch> {
         let slot = self.slots.get_mut(room)?;
         slot.bytes = 0;
-        let batch = match slot.frames.len() {
+        let frames = match slot.frames.len() {
             0 => return None,
-            1 => slot.frames.pop(),
+            1 => slot.frames.pop()?,
             _ => {
                 let len = slot.frames.iter().map(Bytes::len).sum();
                 let mut buf = BytesMut::with_capacity(len);
                 for frame in slot.frames.drain(..) {
                     buf.extend_from_slice(&frame);
                 }
-                Some(buf.freeze())
+                buf.freeze()
             }
         };
         slot.last_sent_ms = Some(now_ms);
-        batch
+        Some(Batch { frames, first_ms: slot.first_ms })
     }
 
     /// Whether frames wait in `room`'s batch.
@@ -112,7 +126,7 @@ impl Batcher {
 
     /// The end of a turn at `now_ms`: every listed room whose window allows it gives its batch
     /// into `out` (room, batch); the rest are held until their window ends.
-    pub(crate) fn poll_due(&mut self, now_ms: u64, out: &mut Vec<(usize, Bytes)>) {
+    pub(crate) fn poll_due(&mut self, now_ms: u64, out: &mut Vec<(usize, Batch)>) {
         let fresh = std::mem::replace(&mut self.fresh, std::mem::take(&mut self.spare));
         self.send_or_hold(fresh, now_ms, out);
         if now_ms >= self.held_due_ms {
@@ -124,7 +138,7 @@ impl Batcher {
 
     /// Send each listed room's batch, or hold it while its window lasts. `rooms` is emptied
     /// and kept as the spare list.
-    fn send_or_hold(&mut self, mut rooms: Vec<usize>, now_ms: u64, out: &mut Vec<(usize, Bytes)>) {
+    fn send_or_hold(&mut self, mut rooms: Vec<usize>, now_ms: u64, out: &mut Vec<(usize, Batch)>) {
         let window = self.window_ms;
         for room in rooms.drain(..) {
             let Some(slot) = self.slots.get_mut(room) else { continue };
@@ -148,7 +162,7 @@ impl Batcher {
     }
 
     /// Every waiting batch, now (shutdown: they go out before the close frames).
-    pub(crate) fn take_all(&mut self, now_ms: u64, out: &mut Vec<(usize, Bytes)>) {
+    pub(crate) fn take_all(&mut self, now_ms: u64, out: &mut Vec<(usize, Batch)>) {
         let mut listed = std::mem::take(&mut self.fresh);
         listed.append(&mut self.held);
         self.held_due_ms = u64::MAX;
@@ -183,8 +197,8 @@ mod tests {
         Bytes::copy_from_slice(&n.to_be_bytes())
     }
 
-    fn numbers(batch: &Bytes) -> Vec<u32> {
-        batch.chunks(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect()
+    fn numbers(batch: &Batch) -> Vec<u32> {
+        batch.frames.chunks(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect()
     }
 
     #[test]
@@ -212,7 +226,7 @@ mod tests {
         let mut b = Batcher::new(1_000);
         let big = Bytes::from(vec![0u8; MAX_BATCH_BYTES / 2]);
         assert!(b.push(3, big.clone(), 0).is_none());
-        assert_eq!(b.push(3, big, 0).map(|f| f.len()), Some(MAX_BATCH_BYTES));
+        assert_eq!(b.push(3, big, 0).map(|f| f.frames.len()), Some(MAX_BATCH_BYTES));
         assert!(!b.has_batch(3));
     }
 

@@ -1,5 +1,6 @@
 //! The rooms this worker is home to: creating them, sequencing their messages, sending their
-//! frames to the workers with members, announcing presence, and freeing the quiet ones.
+//! frames to the workers with members, announcing presence, freeing the quiet ones, and
+//! answering questions about them.
 //!
 //! Rooms live in a slab so the per-turn and per-tick lists name them by key: a tick walks only
 //! the rooms that changed, without hashing a name or chasing a string. The lists are the
@@ -9,14 +10,26 @@
 //! the key off every list, so no list acts for a room it was not filled by.
 //!
 //! Every frame a home sends goes out through one function, [`Homes::send`]: one `Deliver` mail
-//! per worker with members (a refcount of the same [`Bytes`], never a copy).
+//! per worker with members (a refcount of the same [`Bytes`], never a copy), and a copy of
+//! each message for the room's live feeds ([`FeedSink`]) when an operator watches. Besides the
+//! room's own state, each homed room keeps the numbers that explain it to operators: why its
+//! viewers left and how many comments it took or refused since it was created, and its comment
+//! rate.
 
-use super::batcher::Batcher;
+use super::ask::FeedSink;
+use super::batcher::{Batch, Batcher};
 use super::mail::{Mail, Origin, Router};
 use super::ShardConfig;
 use crate::ids::{RoomName, WorkerId};
+use crate::metrics::{Counters, RateMeter, Source};
+use crate::query::{
+    CommentCounts, FeedItem, LeaveCounts, LeaveReason, PageQuery, PresenceMember, PresencePage, RoomDetail,
+    RoomSummary, RoomsPart, RoomsQuery,
+};
 use crate::room::{HomeRoom, Message, Recorded, RoomLimits};
+use crate::wire::{frame, ErrorCode};
 use bytes::{Bytes, BytesMut};
+use serde_json::value::RawValue;
 use slab::Slab;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +40,34 @@ struct HomeEntry {
     room: HomeRoom,
     /// On `announce` for the next tick.
     announce_queued: bool,
+    created_at_ms: u64,
+    leaves: LeaveCounts,
+    comments: CommentCounts,
+    comment_rate: RateMeter,
+    /// Live feeds of this room (dashboards watching it); usually none.
+    taps: Vec<Box<dyn FeedSink>>,
+}
+
+impl HomeEntry {
+    /// Offer `item` (made only when someone watches) to every feed; drop the feeds whose
+    /// reader is gone.
+    fn feed(&mut self, item: impl Fn() -> Option<FeedItem>) {
+        if self.taps.is_empty() {
+            return;
+        }
+        self.taps.retain_mut(|tap| item().is_none_or(|item| tap.offer(item)));
+    }
+
+    fn summary(&self, now_ms: u64) -> RoomSummary {
+        RoomSummary {
+            room: self.room.name().to_string(),
+            online: self.room.online(),
+            seq: self.room.seq().0,
+            epoch: self.room.epoch_string(),
+            comment_rate: self.comment_rate.rate(now_ms),
+            version: self.room.version(),
+        }
+    }
 }
 
 /// See the module doc.
@@ -41,12 +82,14 @@ pub(crate) struct Homes {
     keys: HashMap<RoomName, usize>,
     batcher: Batcher,
     /// Batches the batcher let go this turn (kept to reuse its buffer).
-    due: Vec<(usize, Bytes)>,
+    due: Vec<(usize, Batch)>,
     announce: Vec<usize>,
     empty: Vec<usize>,
     interval_ms: u64,
     idle_ms: u64,
     next_tick_ms: u64,
+    /// The homes' share of the worker's counters (published, comments, leaves, ticks).
+    counters: Counters,
 }
 
 impl Homes {
@@ -67,6 +110,7 @@ impl Homes {
             interval_ms: cfg.presence_interval_ms,
             idle_ms: cfg.room_idle_ms,
             next_tick_ms: 0,
+            counters: Counters::default(),
         }
     }
 
@@ -80,6 +124,14 @@ impl Homes {
         self.rooms.len()
     }
 
+    /// The homes' counters, with the gauges (rooms, online) read now.
+    pub(crate) fn counters(&self) -> Counters {
+        let mut counters = self.counters;
+        counters.rooms = self.rooms.len() as u64;
+        counters.online = self.rooms.iter().map(|(_, e)| e.room.online()).sum();
+        counters
+    }
+
     /// The key of `name`, created when it is new.
     fn key(&mut self, name: &RoomName, now_ms: u64) -> usize {
         if let Some(key) = self.keys.get(&**name) {
@@ -90,43 +142,40 @@ impl Homes {
         // an epoch with its former self, and the seed differs between runs.
         let epoch = self.epoch_seed ^ ((self.next_epoch << 8) | u64::from(self.me.0));
         let room = HomeRoom::new(name.clone(), epoch, self.workers, self.limits, now_ms);
-        let key = self.rooms.insert(HomeEntry { room, announce_queued: false });
+        let key = self.rooms.insert(HomeEntry {
+            room,
+            announce_queued: false,
+            created_at_ms: now_ms,
+            leaves: LeaveCounts::default(),
+            comments: CommentCounts::default(),
+            comment_rate: RateMeter::default(),
+            taps: Vec::new(),
+        });
         self.keys.insert(name.clone(), key);
         // A room starts without members: if none come it is an eviction candidate.
         self.empty.push(key);
         key
     }
 
-    /// Send `frames` of the room under `key` to every worker with members.
-    fn send(&self, key: usize, frames: &Bytes, router: &mut Router) {
-        let Some(entry) = self.rooms.get(key) else { return };
+    /// Send `frames` of the room under `key` to every worker with members, and to its feeds.
+    fn send(&mut self, key: usize, frames: &Bytes, sequenced_ms: Option<u64>, router: &mut Router) {
+        let Some(entry) = self.rooms.get_mut(key) else { return };
         for worker in entry.room.subscribers() {
-            router.post(worker, Mail::Deliver { room: entry.room.name().clone(), frames: frames.clone() });
+            let room = entry.room.name().clone();
+            router.post(worker, Mail::Deliver { room, frames: frames.clone(), sequenced_ms });
+        }
+        if !entry.taps.is_empty() {
+            for (_, payload) in frame::server_frames(frames) {
+                entry.feed(|| std::str::from_utf8(payload).ok().and_then(FeedItem::message));
+            }
         }
     }
 
     /// Send the room's batch now, whatever the window.
     fn flush(&mut self, key: usize, now_ms: u64, router: &mut Router) {
         if let Some(batch) = self.batcher.take(key, now_ms) {
-            self.send(key, &batch, router);
+            self.send(key, &batch.frames, Some(batch.first_ms), router);
         }
-    }
-
-    /// Sequence `message` in room `name` (created when new): the one path of every sequenced
-    /// message. Its frame joins the room's batch (sent at once when the batch is full).
-    pub(crate) fn sequence(
-        &mut self,
-        name: &RoomName,
-        message: Message<'_>,
-        now_ms: u64,
-        router: &mut Router,
-    ) -> Recorded {
-        let key = self.key(name, now_ms);
-        let recorded = self.rooms[key].room.sequence(message, now_ms);
-        if let Some(full) = self.batcher.push(key, recorded.frame.clone(), now_ms) {
-            self.send(key, &full, router);
-        }
-        recorded
     }
 
     /// Send the batch of `name` now, whatever the window: after a comment, so that the
@@ -135,6 +184,32 @@ impl Homes {
         if let Some(&key) = self.keys.get(name) {
             self.flush(key, now_ms, router);
         }
+    }
+
+    /// Sequence `message` from `source` in room `name` (created when new): the one path of
+    /// every sequenced message. Its frame joins the room's batch (sent at once when the batch
+    /// is full).
+    pub(crate) fn sequence(
+        &mut self,
+        name: &RoomName,
+        message: Message<'_>,
+        source: Source,
+        now_ms: u64,
+        router: &mut Router,
+    ) -> Recorded {
+        let key = self.key(name, now_ms);
+        let entry = &mut self.rooms[key];
+        if matches!(message, Message::Comment { .. }) {
+            entry.comments.accepted += 1;
+            entry.comment_rate.record(now_ms, 1);
+            self.counters.comments.accepted += 1;
+        }
+        self.counters.published.add(source, 1);
+        let recorded = entry.room.sequence(message, now_ms);
+        if let Some(full) = self.batcher.push(key, recorded.frame.clone(), now_ms) {
+            self.send(key, &full.frames, Some(full.first_ms), router);
+        }
+        recorded
     }
 
     /// A member of worker `from.worker` joins `name`: everything sequenced before goes out
@@ -148,15 +223,34 @@ impl Homes {
         router.post(join.from.worker, Mail::Joined { room: name, to: join.from, join_id: join.join_id, reply });
     }
 
-    /// A member of `worker` left `name`.
-    pub(crate) fn leave(&mut self, name: &str, worker: WorkerId, viewer: (&str, &Arc<str>), now_ms: u64) {
+    /// A member of `worker` left `name`, for `reason`.
+    pub(crate) fn leave(
+        &mut self,
+        name: &str,
+        worker: WorkerId,
+        (user, display): (&str, &Arc<str>),
+        reason: LeaveReason,
+        now_ms: u64,
+    ) {
         let Some(&key) = self.keys.get(name) else { return };
-        let room = &mut self.rooms[key].room;
-        room.leave(worker, viewer, now_ms);
-        if room.is_empty() {
+        let entry = &mut self.rooms[key];
+        entry.room.leave(worker, (user, display), now_ms);
+        entry.leaves.record(reason);
+        self.counters.leaves.record(reason);
+        entry.feed(|| Some(FeedItem::Left { user: user.to_owned(), reason }));
+        if entry.room.is_empty() {
             self.empty.push(key);
         }
         self.queue_announce(key);
+    }
+
+    /// A comment in `name` was refused with `code` on the commenter's worker.
+    pub(crate) fn rejected(&mut self, name: &str, user: &str, code: ErrorCode) {
+        self.counters.comments.rejected.record(code);
+        let Some(&key) = self.keys.get(name) else { return };
+        let entry = &mut self.rooms[key];
+        entry.comments.rejected.record(code);
+        entry.feed(|| Some(FeedItem::Rejected { user: user.to_owned(), reason: code }));
     }
 
     /// A reaction in `name`, counted for the interval.
@@ -167,14 +261,27 @@ impl Homes {
     }
 
     /// Close `name`: what it sequenced goes out, then every worker with members is told and
-    /// the room is freed. False when no such room is homed here.
+    /// the room is freed (its feeds get [`FeedItem::Closed`]). False when no such room is
+    /// homed here.
     pub(crate) fn close(&mut self, name: &str, now_ms: u64, router: &mut Router) -> bool {
         let Some(&key) = self.keys.get(name) else { return false };
         self.flush(key, now_ms, router);
-        let Some(entry) = self.remove(key) else { return false };
+        let Some(mut entry) = self.remove(key) else { return false };
+        for _ in 0..entry.room.online() {
+            self.counters.leaves.record(LeaveReason::RoomClosed);
+        }
         for worker in entry.room.subscribers() {
             router.post(worker, Mail::RoomClosed { room: entry.room.name().clone() });
         }
+        entry.feed(|| Some(FeedItem::Closed));
+        true
+    }
+
+    /// Watch `name` live: `sink` gets every message, leave and refused comment from now on.
+    /// False when no such room is homed here.
+    pub(crate) fn tap(&mut self, name: &str, sink: Box<dyn FeedSink>) -> bool {
+        let Some(&key) = self.keys.get(name) else { return false };
+        self.rooms[key].taps.push(sink);
         true
     }
 
@@ -195,6 +302,70 @@ impl Homes {
         Some(entry)
     }
 
+    // --- questions ---
+
+    /// This worker's share of a room list: its public rooms matching the query.
+    pub(crate) fn list(&self, query: &RoomsQuery, now_ms: u64) -> RoomsPart {
+        let mut total = 0;
+        let mut candidates = Vec::new();
+        for (_, entry) in &self.rooms {
+            let name = entry.room.name();
+            if name.is_private() || !query.matches(name) {
+                continue;
+            }
+            total += 1;
+            if query.admits(name, entry.room.online()) {
+                candidates.push(entry.summary(now_ms));
+            }
+        }
+        query.part(candidates, total)
+    }
+
+    /// One room in full; `since` picks its recent events by the `join` recovery rule.
+    pub(crate) fn detail(&mut self, name: &str, since: Option<(u64, Option<&str>)>, now_ms: u64) -> Option<RoomDetail> {
+        let &key = self.keys.get(name)?;
+        let entry = &mut self.rooms[key];
+        let (frames, recovered) = entry.room.history_since(since, now_ms);
+        let events = frames
+            .iter()
+            .flat_map(|f| frame::server_frames(f))
+            .filter_map(|(_, payload)| std::str::from_utf8(payload).ok())
+            .filter_map(|text| RawValue::from_string(text.to_owned()).ok())
+            .collect();
+        let summary = entry.summary(now_ms);
+        Some(RoomDetail {
+            room: summary.room,
+            epoch: summary.epoch,
+            seq: summary.seq,
+            version: summary.version,
+            state: entry.room.state().and_then(|s| RawValue::from_string(s.to_owned()).ok()),
+            online: summary.online,
+            comment_rate: summary.comment_rate,
+            created_at: entry.created_at_ms,
+            events,
+            recovered,
+            leaves: entry.leaves,
+            comments: entry.comments,
+        })
+    }
+
+    /// A page of the room's distinct viewers as the home knows them (`last_seen` and
+    /// `silent_ms` are the viewers' workers' to fill in).
+    pub(crate) fn members(&self, name: &str, page: &PageQuery) -> Option<PresencePage> {
+        let entry = self.rooms.get(*self.keys.get(name)?)?;
+        let members = entry.room.viewers().filter(|v| page.admits(v.user)).map(|v| PresenceMember {
+            user: v.user.to_owned(),
+            name: v.name.to_owned(),
+            joined_at: v.joined_at_ms,
+            last_seen: 0,
+            silent_ms: 0,
+            connections: v.connections,
+        });
+        Some(page.select(name, entry.room.online(), members))
+    }
+
+    // --- time ---
+
     /// When [`Homes::tick`] is next due.
     pub(crate) fn next_tick_ms(&self) -> u64 {
         self.next_tick_ms
@@ -214,6 +385,7 @@ impl Homes {
             return;
         }
         self.next_tick_ms = now_ms + self.interval_ms;
+        self.counters.presence_ticks += 1;
         let mut announce = std::mem::take(&mut self.announce);
         for key in announce.drain(..) {
             let Some(entry) = self.rooms.get_mut(key) else { continue };
@@ -224,8 +396,10 @@ impl Homes {
             }
             // Frames sequenced earlier in this turn go first, in the same buffer: one message
             // per worker per room per interval.
-            let frames = concat_frames([self.batcher.take(key, now_ms), presence, reactions]);
-            self.send(key, &frames, router);
+            let batch = self.batcher.take(key, now_ms);
+            let sequenced_ms = batch.as_ref().map(|b| b.first_ms);
+            let frames = concat_frames([batch.map(|b| b.frames), presence, reactions]);
+            self.send(key, &frames, sequenced_ms, router);
         }
         self.announce = announce;
         let mut empty = std::mem::take(&mut self.empty);
@@ -236,7 +410,9 @@ impl Homes {
                 continue;
             }
             if entry.room.last_active_ms() + self.idle_ms <= now_ms && !self.batcher.has_batch(key) {
-                self.remove(key);
+                if let Some(mut entry) = self.remove(key) {
+                    entry.feed(|| Some(FeedItem::Closed));
+                }
             } else {
                 keep.push(key);
             }
@@ -250,7 +426,7 @@ impl Homes {
         let mut due = std::mem::take(&mut self.due);
         self.batcher.poll_due(now_ms, &mut due);
         for (key, batch) in due.drain(..) {
-            self.send(key, &batch, router);
+            self.send(key, &batch.frames, Some(batch.first_ms), router);
         }
         self.due = due;
     }
@@ -260,7 +436,7 @@ impl Homes {
         let mut due = std::mem::take(&mut self.due);
         self.batcher.take_all(now_ms, &mut due);
         for (key, batch) in due.drain(..) {
-            self.send(key, &batch, router);
+            self.send(key, &batch.frames, Some(batch.first_ms), router);
         }
         self.due = due;
     }

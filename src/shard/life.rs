@@ -9,6 +9,8 @@
 
 use super::Shard;
 use crate::ids::ConnKey;
+use crate::metrics::ListenerKind;
+use crate::query::LeaveReason;
 use crate::session::{Heartbeat, Identity, Phase, Session, SocketStep};
 use crate::wire::frame::{self, close_code, Incoming};
 use crate::wire::server_msg;
@@ -16,11 +18,18 @@ use crate::wire::upgrade::{self, Upgrade};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+/// RFC 6455 7.1.5: the code "reserved" for a connection "closed abnormally, e.g., without
+/// sending or receiving a Close control frame"; counted, never sent.
+const ABNORMAL_CLOSURE: u16 = 1006;
+
 impl<Io> Shard<Io> {
-    /// A connection was accepted: it has `handshake_timeout_ms` to complete its upgrade.
-    pub fn accept(&mut self, io: Io, now_ms: u64) -> ConnKey {
+    /// A connection was accepted on `listener`: it has `handshake_timeout_ms` to complete its
+    /// upgrade.
+    pub fn accept(&mut self, io: Io, listener: ListenerKind, now_ms: u64) -> ConnKey {
         self.now_ms = now_ms;
-        let key = self.conns.insert(io, |id| Session::accept(id, now_ms));
+        *self.counters.connects.slot(listener) += 1;
+        *self.counters.connections_open.slot(listener) += 1;
+        let key = self.conns.insert(io, |id| Session::accept(id, listener, now_ms));
         self.conns.arm(key, now_ms + self.cfg.handshake_timeout_ms);
         key
     }
@@ -29,6 +38,8 @@ impl<Io> Shard<Io> {
     /// is open at once as `user` (an anonymous id is made up when `None`).
     pub fn open(&mut self, io: Io, user: Option<&str>, now_ms: u64) -> ConnKey {
         self.now_ms = now_ms;
+        *self.counters.connects.slot(ListenerKind::Ws) += 1;
+        *self.counters.connections_open.slot(ListenerKind::Ws) += 1;
         let key = self.conns.insert(io, |id| {
             let user: Arc<str> = user.map_or_else(|| Arc::from(format!("anon-{id}")), Arc::from);
             Session::opened(id, Identity { name: Arc::clone(&user), user }, now_ms)
@@ -46,7 +57,7 @@ impl<Io> Shard<Io> {
         match conn.session.phase() {
             Phase::Upgrading => self.upgrade(key, bytes, now_ms),
             Phase::Open | Phase::Closing { .. } => self.feed(key, bytes, now_ms),
-            Phase::Refused => {}
+            Phase::Answered => {}
         }
         self.step_socket(key);
         self.drain_loopback(now_ms);
@@ -67,7 +78,7 @@ impl<Io> Shard<Io> {
         match conn.session.phase() {
             // Gone without a close frame: 1006 on its side, gone on ours.
             Phase::Open | Phase::Upgrading => self.drop_conn(key, now_ms),
-            Phase::Closing { .. } | Phase::Refused => self.step_socket(key),
+            Phase::Closing { .. } | Phase::Answered => self.step_socket(key),
         }
     }
 
@@ -90,6 +101,13 @@ impl<Io> Shard<Io> {
     /// close is written moves on.
     pub fn handle_written(&mut self, key: ConnKey, ok: bool, now_ms: u64) {
         self.now_ms = now_ms;
+        if let Some((at, before)) = self.transmitting.take().filter(|(at, _)| *at == key) {
+            let after = self.conns.get(at).map_or(before, |c| c.session.outbound().queued());
+            if after < before {
+                self.counters.socket_writes += 1;
+                self.counters.bytes_out += (before - after) as u64;
+            }
+        }
         if !ok {
             return self.drop_conn(key, now_ms);
         }
@@ -112,12 +130,23 @@ impl<Io> Shard<Io> {
     /// Close the connection with `code` (a framing rule broken, a kick, shutdown...): the close
     /// frame is queued and the connection leaves its rooms.
     pub fn close(&mut self, key: ConnKey, code: u16, by_peer: bool) {
+        let reason = match code {
+            close_code::KICKED => LeaveReason::Kicked,
+            close_code::SLOW_CONSUMER => LeaveReason::SlowConsumer,
+            _ => LeaveReason::Closed,
+        };
+        self.close_for(key, code, by_peer, reason);
+    }
+
+    /// [`Shard::close`], with the reason its rooms are told.
+    pub(super) fn close_for(&mut self, key: ConnKey, code: u16, by_peer: bool, reason: LeaveReason) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if !conn.session.close(code, by_peer) {
             return;
         }
+        self.counters.closes.record(code);
         if code == close_code::SLOW_CONSUMER {
-            self.stats.slow_consumers += 1;
+            self.counters.slow_consumer_closes += 1;
             tracing::warn!(
                 conn = %conn.session.id(),
                 user = %conn.session.user(),
@@ -127,7 +156,7 @@ impl<Io> Shard<Io> {
         }
         self.conns.arm(key, self.now_ms + self.cfg.close_timeout_ms);
         self.conns.mark_dirty(key);
-        self.leave_all(key);
+        self.leave_all(key, reason);
     }
 
     /// Close every connection with `code` (shutdown: 1001); connections still upgrading go.
@@ -139,7 +168,7 @@ impl<Io> Shard<Io> {
         for key in self.conns.keys() {
             let phase = self.conns.get(key).map(|c| c.session.phase());
             match phase {
-                Some(Phase::Upgrading | Phase::Refused) => self.drop_conn(key, now_ms),
+                Some(Phase::Upgrading | Phase::Answered) => self.drop_conn(key, now_ms),
                 _ => self.close(key, code, false),
             }
         }
@@ -170,7 +199,7 @@ impl<Io> Shard<Io> {
                     tracing::debug!(conn = %conn.session.id(), phase = ?conn.session.phase(), "deadline passed: dropping");
                     self.drop_conn(key, now_ms);
                 }
-                Heartbeat::Expired => self.close(key, close_code::GOING_AWAY, false),
+                Heartbeat::Expired => self.close_for(key, close_code::GOING_AWAY, false, LeaveReason::Heartbeat),
                 Heartbeat::Pinged { until_ms } => {
                     self.conns.arm(key, until_ms);
                     self.conns.mark_dirty(key);
@@ -186,12 +215,17 @@ impl<Io> Shard<Io> {
 
     fn upgrade(&mut self, key: ConnKey, bytes: &[u8], now_ms: u64) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let decision = upgrade::parse_upgrade(conn.session.push_request(bytes), &self.cfg.ws_path);
+        let request = conn.session.push_request(bytes);
+        if let Some(page) = self.cfg.demo_page.as_ref().and_then(|page| page.respond_to(request)) {
+            let page = page.to_vec();
+            return self.answer_http(key, page);
+        }
+        let decision = upgrade::parse_upgrade(request, &self.cfg.ws_path);
         match decision {
             Upgrade::Incomplete => {}
             Upgrade::Rejected { response, reason, status } => {
                 tracing::debug!(conn = %conn.session.id(), status, reason, "upgrade refused");
-                self.refuse(key, response);
+                self.answer_http(key, response);
             }
             Upgrade::Accepted { consumed, response, user, token: _ } => {
                 let user: Arc<str> = match user {
@@ -199,7 +233,7 @@ impl<Io> Shard<Io> {
                         Ok(()) => Arc::from(user),
                         Err(why) => {
                             tracing::debug!(conn = %conn.session.id(), why, "upgrade refused: bad user");
-                            return self.refuse(key, upgrade::http_error(400, &format!("bad user: {why}")));
+                            return self.answer_http(key, upgrade::http_error(400, &format!("bad user: {why}")));
                         }
                     },
                     None => Arc::from(format!("anon-{}", conn.session.id())),
@@ -214,9 +248,9 @@ impl<Io> Shard<Io> {
         }
     }
 
-    fn refuse(&mut self, key: ConnKey, response: Vec<u8>) {
+    fn answer_http(&mut self, key: ConnKey, response: Vec<u8>) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        conn.session.refuse(response);
+        conn.session.answer(response);
         self.conns.mark_dirty(key);
     }
 
@@ -225,7 +259,6 @@ impl<Io> Shard<Io> {
         let Some(conn) = self.conns.get(key) else { return };
         let Some(identity) = conn.session.identity() else { return };
         let (id, user) = (conn.session.id(), Arc::clone(&identity.user));
-        self.stats.opened += 1;
         self.conns.arm(key, now_ms + self.cfg.heartbeat_ms);
         let hello = frame::text_frame_with(|out| {
             server_msg::hello(out, id.0, &user, self.cfg.heartbeat_ms, self.cfg.max_message)
@@ -316,9 +349,13 @@ impl<Io> Shard<Io> {
     fn take_conn(&mut self, key: ConnKey) -> Option<super::Conn<Io>> {
         let conn = self.conns.get(key)?;
         if conn.session.is_open() {
-            self.leave_all(key);
+            // Gone without a close handshake: RFC 6455's 1006, "abnormal closure".
+            self.counters.closes.record(ABNORMAL_CLOSURE);
+            self.leave_all(key, LeaveReason::Closed);
         }
         let conn = self.conns.remove(key)?;
+        let open = self.counters.connections_open.slot(conn.session.listener());
+        *open = open.saturating_sub(1);
         if conn.session.identity().is_some() {
             self.members.remove_connection(conn.session.user(), key);
         }

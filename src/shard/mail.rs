@@ -8,8 +8,10 @@
 //! closed (and its key was reused) is recognised and dropped.
 
 use crate::ids::{ConnId, ConnKey, RoomName, Seq, WorkerId};
+use crate::metrics::Source;
+use crate::query::LeaveReason;
 use crate::room::JoinReply;
-use crate::wire::Ref;
+use crate::wire::{ErrorCode, Ref};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -76,6 +78,17 @@ pub enum Mail {
         user: Arc<str>,
         /// The viewer's display name (for the `left` list of presence).
         name: Arc<str>,
+        /// Why it left (counted per room, shown to operators).
+        reason: LeaveReason,
+    },
+    /// A viewer's comment was refused on its worker (to the home, which counts it per room).
+    Rejected {
+        /// The room.
+        room: RoomName,
+        /// The viewer's user id.
+        user: Arc<str>,
+        /// The error code the viewer got.
+        code: ErrorCode,
     },
     /// A viewer's comment (to the home).
     Comment {
@@ -100,6 +113,8 @@ pub enum Mail {
         kind: Box<str>,
         /// The event's `data`, raw JSON.
         data: Box<str>,
+        /// Where it came from (the ingest socket or the HTTP API).
+        source: Source,
         /// Where to report the seq, if anywhere.
         reply: Option<ReplyTo>,
     },
@@ -109,6 +124,8 @@ pub enum Mail {
         room: RoomName,
         /// The new state object, raw JSON.
         state: Box<str>,
+        /// Where it came from (the ingest socket or the HTTP API).
+        source: Source,
         /// Where to report seq and version, if anywhere.
         reply: Option<ReplyTo>,
     },
@@ -146,6 +163,9 @@ pub enum Mail {
         room: RoomName,
         /// One or more consecutive encoded frames.
         frames: Bytes,
+        /// When the oldest sequenced message among them was sequenced at the home (ms), for
+        /// the publish-to-write latency; `None` for presence and reactions alone.
+        sequenced_ms: Option<u64>,
     },
     /// The home's answer to [`Mail::Join`] (to the member's worker).
     Joined {

@@ -37,6 +37,7 @@
 //! its `joined.seq`, none before, none twice. This module never names a socket, a thread or a
 //! clock.
 
+pub mod ask;
 mod batcher;
 mod conns;
 mod homes;
@@ -51,6 +52,7 @@ pub use mail::home_of;
 
 use crate::config::Config;
 use crate::ids::{ConnKey, RoomName, WorkerId};
+use crate::metrics::{Counters, Source};
 use crate::room::{HomeRoom, Message, RoomLimits};
 use crate::session::outbound::Outbound;
 use crate::wire::frame::{self, close_code};
@@ -74,6 +76,8 @@ pub struct ShardConfig {
     pub workers: usize,
     /// The upgrade path (`/ws`).
     pub ws_path: String,
+    /// The demo page served at `GET /` on the viewer ports (`ws.demo_page`), if on.
+    pub demo_page: Option<crate::demo::DemoPage>,
     /// Time a new connection has to complete its upgrade.
     pub handshake_timeout_ms: u64,
     /// Largest client message, for `hello` and the frame reader.
@@ -108,6 +112,7 @@ impl ShardConfig {
         Self {
             workers,
             ws_path: config.ws.path.clone(),
+            demo_page: config.ws.demo_page.then(|| crate::demo::DemoPage::new(&config.ws.path)),
             handshake_timeout_ms: config.limits.handshake_timeout_ms,
             max_message: config.limits.max_message,
             max_comment_chars: config.limits.max_comment_chars,
@@ -129,21 +134,6 @@ impl ShardConfig {
     }
 }
 
-/// Counters a shard keeps for operators.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ShardStats {
-    /// Connections opened.
-    pub opened: u64,
-    /// Connections closed as slow consumers (4009).
-    pub slow_consumers: u64,
-    /// Messages sequenced by rooms homed here.
-    pub sequenced: u64,
-    /// Frames (or batches) appended to connections' queues.
-    pub deliveries: u64,
-    /// Error replies sent to viewers.
-    pub errors: u64,
-}
-
 /// What one worker owns. See the module doc for the call contract.
 #[derive(Debug)]
 pub struct Shard<Io> {
@@ -153,7 +143,11 @@ pub struct Shard<Io> {
     members: Members,
     homes: Homes,
     router: Router,
-    stats: ShardStats,
+    /// The connection side of the worker's counters (the homes keep theirs).
+    counters: Counters,
+    /// The connection handed to the shell by [`Shard::transmit`] and its queued bytes then,
+    /// so [`Shard::handle_written`] can count what the write moved.
+    transmitting: Option<(ConnKey, usize)>,
     /// The time of the entry point being served (deadlines armed inside it count from it).
     now_ms: u64,
     /// simd-json's parser buffers, reused for every client message of this worker.
@@ -178,7 +172,8 @@ impl<Io> Shard<Io> {
             members: Members::default(),
             homes: Homes::new(id, &cfg),
             router: Router::new(id, cfg.workers),
-            stats: ShardStats::default(),
+            counters: Counters::default(),
+            transmitting: None,
             now_ms: 0,
             json: JsonScratch(simd_json::Buffers::new(cfg.max_message)),
             cfg,
@@ -190,11 +185,6 @@ impl<Io> Shard<Io> {
     /// This shard's worker id.
     pub fn id(&self) -> WorkerId {
         self.id
-    }
-
-    /// Counters so far.
-    pub fn stats(&self) -> ShardStats {
-        self.stats
     }
 
     /// Connections held, in any phase.
@@ -283,6 +273,7 @@ impl<Io> Shard<Io> {
     /// socket takes and then calls [`Shard::handle_written`].
     pub fn transmit(&mut self, key: ConnKey) -> Option<(&mut Io, &mut Outbound)> {
         let conn = self.conns.get_mut(key)?;
+        self.transmitting = Some((key, conn.session.outbound().queued()));
         Some((&mut conn.io, conn.session.outbound_mut()))
     }
 
@@ -316,7 +307,10 @@ impl<Io> Shard<Io> {
                 let join = JoinRequest { from, join_id, user, name, since };
                 self.homes.join(room, join, now_ms, &mut self.router);
             }
-            Mail::Leave { room, worker, user, name } => self.homes.leave(&room, worker, (&user, &name), now_ms),
+            Mail::Leave { room, worker, user, name, reason } => {
+                self.homes.leave(&room, worker, (&user, &name), reason, now_ms)
+            }
+            Mail::Rejected { room, user, code } => self.homes.rejected(&room, &user, code),
             Mail::React { room, kind } => self.homes.react(&room, &kind),
             Mail::Kick { user, room, reply } => {
                 let closed = self.kick(&user, room.as_ref(), now_ms);
@@ -333,26 +327,26 @@ impl<Io> Shard<Io> {
             Mail::RoomClosed { room } => self.room_closed(&room),
             Mail::Comment { room, from, user, name, text, reference } => {
                 let message = Message::Comment { user: &user, name: &name, text: &text };
-                let seq = self.sequence(&room, message, now_ms).seq;
+                let seq = self.sequence(&room, message, Source::Comment, now_ms).seq;
                 // A comment is not held by the window: the commenter waits for its ack, and the
                 // ack must follow the event (both travel on the same FIFO mailboxes).
                 self.homes.flush_now(&room, now_ms, &mut self.router);
                 let frame = frame::text_frame_with(|out| server_msg::ack(out, reference.as_ref(), Some(seq.0)));
                 self.router.post(from.worker, Mail::ToConn { to: from, frame });
             }
-            Mail::Publish { room, kind, data, reply } => {
-                let seq = self.sequence(&room, Message::Event { kind: &kind, data: &data }, now_ms).seq;
+            Mail::Publish { room, kind, data, source, reply } => {
+                let seq = self.sequence(&room, Message::Event { kind: &kind, data: &data }, source, now_ms).seq;
                 if let Some(to) = reply {
                     self.router.reply(IngestReply::Published { to, seq });
                 }
             }
-            Mail::SetState { room, state, reply } => {
-                let recorded = self.sequence(&room, Message::State(state), now_ms);
+            Mail::SetState { room, state, source, reply } => {
+                let recorded = self.sequence(&room, Message::State(state), source, now_ms);
                 if let Some(to) = reply {
                     self.router.reply(IngestReply::State { to, seq: recorded.seq, version: recorded.version });
                 }
             }
-            Mail::Deliver { room, frames } => self.deliver(&room, &frames),
+            Mail::Deliver { room, frames, sequenced_ms } => self.deliver(&room, &frames, sequenced_ms, now_ms),
             Mail::Joined { room, to, join_id, reply } => self.confirm_join(room, to, join_id, reply),
             Mail::ToConn { to, frame } => {
                 if self.conns.session_of(to.key, to.conn).is_some() {
@@ -363,20 +357,31 @@ impl<Io> Shard<Io> {
     }
 
     /// Sequence a message in a room homed here.
-    fn sequence(&mut self, room: &RoomName, message: Message<'_>, now_ms: u64) -> crate::room::Recorded {
-        self.stats.sequenced += 1;
-        self.homes.sequence(room, message, now_ms, &mut self.router)
+    fn sequence(
+        &mut self,
+        room: &RoomName,
+        message: Message<'_>,
+        source: Source,
+        now_ms: u64,
+    ) -> crate::room::Recorded {
+        self.homes.sequence(room, message, source, now_ms, &mut self.router)
     }
 
     // --- frames to connections ---
 
     /// A room's frames for every local receiver; those over the hard cap are slow consumers.
-    fn deliver(&mut self, room: &RoomName, frames: &Bytes) {
+    /// The time since the frames were sequenced goes into the publish-to-write histogram
+    /// (they are written at the end of this turn; the loop clock's resolution is 1 ms).
+    fn deliver(&mut self, room: &RoomName, frames: &Bytes, sequenced_ms: Option<u64>, now_ms: u64) {
         let hard_cap = self.hard_cap();
         let mut slow = Vec::new();
-        for &key in self.members.receivers(room) {
+        let receivers = self.members.receivers(room);
+        if let (Some(at), false) = (sequenced_ms, receivers.is_empty()) {
+            self.counters.publish_to_write.record(now_ms.saturating_sub(at) * 1_000);
+        }
+        for &key in receivers {
             match self.conns.send(key, frames.clone(), hard_cap) {
-                Ok(()) => self.stats.deliveries += 1,
+                Ok(()) => self.counters.deliveries += 1,
                 Err(_) => slow.push(key),
             }
         }
@@ -388,7 +393,7 @@ impl<Io> Shard<Io> {
     /// Queue `frame` for `key`; a connection over its hard cap is closed as a slow consumer.
     fn send_to(&mut self, key: ConnKey, frame: Bytes) {
         match self.conns.send(key, frame, self.hard_cap()) {
-            Ok(()) => self.stats.deliveries += 1,
+            Ok(()) => self.counters.deliveries += 1,
             Err(_) => self.close(key, close_code::SLOW_CONSUMER, false),
         }
     }
@@ -399,7 +404,6 @@ impl<Io> Shard<Io> {
     }
 
     fn reply_error(&mut self, key: ConnKey, reference: Option<&Ref>, code: ErrorCode, message: &str) {
-        self.stats.errors += 1;
         let frame = frame::text_frame_with(|out| server_msg::error(out, reference, code, message));
         self.send_to(key, frame);
     }

@@ -4,6 +4,7 @@
 use super::mail::{IngestReply, Mail, ReplyTo};
 use super::*;
 use crate::ids::RoomName;
+use crate::metrics::Source;
 use crate::wire::frame::{FrameReader, Role};
 use crate::wire::Incoming;
 use serde_json::Value;
@@ -74,8 +75,13 @@ impl Sim {
         let home = home_of(room, self.shards.len());
         for i in 0..n {
             let reply = Some(ReplyTo { conn: 0, generation: 0, serial: i, part: 0 });
-            let mail =
-                Mail::Publish { room: name(room), kind: "gift".into(), data: format!("{{\"i\":{i}}}").into(), reply };
+            let mail = Mail::Publish {
+                room: name(room),
+                kind: "gift".into(),
+                data: format!("{{\"i\":{i}}}").into(),
+                source: Source::Ingest,
+                reply,
+            };
             self.shards[usize::from(home.0)].handle_mail(mail, self.now);
         }
         self.settle();
@@ -247,7 +253,7 @@ fn a_consumer_over_budget_is_closed_with_4009_and_the_rest_get_everything() {
     let seqs = event_seqs(&got, "r");
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "what the slow one got is gap-free");
     assert_eq!(got.last().map(|m| m["close"].clone()), Some(Value::from(4009)));
-    assert_eq!(sim.shards[0].stats().slow_consumers, 1);
+    assert_eq!(sim.shards[0].counters().slow_consumer_closes, 1);
 }
 
 #[test]
@@ -497,7 +503,10 @@ fn state_is_sequenced_with_events_and_carried_by_joined() {
     sim.received(a);
     let home = home_of("r", 2);
     sim.publish("r", 1);
-    sim.ingest(home, Mail::SetState { room: name("r"), state: r#"{"phase":"live"}"#.into(), reply: None });
+    sim.ingest(
+        home,
+        Mail::SetState { room: name("r"), state: r#"{"phase":"live"}"#.into(), source: Source::Ingest, reply: None },
+    );
     sim.publish("r", 1);
     let got = sim.received(a);
     let seqs: Vec<(String, u64)> = got
@@ -548,6 +557,9 @@ mod model {
 
     struct ModelConn {
         at: (usize, ConnKey),
+        /// Keys are reused once a connection is gone (an expired one is dropped when its close
+        /// handshake times out), so the model names its connection by id as well.
+        id: crate::ids::ConnId,
         user: u8,
         last_seen: u64,
         rooms: BTreeSet<u8>,
@@ -570,7 +582,8 @@ mod model {
                 match op {
                     Op::Connect { user, worker } => {
                         let at = sim.open(usize::from(worker), &format!("u{user}"));
-                        conns.push(ModelConn { at, user, last_seen: sim.now, rooms: BTreeSet::new(), gone: false });
+                        let id = sim.shards[at.0].conn(at.1).expect("just opened").session.id();
+                        conns.push(ModelConn { at, id, user, last_seen: sim.now, rooms: BTreeSet::new(), gone: false });
                     }
                     Op::Join { conn, room } | Op::Leave { conn, room } if !conns.is_empty() => {
                         let i = usize::from(conn) % conns.len();
@@ -598,7 +611,9 @@ mod model {
                         let i = usize::from(conn) % conns.len();
                         if !conns[i].gone {
                             let (w, key) = conns[i].at;
-                            sim.shards[w].remove(key, sim.now);
+                            if sim.shards[w].conn(key).is_some_and(|c| c.session.id() == conns[i].id) {
+                                sim.shards[w].remove(key, sim.now);
+                            }
                             sim.settle();
                             conns[i].gone = true;
                         }

@@ -9,6 +9,7 @@
 use super::mail::{home_of, Mail, Origin};
 use super::{Shard, ViewerActivity};
 use crate::ids::{ConnKey, RoomName};
+use crate::query::LeaveReason;
 use crate::room::JoinReply;
 use crate::session::MemberState;
 use crate::wire::frame::{self, close_code};
@@ -86,7 +87,7 @@ impl<Io> Shard<Io> {
     }
 
     fn client_leave(&mut self, key: ConnKey, room: &str) {
-        if room.starts_with(crate::ids::PRIVATE_ROOM_PREFIX) || !self.leave(key, room) {
+        if room.starts_with(crate::ids::PRIVATE_ROOM_PREFIX) || !self.leave(key, room, LeaveReason::Left) {
             return self.reply_error(key, None, ErrorCode::NotJoined, "not a member of this room");
         }
         let frame = frame::text_frame_with(|out| server_msg::left(out, room, None));
@@ -95,15 +96,15 @@ impl<Io> Shard<Io> {
 
     fn client_comment(&mut self, key: ConnKey, room: &str, text: &str, reference: Option<Ref>) {
         if !self.conns.get(key).is_some_and(|c| c.session.is_joined(room)) {
-            return self.reply_error(key, reference.as_ref(), ErrorCode::NotJoined, "comment needs a joined room");
+            return self.refuse_comment(key, room, reference, ErrorCode::NotJoined, "comment needs a joined room");
         }
         let chars = text.chars().count();
         if chars == 0 {
-            return self.reply_error(key, reference.as_ref(), ErrorCode::BadRequest, "empty comment");
+            return self.refuse_comment(key, room, reference, ErrorCode::BadRequest, "empty comment");
         }
         if chars > self.cfg.max_comment_chars {
             let message = format!("comment longer than {} characters", self.cfg.max_comment_chars);
-            return self.reply_error(key, reference.as_ref(), ErrorCode::TooLarge, &message);
+            return self.refuse_comment(key, room, reference, ErrorCode::TooLarge, &message);
         }
         let Some(from) = self.origin(key) else { return };
         let Some(identity) = self.conns.get(key).and_then(|c| c.session.identity()) else { return };
@@ -111,6 +112,17 @@ impl<Io> Shard<Io> {
         let home = home_of(&room, self.cfg.workers);
         let (user, name) = (Arc::clone(&identity.user), Arc::clone(&identity.name));
         self.router.post(home, Mail::Comment { room, from, user, name, text: text.into(), reference });
+    }
+
+    /// Refuse a comment: the error to the viewer, and (for a room it belongs to or tried to
+    /// reach) a count at the room's home, where operators see it per room.
+    fn refuse_comment(&mut self, key: ConnKey, room: &str, reference: Option<Ref>, code: ErrorCode, message: &str) {
+        self.reply_error(key, reference.as_ref(), code, message);
+        let Some(identity) = self.conns.get(key).and_then(|c| c.session.identity()) else { return };
+        let user = Arc::clone(&identity.user);
+        let Ok(room) = RoomName::new(room) else { return };
+        let home = home_of(&room, self.cfg.workers);
+        self.router.post(home, Mail::Rejected { room, user, code });
     }
 
     fn client_react(&mut self, key: ConnKey, room: &str, kind: &str) {
@@ -146,23 +158,24 @@ impl<Io> Shard<Io> {
         self.send_to(to.key, reply.joined);
     }
 
-    /// Leave one room: drop the local membership and tell the home. False if not a member.
-    fn leave(&mut self, key: ConnKey, room: &str) -> bool {
+    /// Leave one room for `reason`: drop the local membership and tell the home. False if not
+    /// a member.
+    fn leave(&mut self, key: ConnKey, room: &str, reason: LeaveReason) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
         let Some(membership) = conn.session.remove_membership(room) else { return false };
-        self.forget_membership(key, membership);
+        self.forget_membership(key, membership, reason);
         true
     }
 
-    /// Leave every room (the connection is closing or gone).
-    pub(super) fn leave_all(&mut self, key: ConnKey) {
+    /// Leave every room for `reason` (the connection is closing or gone).
+    pub(super) fn leave_all(&mut self, key: ConnKey, reason: LeaveReason) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         for membership in conn.session.take_memberships() {
-            self.forget_membership(key, membership);
+            self.forget_membership(key, membership, reason);
         }
     }
 
-    fn forget_membership(&mut self, key: ConnKey, membership: crate::session::Membership) {
+    fn forget_membership(&mut self, key: ConnKey, membership: crate::session::Membership, reason: LeaveReason) {
         if let MemberState::Joined { slot } = membership.state {
             if let Some(moved) = self.members.leave(&membership.room, slot) {
                 if let Some(m) = self.conns.get_mut(moved).and_then(|c| c.session.membership_mut(&membership.room)) {
@@ -173,7 +186,7 @@ impl<Io> Shard<Io> {
         let Some(identity) = self.conns.get(key).and_then(|c| c.session.identity()) else { return };
         let (user, name) = (Arc::clone(&identity.user), Arc::clone(&identity.name));
         let home = home_of(&membership.room, self.cfg.workers);
-        self.router.post(home, Mail::Leave { room: membership.room, worker: self.id, user, name });
+        self.router.post(home, Mail::Leave { room: membership.room, worker: self.id, user, name, reason });
     }
 
     /// Take `user` out of `room` on this worker (`left` with reason `kicked`), or close all of
@@ -186,7 +199,7 @@ impl<Io> Shard<Io> {
         for key in keys {
             match room {
                 Some(room) => {
-                    if self.leave(key, room) {
+                    if self.leave(key, room, LeaveReason::Kicked) {
                         let frame = frame::text_frame_with(|out| server_msg::left(out, room, Some("kicked")));
                         self.send_to(key, frame);
                         affected += 1;

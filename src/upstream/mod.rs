@@ -23,6 +23,7 @@ mod replies;
 pub use replies::Replies;
 
 use crate::ids::{RoomName, WorkerId};
+use crate::metrics::{IngestCounts, IngestOp, IngestOutcome, Source};
 use crate::shard::home_of;
 use crate::shard::mail::{IngestReply, Mail, ReplyTo};
 use crate::wire::ingest::{self, IngestCmd};
@@ -67,13 +68,17 @@ pub struct Upstream {
     paused: bool,
     /// The peer finished sending.
     eof: bool,
+    /// Where its commands come from: the ingest socket, or one HTTP request of the admin
+    /// port (which always gets its reply, whatever `ack` says).
+    source: Source,
+    /// Commands handled since [`Upstream::take_counts`], by op and outcome.
+    counts: IngestCounts,
 }
 
 impl Upstream {
-    /// A new connection, known to the shell as `conn` (reused) of `generation` (not reused):
-    /// home answers carry both. `authed` skips the `auth` step (the HTTP API checks its bearer
-    /// token itself).
-    pub fn new(conn: usize, generation: u64, settings: &UpstreamSettings, authed: bool) -> Self {
+    /// A new ingest connection, known to the shell as `conn` (reused) of `generation` (not
+    /// reused): home answers carry both.
+    pub fn new(conn: usize, generation: u64, settings: &UpstreamSettings) -> Self {
         Self {
             conn,
             generation,
@@ -81,11 +86,41 @@ impl Upstream {
             output: Vec::new(),
             replies: Replies::default(),
             acks: true,
-            authed: authed || settings.tokens.is_empty(),
+            authed: settings.tokens.is_empty(),
             closing: false,
             paused: false,
             eof: false,
+            source: Source::Ingest,
+            counts: IngestCounts::default(),
         }
+    }
+
+    /// One HTTP request of the admin port (`POST /api/publish` and the like): the body is
+    /// one command, `op` names it when the body does not, and the reply line is the response
+    /// (always written, whatever `ack` says). `bearer` is the request's token, checked like an
+    /// ingest `auth`; `operator` (the admin token was presented) skips the check.
+    pub fn request(
+        conn: usize,
+        generation: u64,
+        settings: &UpstreamSettings,
+        (op, body): (&str, &[u8]),
+        (bearer, operator): (Option<&str>, bool),
+        outgoing: &mut Outgoing,
+    ) -> Self {
+        let mut up = Self::new(conn, generation, settings);
+        up.source = Source::Http;
+        up.authed = operator || up.authed || bearer.is_some_and(|b| settings.tokens.iter().any(|t| t == b));
+        if !up.authed {
+            up.counts.record(op_of(op), IngestOutcome::Error(ErrorCode::Unauthorized));
+            up.ready_error(ErrorCode::Unauthorized, "a valid ingest token is needed (Authorization: Bearer)");
+            up.replies.drain_ready(&mut up.output);
+            up.closing = true;
+            return up;
+        }
+        let line = request_line(op, body);
+        up.handle_bytes(&line, settings, outgoing);
+        up.handle_eof();
+        up
     }
 
     /// The generation given at creation.
@@ -156,6 +191,12 @@ impl Upstream {
         self.replies.in_flight()
     }
 
+    /// The commands counted since the last call, by op and outcome (the shell adds them to
+    /// the process's counters).
+    pub fn take_counts(&mut self) -> IngestCounts {
+        std::mem::take(&mut self.counts)
+    }
+
     /// Whether the connection is closing (failed auth, a line over the limit).
     pub fn is_closing(&self) -> bool {
         self.closing
@@ -202,6 +243,7 @@ impl Upstream {
     }
 
     fn over_limit(&mut self, max_line: usize) {
+        self.counts.record(IngestOp::Unknown, IngestOutcome::Error(ErrorCode::TooLarge));
         let mut line = Vec::new();
         ingest::reply_error(&mut line, ErrorCode::TooLarge, &format!("line longer than {max_line} bytes; closing"));
         self.replies.push(Slot::Ready(line));
@@ -240,19 +282,45 @@ impl Upstream {
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
         }
+        let (op, outcome) = self.apply_line(line, settings, outgoing);
+        self.counts.record(op, outcome);
+    }
+
+    /// Refuse a command with `code`: its error reply, and the outcome to count.
+    fn refuse(&mut self, op: IngestOp, code: ErrorCode, message: &str) -> (IngestOp, IngestOutcome) {
+        self.ready_error(code, message);
+        (op, IngestOutcome::Error(code))
+    }
+
+    /// Handle one command; its op and outcome, to count.
+    fn apply_line(
+        &mut self,
+        line: &[u8],
+        settings: &UpstreamSettings,
+        outgoing: &mut Outgoing,
+    ) -> (IngestOp, IngestOutcome) {
         let parsed = match ingest::decode_ingest_line(line) {
             Ok(parsed) => parsed,
-            Err(e) => return self.ready_error(e.code, &e.message),
+            Err(e) => return self.refuse(IngestOp::Unknown, e.code, &e.message),
         };
-        let wants_reply = self.acks && parsed.ack;
+        let op = match &parsed.cmd {
+            IngestCmd::Auth { .. } => IngestOp::Auth,
+            IngestCmd::Hello { .. } => IngestOp::Hello,
+            IngestCmd::Publish { .. } => IngestOp::Publish,
+            IngestCmd::State { .. } => IngestOp::State,
+            IngestCmd::Kick { .. } => IngestOp::Kick,
+            IngestCmd::CloseRoom { .. } => IngestOp::CloseRoom,
+        };
+        let wants_reply = (self.acks && parsed.ack) || self.source == Source::Http;
         if !self.authed {
             let ok = matches!(&parsed.cmd, IngestCmd::Auth { token } if settings.tokens.iter().any(|t| t == token));
             if ok {
                 self.authed = true;
-                return self.ready_ok(true);
+                self.ready_ok(true);
+                return (op, IngestOutcome::Ok);
             }
             self.closing = true;
-            return self.ready_error(ErrorCode::Unauthorized, "auth with a valid token first; closing");
+            return self.refuse(op, ErrorCode::Unauthorized, "auth with a valid token first; closing");
         }
         match parsed.cmd {
             IngestCmd::Auth { .. } => self.ready_ok(wants_reply),
@@ -263,8 +331,8 @@ impl Upstream {
             IngestCmd::Publish { rooms, many, kind, data } => {
                 let rooms = match rooms.iter().map(|r| RoomName::new(r)).collect::<Result<Vec<_>, _>>() {
                     Ok(rooms) if !rooms.is_empty() => rooms,
-                    Ok(_) => return self.ready_error(ErrorCode::BadRequest, "rooms is empty"),
-                    Err(why) => return self.ready_error(ErrorCode::BadRequest, &format!("bad room name: {why}")),
+                    Ok(_) => return self.refuse(op, ErrorCode::BadRequest, "rooms is empty"),
+                    Err(why) => return self.refuse(op, ErrorCode::BadRequest, &format!("bad room name: {why}")),
                 };
                 let slot = Slot::Publish { seqs: vec![0; rooms.len()], left: rooms.len() as u32, many };
                 let base = self.reply_to(wants_reply, slot);
@@ -272,23 +340,25 @@ impl Upstream {
                 for (part, room) in rooms.into_iter().enumerate() {
                     let reply = base.map(|r| ReplyTo { part: part as u32, ..r });
                     let home = home_of(&room, settings.workers);
-                    let mail = Mail::Publish { room, kind: (*kind).into(), data: data.clone(), reply };
+                    let source = self.source;
+                    let mail = Mail::Publish { room, kind: (*kind).into(), data: data.clone(), source, reply };
                     post(outgoing, home, mail);
                 }
             }
             IngestCmd::State { room, state } => {
                 let room = match RoomName::new(&room) {
                     Ok(room) => room,
-                    Err(why) => return self.ready_error(ErrorCode::BadRequest, &format!("bad room name: {why}")),
+                    Err(why) => return self.refuse(op, ErrorCode::BadRequest, &format!("bad room name: {why}")),
                 };
                 let reply = self.reply_to(wants_reply, Slot::State);
                 let home = home_of(&room, settings.workers);
-                post(outgoing, home, Mail::SetState { room, state: state.get().into(), reply });
+                let source = self.source;
+                post(outgoing, home, Mail::SetState { room, state: state.get().into(), source, reply });
             }
             IngestCmd::Kick { user, room } => {
                 let room = match room.as_deref().map(RoomName::new).transpose() {
                     Ok(room) => room,
-                    Err(why) => return self.ready_error(ErrorCode::BadRequest, &format!("bad room name: {why}")),
+                    Err(why) => return self.refuse(op, ErrorCode::BadRequest, &format!("bad room name: {why}")),
                 };
                 let slot = Slot::Kick { left: settings.workers as u32, closed: 0 };
                 let reply = self.reply_to(wants_reply, slot);
@@ -301,14 +371,44 @@ impl Upstream {
             IngestCmd::CloseRoom { room, .. } => {
                 let room = match RoomName::new(&room) {
                     Ok(room) => room,
-                    Err(why) => return self.ready_error(ErrorCode::BadRequest, &format!("bad room name: {why}")),
+                    Err(why) => return self.refuse(op, ErrorCode::BadRequest, &format!("bad room name: {why}")),
                 };
                 let reply = self.reply_to(wants_reply, Slot::Done);
                 let home = home_of(&room, settings.workers);
                 post(outgoing, home, Mail::CloseRoom { room, reply });
             }
         }
+        (op, IngestOutcome::Ok)
     }
+}
+
+/// The counting op of an HTTP command's path.
+fn op_of(op: &str) -> IngestOp {
+    IngestOp::ALL.into_iter().find(|o| o.as_str() == op).unwrap_or(IngestOp::Unknown)
+}
+
+/// An HTTP body as one ingest line: `op` is added when the body has none (the admin port has
+/// checked that a present `op` is this one), and line breaks, which JSON allows only between
+/// tokens, become spaces so a pretty-printed body stays one line.
+fn request_line(op: &str, body: &[u8]) -> Vec<u8> {
+    #[derive(serde::Deserialize)]
+    struct Op<'a> {
+        #[serde(borrow)]
+        op: Option<std::borrow::Cow<'a, str>>,
+    }
+    let mut line: Vec<u8> = body.iter().map(|b| if matches!(b, b'\n' | b'\r') { b' ' } else { *b }).collect();
+    let has_op = serde_json::from_slice::<Op<'_>>(&line).is_ok_and(|o| o.op.is_some());
+    if !has_op {
+        if let Some(open) = line.iter().position(|b| *b == b'{') {
+            let rest = line.split_off(open + 1);
+            let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+            let close = if empty { "" } else { "," };
+            line.extend_from_slice(format!("\"op\":\"{op}\"{close}").as_bytes());
+            line.extend_from_slice(&rest);
+        }
+    }
+    line.push(b'\n');
+    line
 }
 
 /// Whether the ingest side should stop reading upstreams because the workers' mailboxes are

@@ -18,7 +18,7 @@ struct Peer {
 impl Peer {
     fn new(tokens: &[&str]) -> Self {
         let settings = settings(tokens);
-        let up = Upstream::new(7, 1, &settings, false);
+        let up = Upstream::new(7, 1, &settings);
         Self { up, outgoing: (0..settings.workers).map(|_| Vec::new()).collect(), settings }
     }
 
@@ -173,4 +173,36 @@ fn end_of_stream_finishes_once_every_reply_is_written() {
     assert!(!p.up.is_done(), "written first");
     assert_eq!(p.replies(), [serde_json::json!({"ok": true})]);
     assert!(p.up.is_done());
+}
+
+#[test]
+fn an_http_request_is_one_command_whose_reply_is_always_written() {
+    let settings = settings(&["s3cret"]);
+    let mut outgoing: Vec<Vec<Mail>> = (0..settings.workers).map(|_| Vec::new()).collect();
+    let body = b"{\n  \"room\": \"live\",\n  \"type\": \"gift\", \"ack\": false\n}";
+    let mut up = Upstream::request(9, 2, &settings, ("publish", body), (Some("s3cret"), false), &mut outgoing);
+    let mail: Vec<Mail> = outgoing.iter_mut().flat_map(std::mem::take).collect();
+    let [Mail::Publish { source, reply: Some(to), .. }] = &mail[..] else { panic!("one publish: {mail:?}") };
+    assert_eq!(*source, Source::Http, "counted as published over HTTP");
+    assert!(!up.is_done(), "waits for its reply even with ack:false");
+    up.handle_reply(&IngestReply::Published { to: *to, seq: Seq(5) });
+    assert_eq!(up.output(), b"{\"ok\":true,\"seq\":5}\n");
+    let n = up.output().len();
+    up.advance_output(n);
+    assert!(up.is_done());
+
+    let refused = Upstream::request(9, 3, &settings, ("publish", b"{}"), (Some("nope"), false), &mut outgoing);
+    assert!(String::from_utf8_lossy(refused.output()).contains("unauthorized"));
+    assert!(outgoing.iter().all(Vec::is_empty));
+    let operator = Upstream::request(9, 4, &settings, ("close_room", b"{\"room\":\"r\"}"), (None, true), &mut outgoing);
+    let mail: Vec<Mail> = outgoing.iter_mut().flat_map(std::mem::take).collect();
+    assert!(matches!(mail[..], [Mail::CloseRoom { .. }]), "the operator's command goes through: {mail:?}");
+    assert!(!operator.is_done());
+}
+
+#[test]
+fn an_op_is_added_to_a_body_that_has_none() {
+    assert_eq!(request_line("kick", b"{\"user\":\"u\"}"), b"{\"op\":\"kick\",\"user\":\"u\"}\n");
+    assert_eq!(request_line("kick", b" { } "), b" {\"op\":\"kick\" } \n");
+    assert_eq!(request_line("kick", b"{\"op\":\"kick\",\"user\":\"u\"}"), b"{\"op\":\"kick\",\"user\":\"u\"}\n");
 }

@@ -464,6 +464,33 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     })
 }
 
+/// The opcodes and payloads of the consecutive server frames in `buf` (unmasked and final, as
+/// this module encodes them), in order: what a member reads out of one delivered buffer, for
+/// the admin port's live feed and the query API's recent events. Stops at the first bytes that
+/// are not a complete server frame.
+pub fn server_frames(mut buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let [first, second, rest @ ..] = buf else { return None };
+        if second & 0x80 != 0 {
+            return None;
+        }
+        let (len, rest) = match second & 0x7F {
+            126 => {
+                let [a, b, rest @ ..] = rest else { return None };
+                (usize::from(u16::from_be_bytes([*a, *b])), rest)
+            }
+            127 => {
+                let (len, rest) = rest.split_first_chunk::<8>()?;
+                (usize::try_from(u64::from_be_bytes(*len)).ok()?, rest)
+            }
+            n => (usize::from(n), rest),
+        };
+        let payload = rest.get(..len)?;
+        buf = &rest[len..];
+        Some((first & 0x0F, payload))
+    })
+}
+
 /// Append a client frame (final, masked with `mask`) to `out`. `opcode`: 0x1 text, 0x2
 /// binary, 0x8 close, 0x9 ping, 0xA pong.
 pub fn encode_client_frame(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {

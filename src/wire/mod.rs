@@ -36,6 +36,18 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (so `code as usize` indexes it).
+    pub const ALL: [Self; 8] = [
+        Self::BadRequest,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotJoined,
+        Self::RateLimited,
+        Self::TooLarge,
+        Self::UnknownOp,
+        Self::Unavailable,
+    ];
+
     /// The code as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
