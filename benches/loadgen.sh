@@ -5,12 +5,14 @@
 #   benches/loadgen.sh RUNS SCENARIO [loadgen flags...]     (plain ws)
 #   TLS=1 benches/loadgen.sh RUNS SCENARIO [flags...]       (wss, self-signed cert)
 #   SERVER_FLAGS="--batch-window-ms 25" benches/loadgen.sh ...
+#   SERVER_BIN=/path/to/other/roomcast benches/loadgen.sh ...  (another build; see benches/ab.sh)
 # Everything binds 127.0.0.1 ports chosen by the kernel, read from the server's ready line;
 # the server is stopped after each run, and on any exit of this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=$1; scenario=$2; shift 2
 cargo build --release --workspace -q
+bin=${SERVER_BIN:-./target/release/roomcast}
 out=$(mktemp -d)
 pid=
 stop_server() {
@@ -18,12 +20,12 @@ stop_server() {
 }
 trap 'stop_server; rm -rf "$out"' EXIT
 trap 'exit 130' INT TERM
-./target/release/roomcast gen-cert --out "$out" >/dev/null
+"$bin" gen-cert --out "$out" >/dev/null
 for i in $(seq 1 "$runs"); do
   tls_flags=()
   [ "${TLS:-0}" = 1 ] && tls_flags=(--wss-listen 127.0.0.1:0 --tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
   # shellcheck disable=SC2086 # SERVER_FLAGS is a list of flags
-  coproc SERVER { exec ./target/release/roomcast serve --ws-listen 127.0.0.1:0 --ingest-listen 127.0.0.1:0 \
+  coproc SERVER { exec "$bin" serve --ws-listen 127.0.0.1:0 --ingest-listen 127.0.0.1:0 \
       --admin-listen 127.0.0.1:0 ${SERVER_FLAGS:-} "${tls_flags[@]}" 2>"$out/server.log"; }
   pid=$SERVER_PID
   # The server prints one line when every listener is bound.

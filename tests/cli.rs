@@ -91,7 +91,9 @@ impl Serving {
     /// Start `roomcast serve ARGS` and wait for the ready line; `Err` with what the process
     /// printed when it exited instead.
     fn start(args: &[&str]) -> Result<Self, Outcome> {
-        let mut child = spawn(&[&["serve"], args].concat());
+        // The admin port too gets a free port unless the test names one (9090 may be taken).
+        let admin: &[&str] = if args.contains(&"--admin-listen") { &[] } else { &["--admin-listen", "127.0.0.1:0"] };
+        let mut child = spawn(&[&["serve"], args, admin].concat());
         let stderr = collect(child.stderr.take().expect("stderr piped"));
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
@@ -150,6 +152,9 @@ const LOOPBACK: [&str; 6] = ["--ws-listen", "127.0.0.1:0", "--ingest-listen", "1
 fn serve_fails(args: &[&str]) -> Outcome {
     let mut all = vec!["serve"];
     all.extend_from_slice(&LOOPBACK);
+    if !args.contains(&"--admin-listen") {
+        all.extend_from_slice(&["--admin-listen", "127.0.0.1:0"]);
+    }
     all.extend_from_slice(args);
     let out = run(&all);
     assert_ne!(out.status, Some(0), "serve {args:?} should fail: {out:?}");

@@ -722,3 +722,52 @@ fn a_stalled_handshake_is_dropped_after_the_handshake_timeout_and_blocks_no_one(
     plain.send_json(json!({"op": "ping"}));
     assert_eq!(plain.next_msg()["op"], "pong");
 }
+
+#[test]
+fn every_reply_to_an_op_with_a_ref_echoes_it_and_an_error_about_a_room_names_it() {
+    // PROTOCOL.md "Replies and errors", op by op, with a different ref type each time.
+    let server = Server::start(&[]);
+    let mut v = server.viewer("walker");
+    let call = |v: &mut support::Viewer, op: serde_json::Value| {
+        v.send_json(op);
+        v.next_msg()
+    };
+    let joined = call(&mut v, json!({"op": "join", "room": "walk", "ref": "j1"}));
+    assert_eq!((joined["op"].as_str(), joined["ref"].as_str()), (Some("joined"), Some("j1")), "{joined}");
+    let again = call(&mut v, json!({"op": "join", "room": "walk", "ref": 2}));
+    assert_eq!(
+        (again["op"].as_str(), again["ref"].as_u64(), again["room"].as_str()),
+        (Some("error"), Some(2), Some("walk"))
+    );
+    assert_eq!(again["code"], "bad_request");
+    let ack = call(&mut v, json!({"op": "comment", "room": "walk", "text": "hi", "ref": true}));
+    let ack = if ack["op"] == "event" { v.next_msg() } else { ack };
+    assert_eq!((ack["op"].as_str(), ack["ref"].as_bool()), (Some("ack"), Some(true)), "{ack}");
+    let pong = call(&mut v, json!({"op": "ping", "ref": 4.5}));
+    assert_eq!((pong["op"].as_str(), pong["ref"].as_f64()), (Some("pong"), Some(4.5)));
+    let refreshed = call(&mut v, json!({"op": "refresh", "token": "t", "ref": "r5"}));
+    assert_eq!((refreshed["op"].as_str(), refreshed["ref"].as_str()), (Some("ack"), Some("r5")));
+    let left = call(&mut v, json!({"op": "leave", "room": "walk", "ref": "l6"}));
+    assert_eq!(
+        (left["op"].as_str(), left["ref"].as_str(), left["room"].as_str()),
+        (Some("left"), Some("l6"), Some("walk"))
+    );
+    for (op, code) in [
+        (json!({"op": "leave", "room": "walk", "ref": 7}), "not_joined"),
+        (json!({"op": "comment", "room": "walk", "text": "x", "ref": 8}), "not_joined"),
+        (json!({"op": "react", "room": "walk", "kind": "clap", "ref": 9}), "not_joined"),
+        (json!({"op": "join", "room": "user:someone-else", "ref": 10}), "forbidden"),
+    ] {
+        let want = op["ref"].clone();
+        let room = op["room"].clone();
+        let e = call(&mut v, op);
+        assert_eq!(
+            (e["op"].as_str(), &e["ref"], &e["room"], e["code"].as_str()),
+            (Some("error"), &want, &room, Some(code)),
+            "{e}"
+        );
+        assert!(e["message"].as_str().is_some_and(|m| m.len() > 10), "a message for a person: {e}");
+    }
+    let unknown = call(&mut v, json!({"op": "dance", "ref": "u11"}));
+    assert_eq!((unknown["code"].as_str(), unknown["ref"].as_str()), (Some("unknown_op"), Some("u11")));
+}

@@ -239,6 +239,8 @@ impl HomeRoom {
     /// (the batch), so that the member's worker receives every frame after `joined.seq` and
     /// none before it.
     ///
+    /// `reference` is the `join`'s `ref`, echoed in `joined`.
+    ///
     /// Recovery: with `since` and the room's current `epoch`, and a history ring that still holds
     /// every message after `since`, those are replayed and `recovered` is true; otherwise nothing
     /// is replayed and the client must reload.
@@ -247,6 +249,7 @@ impl HomeRoom {
         worker: WorkerId,
         viewer: (&Arc<str>, &Arc<str>),
         since: Option<(u64, &str)>,
+        reference: Option<&crate::wire::Ref>,
         now_ms: u64,
     ) -> JoinReply {
         self.add_member(worker, viewer, now_ms);
@@ -263,7 +266,8 @@ impl HomeRoom {
         }
         let epoch = self.epoch_string();
         let (room, seq, online, state) = (&self.name, self.seq.0, self.online(), self.state.as_deref());
-        let joined = frame::text_frame_with(|out| server_msg::joined(out, room, seq, &epoch, recovered, online, state));
+        let joined = server_msg::Joined { room, seq, epoch: &epoch, recovered, online, state };
+        let joined = frame::text_frame_with(|out| server_msg::joined(out, joined, reference));
         JoinReply { replay, joined }
     }
 

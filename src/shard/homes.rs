@@ -218,7 +218,8 @@ impl Homes {
         let key = self.key(&name, now_ms);
         self.flush(key, now_ms, router);
         let since = join.since.as_ref().map(|(s, e)| (*s, &**e));
-        let reply = self.rooms[key].room.join(join.from.worker, (&join.user, &join.name), since, now_ms);
+        let viewer = (&join.user, &join.name);
+        let reply = self.rooms[key].room.join(join.from.worker, viewer, since, join.reference.as_ref(), now_ms);
         self.queue_announce(key);
         router.post(join.from.worker, Mail::Joined { room: name, to: join.from, join_id: join.join_id, reply });
     }
@@ -455,6 +456,8 @@ pub(crate) struct JoinRequest {
     pub(crate) name: Arc<str>,
     /// Recovery position: last seq seen and its epoch.
     pub(crate) since: Option<(u64, Box<str>)>,
+    /// The `join`'s `ref`.
+    pub(crate) reference: Option<crate::wire::Ref>,
 }
 
 /// The present frames as one buffer (no copy when there is only one).

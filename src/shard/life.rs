@@ -313,7 +313,8 @@ impl<Io> Shard<Io> {
         match msg {
             Incoming::Text(buf) => self.handle_text(key, buf, now_ms),
             Incoming::Binary(_) => {
-                self.reply_error(key, None, crate::wire::ErrorCode::BadRequest, "binary messages are not supported")
+                let message = "binary messages are not part of the protocol: send JSON as text messages";
+                self.reply_error(key, (None, None), crate::wire::ErrorCode::BadRequest, message)
             }
             Incoming::Ping(payload) => self.send_to(key, frame::pong_frame(payload)),
             Incoming::Pong(_) => {}

@@ -67,6 +67,8 @@ pub enum Mail {
         name: Arc<str>,
         /// Recovery position: last seq seen and its epoch.
         since: Option<(u64, Box<str>)>,
+        /// The `join`'s `ref`, echoed in `joined`.
+        reference: Option<Ref>,
     },
     /// A member (confirmed or pending) of `worker` left the room (to the home).
     Leave {

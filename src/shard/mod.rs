@@ -303,8 +303,8 @@ impl<Io> Shard<Io> {
 
     fn dispatch(&mut self, mail: Mail, now_ms: u64) {
         match mail {
-            Mail::Join { room, from, join_id, user, name, since } => {
-                let join = JoinRequest { from, join_id, user, name, since };
+            Mail::Join { room, from, join_id, user, name, since, reference } => {
+                let join = JoinRequest { from, join_id, user, name, since, reference };
                 self.homes.join(room, join, now_ms, &mut self.router);
             }
             Mail::Leave { room, worker, user, name, reason } => {
@@ -403,8 +403,15 @@ impl<Io> Shard<Io> {
         self.cfg.outbound_budget * BUDGET_OVERSHOOT
     }
 
-    fn reply_error(&mut self, key: ConnKey, reference: Option<&Ref>, code: ErrorCode, message: &str) {
-        let frame = frame::text_frame_with(|out| server_msg::error(out, reference, code, message));
+    /// An `error` reply (with the op's `ref`, and the room it is about, if any).
+    fn reply_error(
+        &mut self,
+        key: ConnKey,
+        (reference, room): (Option<&Ref>, Option<&str>),
+        code: ErrorCode,
+        message: &str,
+    ) {
+        let frame = frame::text_frame_with(|out| server_msg::error(out, reference, room, code, message));
         self.send_to(key, frame);
     }
 }

@@ -5,6 +5,7 @@ use super::mail::{IngestReply, Mail, ReplyTo};
 use super::*;
 use crate::ids::RoomName;
 use crate::metrics::Source;
+use crate::query::LeaveReason;
 use crate::wire::frame::{FrameReader, Role};
 use crate::wire::Incoming;
 use serde_json::Value;
@@ -747,4 +748,34 @@ fn a_comment_is_not_held_by_the_window_and_its_ack_follows_its_event() {
     assert_eq!(ops(&got), ["event", "event", "event", "ack"], "held events, the comment, then its ack");
     assert_eq!(got[3]["seq"], got[2]["seq"]);
     assert_eq!(event_seqs(&sim.received(b), "chat"), [1, 2, 3]);
+}
+
+#[test]
+fn a_heartbeat_expiry_yields_its_close_frame_and_its_leave_in_the_same_turn() {
+    // Issue: with expiry after the mail and writes of a turn, the close frame and the `Leave`
+    // waited for the next wake. Now one `handle_timeout` produces both, ready for the turn's
+    // outputs (the worker drains mail and writes after it).
+    let mut cfg = config(1 << 20);
+    cfg.presence.heartbeat_ms = 400;
+    cfg.presence.timeout_ms = 1_000;
+    let mut sim = Sim::with_config(2, &cfg);
+    let room = (0..).map(|i| format!("r{i}")).find(|r| home_of(r, 2) == WorkerId(1)).expect("a room homed on 1");
+    let quiet = sim.open(0, "quiet");
+    sim.send(quiet, &format!(r#"{{"op":"join","room":"{room}"}}"#));
+    sim.received(quiet);
+    assert_eq!(sim.home(&room).online(), 1);
+    // One turn of worker 0, past the timeout: nothing else is called before the outputs.
+    sim.now += 1_100;
+    sim.shards[0].handle_timeout(sim.now);
+    let mail = sim.shards[0].take_outbox(WorkerId(1));
+    assert!(
+        mail.iter().any(|m| matches!(m, Mail::Leave { reason: LeaveReason::Heartbeat, .. })),
+        "the leave is in this turn's mail: {mail:?}"
+    );
+    let got = sim.received(quiet);
+    assert_eq!(got.last().map(|m| m["close"].clone()), Some(Value::from(1001)), "and the close frame in its queue");
+    for m in mail {
+        sim.shards[1].handle_mail(m, sim.now);
+    }
+    assert_eq!(sim.home(&room).online(), 0);
 }

@@ -23,23 +23,25 @@ impl<Io> Shard<Io> {
     pub(super) fn handle_text(&mut self, key: ConnKey, buf: &mut [u8], now_ms: u64) {
         let op = match wire::decode_client_op_with(buf, &mut self.json.0) {
             Ok(op) => op,
-            Err(e) => return self.reply_error(key, e.reference.as_ref(), e.code, &e.message),
+            Err(e) => return self.reply_error(key, (e.reference.as_ref(), None), e.code, &e.message),
         };
         match op {
-            ClientOp::Join { room, since, epoch } => {
+            ClientOp::Join { room, since, epoch, reference } => {
                 let since = since.map(|s| (s, epoch.as_deref().unwrap_or("").into()));
-                self.client_join(key, &room, since)
+                self.client_join(key, &room, since, reference)
             }
-            ClientOp::Leave { room } => self.client_leave(key, &room),
+            ClientOp::Leave { room, reference } => self.client_leave(key, &room, reference),
             ClientOp::Comment { room, text, reference } => {
                 self.note_spoke(key, now_ms);
                 self.client_comment(key, &room, &text, reference)
             }
-            ClientOp::React { room, kind } => {
+            ClientOp::React { room, kind, reference } => {
                 self.note_spoke(key, now_ms);
-                self.client_react(key, &room, &kind)
+                self.client_react(key, &room, &kind, reference)
             }
-            ClientOp::Ping => self.send_to(key, frame::text_frame_with(server_msg::pong)),
+            ClientOp::Ping { reference } => {
+                self.send_to(key, frame::text_frame_with(|out| server_msg::pong(out, reference.as_ref())))
+            }
             ClientOp::Refresh { reference, .. } => {
                 // Without an auth key sessions never expire; a refresh has nothing to extend.
                 let frame = frame::text_frame_with(|out| server_msg::ack(out, reference.as_ref(), None));
@@ -59,51 +61,59 @@ impl<Io> Shard<Io> {
         Some(Origin { worker: self.id, key, conn: conn.session.id() })
     }
 
-    fn client_join(&mut self, key: ConnKey, room: &str, since: Option<(u64, Box<str>)>) {
+    fn client_join(&mut self, key: ConnKey, room: &str, since: Option<(u64, Box<str>)>, reference: Option<Ref>) {
+        let about = (reference.as_ref(), Some(room));
         let Some(conn) = self.conns.get(key) else { return };
         let session = &conn.session;
-        let room = match RoomName::new(room) {
-            Ok(room) => room,
-            Err(why) => return self.reply_error(key, None, ErrorCode::BadRequest, &format!("bad room name: {why}")),
+        let name = match RoomName::new(room) {
+            Ok(name) => name,
+            Err(why) => return self.reply_error(key, about, ErrorCode::BadRequest, &format!("bad room name: {why}")),
         };
-        if let Some(owner) = room.private_owner() {
+        if let Some(owner) = name.private_owner() {
             if owner != session.user() {
-                return self.reply_error(key, None, ErrorCode::Forbidden, "private rooms belong to their user");
+                let message = "this is another user's private room; a connection is in its own user's only";
+                return self.reply_error(key, about, ErrorCode::Forbidden, message);
             }
-            return self.reply_error(key, None, ErrorCode::BadRequest, "already joined: the private room is automatic");
+            let message = "already joined: every connection is in its user's private room from the start";
+            return self.reply_error(key, about, ErrorCode::BadRequest, message);
         }
-        if session.membership(&room).is_some() {
-            return self.reply_error(key, None, ErrorCode::BadRequest, "already joined");
+        if session.membership(&name).is_some() {
+            return self.reply_error(key, about, ErrorCode::BadRequest, "already joined (or joining) this room");
         }
         if session.room_count() >= self.cfg.max_rooms_per_conn {
-            return self.reply_error(key, None, ErrorCode::Forbidden, "too many rooms on one connection");
+            let message =
+                format!("a connection may be in at most {} rooms; leave one first", self.cfg.max_rooms_per_conn);
+            return self.reply_error(key, about, ErrorCode::Forbidden, &message);
         }
         let (Some(from), Some(conn)) = (self.origin(key), self.conns.get_mut(key)) else { return };
-        let join_id = conn.session.begin_join(room.clone());
+        let join_id = conn.session.begin_join(name.clone());
         let Some(identity) = conn.session.identity() else { return };
-        let (user, name) = (Arc::clone(&identity.user), Arc::clone(&identity.name));
-        let home = home_of(&room, self.cfg.workers);
-        self.router.post(home, Mail::Join { room, from, join_id, user, name, since });
+        let (user, display) = (Arc::clone(&identity.user), Arc::clone(&identity.name));
+        let home = home_of(&name, self.cfg.workers);
+        self.router.post(home, Mail::Join { room: name, from, join_id, user, name: display, since, reference });
     }
 
-    fn client_leave(&mut self, key: ConnKey, room: &str) {
+    fn client_leave(&mut self, key: ConnKey, room: &str, reference: Option<Ref>) {
         if room.starts_with(crate::ids::PRIVATE_ROOM_PREFIX) || !self.leave(key, room, LeaveReason::Left) {
-            return self.reply_error(key, None, ErrorCode::NotJoined, "not a member of this room");
+            let message = "not a member of this room (a private room cannot be left)";
+            return self.reply_error(key, (reference.as_ref(), Some(room)), ErrorCode::NotJoined, message);
         }
-        let frame = frame::text_frame_with(|out| server_msg::left(out, room, None));
+        let frame = frame::text_frame_with(|out| server_msg::left(out, room, None, reference.as_ref()));
         self.send_to(key, frame);
     }
 
     fn client_comment(&mut self, key: ConnKey, room: &str, text: &str, reference: Option<Ref>) {
         if !self.conns.get(key).is_some_and(|c| c.session.is_joined(room)) {
-            return self.refuse_comment(key, room, reference, ErrorCode::NotJoined, "comment needs a joined room");
+            let message = "join the room before commenting in it";
+            return self.refuse_comment(key, room, reference, ErrorCode::NotJoined, message);
         }
         let chars = text.chars().count();
         if chars == 0 {
-            return self.refuse_comment(key, room, reference, ErrorCode::BadRequest, "empty comment");
+            return self.refuse_comment(key, room, reference, ErrorCode::BadRequest, "a comment needs some text");
         }
         if chars > self.cfg.max_comment_chars {
-            let message = format!("comment longer than {} characters", self.cfg.max_comment_chars);
+            let message =
+                format!("a comment is at most {} characters (this one has {chars})", self.cfg.max_comment_chars);
             return self.refuse_comment(key, room, reference, ErrorCode::TooLarge, &message);
         }
         let Some(from) = self.origin(key) else { return };
@@ -117,7 +127,7 @@ impl<Io> Shard<Io> {
     /// Refuse a comment: the error to the viewer, and (for a room it belongs to or tried to
     /// reach) a count at the room's home, where operators see it per room.
     fn refuse_comment(&mut self, key: ConnKey, room: &str, reference: Option<Ref>, code: ErrorCode, message: &str) {
-        self.reply_error(key, reference.as_ref(), code, message);
+        self.reply_error(key, (reference.as_ref(), Some(room)), code, message);
         let Some(identity) = self.conns.get(key).and_then(|c| c.session.identity()) else { return };
         let user = Arc::clone(&identity.user);
         let Ok(room) = RoomName::new(room) else { return };
@@ -125,12 +135,14 @@ impl<Io> Shard<Io> {
         self.router.post(home, Mail::Rejected { room, user, code });
     }
 
-    fn client_react(&mut self, key: ConnKey, room: &str, kind: &str) {
+    fn client_react(&mut self, key: ConnKey, room: &str, kind: &str, reference: Option<Ref>) {
+        let about = (reference.as_ref(), Some(room));
         if !self.conns.get(key).is_some_and(|c| c.session.is_joined(room)) {
-            return self.reply_error(key, None, ErrorCode::NotJoined, "react needs a joined room");
+            return self.reply_error(key, about, ErrorCode::NotJoined, "join the room before reacting in it");
         }
         if kind.is_empty() || kind.len() > MAX_REACTION_KIND_BYTES {
-            return self.reply_error(key, None, ErrorCode::BadRequest, "reaction kind must be 1..=32 bytes");
+            let message = format!("a reaction kind is 1..={MAX_REACTION_KIND_BYTES} bytes (got {})", kind.len());
+            return self.reply_error(key, about, ErrorCode::BadRequest, &message);
         }
         let Some(room) = self.joined_name(key, room) else { return };
         let home = home_of(&room, self.cfg.workers);
@@ -200,7 +212,7 @@ impl<Io> Shard<Io> {
             match room {
                 Some(room) => {
                     if self.leave(key, room, LeaveReason::Kicked) {
-                        let frame = frame::text_frame_with(|out| server_msg::left(out, room, Some("kicked")));
+                        let frame = frame::text_frame_with(|out| server_msg::left(out, room, Some("kicked"), None));
                         self.send_to(key, frame);
                         affected += 1;
                     }
@@ -218,7 +230,7 @@ impl<Io> Shard<Io> {
 
     /// The home closed `room`: every local member gets `left` with reason `closed`.
     pub(super) fn room_closed(&mut self, room: &RoomName) {
-        let frame = frame::text_frame_with(|out| server_msg::left(out, room, Some("closed")));
+        let frame = frame::text_frame_with(|out| server_msg::left(out, room, Some("closed"), None));
         for key in self.members.close_room(room) {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.session.remove_membership(room);

@@ -32,11 +32,15 @@ pub enum ClientOp<'a> {
         since: Option<u64>,
         /// Epoch of `since`.
         epoch: Option<Cow<'a, str>>,
+        /// Echoed in `joined` (or the error).
+        reference: Option<Ref>,
     },
     /// Leave a room.
     Leave {
         /// The room.
         room: Cow<'a, str>,
+        /// Echoed in `left` (or the error).
+        reference: Option<Ref>,
     },
     /// Comment in a joined room.
     Comment {
@@ -53,9 +57,14 @@ pub enum ClientOp<'a> {
         room: Cow<'a, str>,
         /// The reaction kind.
         kind: Cow<'a, str>,
+        /// Echoed in an error (a reaction has no reply otherwise).
+        reference: Option<Ref>,
     },
     /// Heartbeat; answered with `pong`.
-    Ping,
+    Ping {
+        /// Echoed in `pong`.
+        reference: Option<Ref>,
+    },
     /// Extend the session with a new token.
     Refresh {
         /// The new token.
@@ -248,16 +257,20 @@ pub fn decode_client_op_with<'a>(buf: &'a mut [u8], buffers: &mut simd_json::Buf
                 Some(Scalar::Str(s)) => Some(s),
                 Some(_) => return Err(bad("\"epoch\" must be a string (as in \"joined\")", &reference)),
             };
-            ClientOp::Join { room: room(raw.room, &reference)?, since, epoch }
+            ClientOp::Join { room: room(raw.room, &reference)?, since, epoch, reference }
         }
-        "leave" => ClientOp::Leave { room: room(raw.room, &reference)? },
+        "leave" => ClientOp::Leave { room: room(raw.room, &reference)?, reference },
         "comment" => ClientOp::Comment {
             room: room(raw.room, &reference)?,
             text: string(raw.text, "text", &reference)?,
             reference,
         },
-        "react" => ClientOp::React { room: room(raw.room, &reference)?, kind: string(raw.kind, "kind", &reference)? },
-        "ping" => ClientOp::Ping,
+        "react" => ClientOp::React {
+            room: room(raw.room, &reference)?,
+            kind: string(raw.kind, "kind", &reference)?,
+            reference,
+        },
+        "ping" => ClientOp::Ping { reference },
         "refresh" => ClientOp::Refresh { token: string(raw.token, "token", &reference)?, reference },
         other => {
             return Err(OpError {
@@ -285,22 +298,25 @@ mod tests {
     fn every_op_decodes() {
         assert_eq!(
             decode(r#"{"op":"join","room":"r1","since":5,"epoch":"ab","extra":[1,{"x":2}]}"#),
-            Ok(ClientOp::Join { room: "r1".into(), since: Some(5), epoch: Some("ab".into()) })
+            Ok(ClientOp::Join { room: "r1".into(), since: Some(5), epoch: Some("ab".into()), reference: None })
         );
         assert_eq!(
             decode(r#"{"op":"join","room":"r"}"#),
-            Ok(ClientOp::Join { room: "r".into(), since: None, epoch: None })
+            Ok(ClientOp::Join { room: "r".into(), since: None, epoch: None, reference: None })
         );
-        assert_eq!(decode(r#"{"op":"leave","room":"r"}"#), Ok(ClientOp::Leave { room: "r".into() }));
+        assert_eq!(
+            decode(r#"{"op":"leave","room":"r","ref":[1]}"#),
+            Ok(ClientOp::Leave { room: "r".into(), reference: None })
+        );
         assert_eq!(
             decode(r#"{"op":"comment","room":"r","text":"hé \"q\"","ref":"c1"}"#),
             Ok(ClientOp::Comment { room: "r".into(), text: "hé \"q\"".into(), reference: Some(Ref("\"c1\"".into())) })
         );
         assert_eq!(
             decode(r#"{"op":"react","room":"r","kind":"❤"}"#),
-            Ok(ClientOp::React { room: "r".into(), kind: "❤".into() })
+            Ok(ClientOp::React { room: "r".into(), kind: "❤".into(), reference: None })
         );
-        assert_eq!(decode(r#"{"op":"ping"}"#), Ok(ClientOp::Ping));
+        assert_eq!(decode(r#"{"op":"ping","ref":"p"}"#), Ok(ClientOp::Ping { reference: Some(Ref("\"p\"".into())) }));
         assert_eq!(
             decode(r#"{"op":"refresh","token":"t","ref":12}"#),
             Ok(ClientOp::Refresh { token: "t".into(), reference: Some(Ref("12".into())) })

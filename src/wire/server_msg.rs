@@ -63,9 +63,35 @@ pub fn hello(out: &mut Vec<u8>, conn: u64, user: &str, heartbeat_ms: u64, max_me
     out.push(b'}');
 }
 
-/// `joined`: the answer to `join`, after any replayed events.
-pub fn joined(out: &mut Vec<u8>, room: &str, seq: u64, epoch: &str, recovered: bool, online: u64, state: Option<&str>) {
+/// The `ref` of the op a reply answers, when it had one.
+fn field_ref(out: &mut Vec<u8>, reference: Option<&Ref>) {
+    if let Some(r) = reference {
+        field_raw(out, "ref", &r.0);
+    }
+}
+
+/// What a `joined` reports about the room.
+#[derive(Debug, Clone, Copy)]
+pub struct Joined<'a> {
+    /// The room.
+    pub room: &'a str,
+    /// Its latest seq.
+    pub seq: u64,
+    /// Its epoch.
+    pub epoch: &'a str,
+    /// Whether the replay before it is exactly what the client missed.
+    pub recovered: bool,
+    /// Distinct viewers.
+    pub online: u64,
+    /// The room state (raw JSON), if any.
+    pub state: Option<&'a str>,
+}
+
+/// `joined`: the answer to `join` (with the op's `ref`), after any replayed events.
+pub fn joined(out: &mut Vec<u8>, j: Joined<'_>, reference: Option<&Ref>) {
+    let Joined { room, seq, epoch, recovered, online, state } = j;
     head(out, "joined");
+    field_ref(out, reference);
     field_str(out, "room", room);
     field_u64(out, "seq", seq);
     field_str(out, "epoch", epoch);
@@ -75,9 +101,10 @@ pub fn joined(out: &mut Vec<u8>, room: &str, seq: u64, epoch: &str, recovered: b
     out.push(b'}');
 }
 
-/// `left`: the answer to `leave`, or a kick / room close.
-pub fn left(out: &mut Vec<u8>, room: &str, reason: Option<&str>) {
+/// `left`: the answer to `leave` (with its `ref`), or a kick / room close (with a reason).
+pub fn left(out: &mut Vec<u8>, room: &str, reason: Option<&str>, reference: Option<&Ref>) {
     head(out, "left");
+    field_ref(out, reference);
     field_str(out, "room", room);
     if let Some(reason) = reason {
         field_str(out, "reason", reason);
@@ -166,16 +193,20 @@ pub fn ack(out: &mut Vec<u8>, reference: Option<&Ref>, seq: Option<u64>) {
     out.push(b'}');
 }
 
-/// `pong`: the answer to `ping`.
-pub fn pong(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"op\":\"pong\"}");
+/// `pong`: the answer to `ping` (with its `ref`).
+pub fn pong(out: &mut Vec<u8>, reference: Option<&Ref>) {
+    head(out, "pong");
+    field_ref(out, reference);
+    out.push(b'}');
 }
 
-/// `error`: a request was refused; the connection stays open.
-pub fn error(out: &mut Vec<u8>, reference: Option<&Ref>, code: ErrorCode, message: &str) {
+/// `error`: a request was refused (with the op's `ref`, and the room when it is about one);
+/// the connection stays open.
+pub fn error(out: &mut Vec<u8>, reference: Option<&Ref>, room: Option<&str>, code: ErrorCode, message: &str) {
     head(out, "error");
-    if let Some(r) = reference {
-        field_raw(out, "ref", &r.0);
+    field_ref(out, reference);
+    if let Some(room) = room {
+        field_str(out, "room", room);
     }
     field_str(out, "code", code.as_str());
     field_str(out, "message", message);
@@ -217,13 +248,17 @@ mod tests {
             parse(|o| hello(o, 7, "al", 25_000, 4096)),
             json!({"op":"hello","conn":7,"user":"al","heartbeat_ms":25000,"max_message":4096})
         );
+        let j = Joined { room: "r", seq: 3, epoch: "ab", recovered: true, online: 2, state: Some(r#"{"a":1}"#) };
         assert_eq!(
-            parse(|o| joined(o, "r", 3, "ab", true, 2, Some(r#"{"a":1}"#))),
+            parse(|o| joined(o, j, None)),
             json!({"op":"joined","room":"r","seq":3,"epoch":"ab","recovered":true,"online":2,"state":{"a":1}})
         );
-        assert_eq!(parse(|o| joined(o, "r", 0, "e", false, 0, None))["state"], Value::Null);
-        assert_eq!(parse(|o| left(o, "r", Some("kicked"))), json!({"op":"left","room":"r","reason":"kicked"}));
-        assert_eq!(parse(|o| left(o, "r", None)), json!({"op":"left","room":"r"}));
+        let j = Joined { room: "r", seq: 0, epoch: "e", recovered: false, online: 0, state: None };
+        let r = Ref("\"j\"".into());
+        assert_eq!(parse(|o| joined(o, j, Some(&r)))["state"], Value::Null);
+        assert_eq!(parse(|o| joined(o, j, Some(&r)))["ref"], "j");
+        assert_eq!(parse(|o| left(o, "r", Some("kicked"), None)), json!({"op":"left","room":"r","reason":"kicked"}));
+        assert_eq!(parse(|o| left(o, "r", None, Some(&r))), json!({"op":"left","ref":"j","room":"r"}));
         assert_eq!(
             parse(|o| event(o, "r", 9, "gift", r#"[1,"x"]"#, 123)),
             json!({"op":"event","room":"r","seq":9,"type":"gift","data":[1,"x"],"ts":123})
@@ -247,10 +282,11 @@ mod tests {
         );
         let r = Ref("\"c-1\"".into());
         assert_eq!(parse(|o| ack(o, Some(&r), Some(4))), json!({"op":"ack","ref":"c-1","seq":4}));
-        assert_eq!(parse(pong), json!({"op":"pong"}));
+        assert_eq!(parse(|o| pong(o, None)), json!({"op":"pong"}));
+        assert_eq!(parse(|o| pong(o, Some(&r))), json!({"op":"pong","ref":"c-1"}));
         assert_eq!(
-            parse(|o| error(o, Some(&Ref("12".into())), ErrorCode::NotJoined, "no")),
-            json!({"op":"error","ref":12,"code":"not_joined","message":"no"})
+            parse(|o| error(o, Some(&Ref("12".into())), Some("r"), ErrorCode::NotJoined, "no")),
+            json!({"op":"error","ref":12,"room":"r","code":"not_joined","message":"no"})
         );
     }
 }
