@@ -12,6 +12,8 @@
 
 pub mod addr;
 
+use crate::admission::PerUserPolicy;
+use crate::ratelimit::{Rate, RateLimits};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,10 @@ pub struct Config {
     pub history: HistoryConfig,
     /// How a room's messages are sent to its members.
     pub fanout: FanoutConfig,
+    /// Viewer authentication (JWT).
+    pub auth: AuthConfig,
+    /// Switches for conformance and test tooling; all off by default.
+    pub testing: TestingConfig,
     /// Durable sinks for comments, tombstones and presence records.
     pub sink: crate::sink::SinkConfig,
 }
@@ -57,6 +63,10 @@ pub struct WsConfig {
     pub path: String,
     /// Serve the demo page at `GET /` (and `/index.html`) on the viewer ports.
     pub demo_page: bool,
+    /// `Origin` values a browser upgrade may carry (e.g. `https://app.example`); empty allows
+    /// any. Others are refused with 403; a request without `Origin` is not a browser's and is
+    /// allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[wss]`: the TLS viewer listener.
@@ -116,6 +126,117 @@ pub struct LimitsConfig {
     pub close_timeout_ms: u64,
     /// Rooms one connection may be joined to at once (its private `user:` room excluded).
     pub max_rooms_per_conn: usize,
+    /// Comments per second per connection (0 = unlimited).
+    pub comment_rate: f32,
+    /// Comments allowed at once.
+    pub comment_burst: u32,
+    /// Reactions per second per connection (0 = unlimited).
+    pub react_rate: f32,
+    /// Reactions allowed at once.
+    pub react_burst: u32,
+    /// Joins per second per connection (0 = unlimited).
+    pub join_rate: f32,
+    /// Joins allowed at once.
+    pub join_burst: u32,
+    /// Client messages of any kind per second per connection (0 = unlimited).
+    pub message_rate: f32,
+    /// Client messages allowed at once.
+    pub message_burst: u32,
+    /// Rate-limited requests tolerated within `violations_window_ms` before the connection is
+    /// closed with 4008.
+    pub violations_max: u32,
+    /// The window of `violations_max`.
+    pub violations_window_ms: u64,
+    /// Connections the process holds at once; beyond, upgrades get 503. 0 = the open-files
+    /// limit less a reserve.
+    pub max_connections: usize,
+    /// Connections from one address (IPv6: one /64) at once; beyond, 429. 0 = unlimited.
+    pub max_connections_per_ip: u32,
+    /// Connections of one user at once; beyond, `per_user_policy` applies. 0 = unlimited.
+    pub max_connections_per_user: u32,
+    /// `close_oldest` (the user's oldest connection is closed with 1008) or `refuse_newest`
+    /// (the new upgrade gets 429).
+    pub per_user_policy: PerUserPolicy,
+    /// Upgrades per second per worker (a token bucket of one second's worth); connections
+    /// past it wait in the listen backlog. 0 = unpaced.
+    pub accept_rate: u32,
+}
+
+/// `[auth]`: how viewers prove who they are. With neither a secret nor a public key, auth is
+/// off (the development default): `?user=` names the user and every room is open.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret, or `@path` to read it from a file (at least 32 bytes).
+    pub hmac_secret: Option<String>,
+    /// PEM public keys (EC P-256 -> ES256, RSA -> RS256, Ed25519 -> EdDSA); each key's `kid` is
+    /// its file name without the extension. Several for rotation.
+    pub public_keys: Vec<PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf`, seconds.
+    pub leeway_s: u64,
+    /// Verified tokens each worker remembers (0 = no cache).
+    pub cache_size: usize,
+}
+
+/// `[testing]`: conformance and test switches, off by default.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingConfig {
+    /// Path of a WebSocket echo endpoint (every message sent back) for the Autobahn
+    /// TestSuite, e.g. `/echo`; unset = no such endpoint. Never turn it on in production.
+    pub echo_path: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            hmac_secret: None,
+            public_keys: Vec::new(),
+            issuer: None,
+            audience: None,
+            leeway_s: 5,
+            cache_size: 16_384,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether a key is configured (tokens required).
+    pub fn enabled(&self) -> bool {
+        self.hmac_secret.is_some() || !self.public_keys.is_empty()
+    }
+
+    /// Read the keys (startup only) and build the verifier; `None` when auth is off.
+    pub fn verifier(&self) -> Result<Option<crate::auth::Verifier>, crate::auth::KeyError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let keys = crate::auth::KeySet::load(self.hmac_secret.as_deref(), &self.public_keys)?;
+        let rules = crate::auth::Rules {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            leeway_s: self.leeway_s,
+        };
+        Ok(Some(crate::auth::Verifier::new(keys, rules)))
+    }
+}
+
+impl LimitsConfig {
+    /// The per-connection rate limits these settings describe.
+    pub fn rate_limits(&self) -> RateLimits {
+        let window_s = self.violations_window_ms as f32 / 1000.0;
+        RateLimits {
+            message: Rate::new(self.message_rate, self.message_burst as f32),
+            join: Rate::new(self.join_rate, self.join_burst as f32),
+            comment: Rate::new(self.comment_rate, self.comment_burst as f32),
+            react: Rate::new(self.react_rate, self.react_burst as f32),
+            violations: Rate::new(self.violations_max as f32 / window_s, self.violations_max as f32),
+        }
+    }
 }
 
 /// `[presence]`: heartbeats and the coalesced presence messages.
@@ -169,7 +290,12 @@ pub const MAX_BATCH_WINDOW_MS: u64 = 1_000;
 
 impl Default for WsConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8080)), path: "/ws".to_owned(), demo_page: true }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            path: "/ws".to_owned(),
+            demo_page: true,
+            allowed_origins: Vec::new(),
+        }
     }
 }
 
@@ -200,6 +326,21 @@ impl Default for LimitsConfig {
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
             max_rooms_per_conn: 64,
+            comment_rate: 5.0,
+            comment_burst: 10,
+            react_rate: 20.0,
+            react_burst: 40,
+            join_rate: 5.0,
+            join_burst: 20,
+            message_rate: 50.0,
+            message_burst: 100,
+            violations_max: 10,
+            violations_window_ms: 10_000,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            max_connections_per_user: 0,
+            per_user_policy: PerUserPolicy::CloseOldest,
+            accept_rate: 2_000,
         }
     }
 }
@@ -396,6 +537,45 @@ impl Config {
                 format!("Unix-socket ingest is not available yet ({}); use ingest.listen", path.display()),
             ));
         }
+        for (key, rate, burst) in [
+            ("limits.comment_rate", l.comment_rate, l.comment_burst),
+            ("limits.react_rate", l.react_rate, l.react_burst),
+            ("limits.join_rate", l.join_rate, l.join_burst),
+            ("limits.message_rate", l.message_rate, l.message_burst),
+        ] {
+            if !rate.is_finite() || rate < 0.0 {
+                return Err(invalid(key, format!("must be a non-negative number (got {rate})")));
+            }
+            if rate > 0.0 && burst == 0 {
+                return Err(invalid(key, "its burst must be at least 1 when the rate is positive".into()));
+            }
+        }
+        if l.violations_max == 0 {
+            return Err(invalid("limits.violations_max", "must be at least 1 (got 0)".into()));
+        }
+        if l.violations_window_ms == 0 {
+            return Err(invalid("limits.violations_window_ms", "must be at least 1 ms (got 0)".into()));
+        }
+        if let Some(echo) = &self.testing.echo_path {
+            if !echo.starts_with('/') || *echo == self.ws.path {
+                return Err(invalid(
+                    "testing.echo_path",
+                    format!("must start with '/' and differ from ws.path (got {echo:?})"),
+                ));
+            }
+        }
+        if self.ws.allowed_origins.iter().any(|o| o.is_empty() || o.ends_with('/')) {
+            return Err(invalid(
+                "ws.allowed_origins",
+                "entries are origins like \"https://app.example\" (no path, no trailing slash)".into(),
+            ));
+        }
+        if self.auth.leeway_s > 300 {
+            return Err(invalid("auth.leeway_s", format!("at most 300 s (got {})", self.auth.leeway_s)));
+        }
+        if self.auth.hmac_secret.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("auth.hmac_secret", "must not be empty".into()));
+        }
         if self.admin.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err(invalid("admin.token", "must not be empty (leave it out for no token)".into()));
         }
@@ -438,7 +618,22 @@ impl Config {
         for token in copy.ingest.tokens.iter_mut().chain(copy.admin.token.as_mut()) {
             *token = "<redacted>".to_owned();
         }
+        // `@path` names a file, which is not a secret; the secret itself is.
+        if let Some(secret) = &mut copy.auth.hmac_secret {
+            if !secret.starts_with('@') {
+                *secret = "<redacted>".to_owned();
+            }
+        }
         copy
+    }
+
+    /// What the upgrade parser checks (`ws.path`, `testing.echo_path`, `ws.allowed_origins`).
+    pub fn upgrade_policy(&self) -> crate::wire::upgrade::UpgradePolicy {
+        crate::wire::upgrade::UpgradePolicy {
+            path: self.ws.path.clone(),
+            echo_path: self.testing.echo_path.clone(),
+            allowed_origins: self.ws.allowed_origins.clone(),
+        }
     }
 
     /// Whether the TLS listener is on.
@@ -480,6 +675,29 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("fanout.batch_window_ms", "--batch-window-ms"),
     ("sink.file.dir", "--sink-dir"),
     ("sink.ack", "--sink-ack"),
+    ("ws.allowed_origins", "--ws-allowed-origin"),
+    ("limits.comment_rate", "--comment-rate"),
+    ("limits.comment_burst", "--comment-burst"),
+    ("limits.react_rate", "--react-rate"),
+    ("limits.react_burst", "--react-burst"),
+    ("limits.join_rate", "--join-rate"),
+    ("limits.join_burst", "--join-burst"),
+    ("limits.message_rate", "--message-rate"),
+    ("limits.message_burst", "--message-burst"),
+    ("limits.violations_max", "--violations-max"),
+    ("limits.violations_window_ms", "--violations-window-ms"),
+    ("limits.max_connections", "--max-connections"),
+    ("limits.max_connections_per_ip", "--max-connections-per-ip"),
+    ("limits.max_connections_per_user", "--max-connections-per-user"),
+    ("limits.per_user_policy", "--per-user-policy"),
+    ("limits.accept_rate", "--accept-rate"),
+    ("auth.hmac_secret", "--auth-hmac-secret"),
+    ("auth.public_keys", "--auth-public-key"),
+    ("auth.issuer", "--auth-issuer"),
+    ("auth.audience", "--auth-audience"),
+    ("auth.leeway_s", "--auth-leeway-s"),
+    ("auth.cache_size", "--auth-cache-size"),
+    ("testing.echo_path", "--testing-echo-path"),
 ];
 
 /// The flag of `key`, if it has one.
@@ -585,6 +803,83 @@ pub struct ServeArgs {
     /// `sink.ack`: `durable` (acks wait for the sinks) or `fast` [default: durable].
     #[arg(long, value_name = "MODE")]
     pub sink_ack: Option<crate::sink::AckMode>,
+    /// `ws.allowed_origins`: an allowed browser Origin (repeatable) [default: any].
+    #[arg(long = "ws-allowed-origin", value_name = "ORIGIN")]
+    pub ws_allowed_origins: Vec<String>,
+    /// `limits.comment_rate`: comments per second per connection [default: 5].
+    #[arg(long, value_name = "PER_S")]
+    pub comment_rate: Option<f32>,
+    /// `limits.comment_burst` [default: 10].
+    #[arg(long, value_name = "N")]
+    pub comment_burst: Option<u32>,
+    /// `limits.react_rate`: reactions per second per connection [default: 20].
+    #[arg(long, value_name = "PER_S")]
+    pub react_rate: Option<f32>,
+    /// `limits.react_burst` [default: 40].
+    #[arg(long, value_name = "N")]
+    pub react_burst: Option<u32>,
+    /// `limits.join_rate`: joins per second per connection [default: 5].
+    #[arg(long, value_name = "PER_S")]
+    pub join_rate: Option<f32>,
+    /// `limits.join_burst` [default: 20].
+    #[arg(long, value_name = "N")]
+    pub join_burst: Option<u32>,
+    /// `limits.message_rate`: client messages per second per connection [default: 50].
+    #[arg(long, value_name = "PER_S")]
+    pub message_rate: Option<f32>,
+    /// `limits.message_burst` [default: 100].
+    #[arg(long, value_name = "N")]
+    pub message_burst: Option<u32>,
+    /// `limits.violations_max`: rate-limited requests before close 4008 [default: 10].
+    #[arg(long, value_name = "N")]
+    pub violations_max: Option<u32>,
+    /// `limits.violations_window_ms` [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub violations_window_ms: Option<u64>,
+    /// `limits.max_connections`: 503 beyond; 0 = the open-files limit [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// `limits.max_connections_per_ip`: 429 beyond; 0 = unlimited [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<u32>,
+    /// `limits.max_connections_per_user`: 0 = unlimited [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_user: Option<u32>,
+    /// `limits.per_user_policy`: close_oldest or refuse_newest [default: close_oldest].
+    #[arg(long, value_name = "POLICY", value_parser = parse_per_user_policy)]
+    pub per_user_policy: Option<PerUserPolicy>,
+    /// `limits.accept_rate`: upgrades per second per worker, 0 = unpaced [default: 2000].
+    #[arg(long, value_name = "PER_S")]
+    pub accept_rate: Option<u32>,
+    /// `auth.hmac_secret`: HS256 secret or @path (also from the environment).
+    #[arg(long, value_name = "SECRET|@PATH", env = "ROOMCAST_AUTH_HMAC_SECRET", hide_env_values = true)]
+    pub auth_hmac_secret: Option<String>,
+    /// `auth.public_keys`: a PEM public key file (repeatable).
+    #[arg(long = "auth-public-key", value_name = "PEM")]
+    pub auth_public_keys: Vec<PathBuf>,
+    /// `auth.issuer`: required `iss`.
+    #[arg(long, value_name = "ISS")]
+    pub auth_issuer: Option<String>,
+    /// `auth.audience`: required `aud`.
+    #[arg(long, value_name = "AUD")]
+    pub auth_audience: Option<String>,
+    /// `auth.leeway_s`: clock skew tolerated on exp/nbf [default: 5].
+    #[arg(long, value_name = "S")]
+    pub auth_leeway_s: Option<u64>,
+    /// `auth.cache_size`: verified tokens remembered per worker [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub auth_cache_size: Option<usize>,
+    /// `testing.echo_path`: a WebSocket echo endpoint for conformance tests [default: off].
+    #[arg(long, value_name = "PATH")]
+    pub testing_echo_path: Option<String>,
+}
+
+fn parse_per_user_policy(text: &str) -> Result<PerUserPolicy, String> {
+    match text {
+        "close_oldest" => Ok(PerUserPolicy::CloseOldest),
+        "refuse_newest" => Ok(PerUserPolicy::RefuseNewest),
+        other => Err(format!("expected close_oldest or refuse_newest, got {other:?}")),
+    }
 }
 
 /// Applies flags over a configuration and remembers which keys they set.
@@ -642,6 +937,35 @@ impl ServeArgs {
         o.set("fanout.batch_window_ms", |c| &mut c.fanout.batch_window_ms, self.batch_window_ms);
         o.set("sink.file.dir", |c| &mut c.sink.file.dir, self.sink_dir);
         o.set("sink.ack", |c| &mut c.sink.ack, self.sink_ack);
+        let origins = (!self.ws_allowed_origins.is_empty()).then_some(self.ws_allowed_origins);
+        o.set("ws.allowed_origins", |c| &mut c.ws.allowed_origins, origins);
+        o.set("limits.comment_rate", |c| &mut c.limits.comment_rate, self.comment_rate);
+        o.set("limits.comment_burst", |c| &mut c.limits.comment_burst, self.comment_burst);
+        o.set("limits.react_rate", |c| &mut c.limits.react_rate, self.react_rate);
+        o.set("limits.react_burst", |c| &mut c.limits.react_burst, self.react_burst);
+        o.set("limits.join_rate", |c| &mut c.limits.join_rate, self.join_rate);
+        o.set("limits.join_burst", |c| &mut c.limits.join_burst, self.join_burst);
+        o.set("limits.message_rate", |c| &mut c.limits.message_rate, self.message_rate);
+        o.set("limits.message_burst", |c| &mut c.limits.message_burst, self.message_burst);
+        o.set("limits.violations_max", |c| &mut c.limits.violations_max, self.violations_max);
+        o.set("limits.violations_window_ms", |c| &mut c.limits.violations_window_ms, self.violations_window_ms);
+        o.set("limits.max_connections", |c| &mut c.limits.max_connections, self.max_connections);
+        o.set("limits.max_connections_per_ip", |c| &mut c.limits.max_connections_per_ip, self.max_connections_per_ip);
+        o.set(
+            "limits.max_connections_per_user",
+            |c| &mut c.limits.max_connections_per_user,
+            self.max_connections_per_user,
+        );
+        o.set("limits.per_user_policy", |c| &mut c.limits.per_user_policy, self.per_user_policy);
+        o.set("limits.accept_rate", |c| &mut c.limits.accept_rate, self.accept_rate);
+        o.set("auth.hmac_secret", |c| &mut c.auth.hmac_secret, self.auth_hmac_secret.map(Some));
+        let keys = (!self.auth_public_keys.is_empty()).then_some(self.auth_public_keys);
+        o.set("auth.public_keys", |c| &mut c.auth.public_keys, keys);
+        o.set("auth.issuer", |c| &mut c.auth.issuer, self.auth_issuer.map(Some));
+        o.set("auth.audience", |c| &mut c.auth.audience, self.auth_audience.map(Some));
+        o.set("auth.leeway_s", |c| &mut c.auth.leeway_s, self.auth_leeway_s);
+        o.set("auth.cache_size", |c| &mut c.auth.cache_size, self.auth_cache_size);
+        o.set("testing.echo_path", |c| &mut c.testing.echo_path, self.testing_echo_path.map(Some));
         let by_flag = o.by_flag;
         let name = |key: &'static str| match flag_of(key) {
             Some(flag) if by_flag.contains(&key) => flag.to_owned(),
@@ -719,6 +1043,10 @@ mod tests {
         full.wss.cert = Some("c.pem".into());
         full.wss.key = Some("k.pem".into());
         full.ingest.unix = Some("i.sock".into());
+        full.auth.hmac_secret = Some("@secret".into());
+        full.auth.issuer = Some("iss".into());
+        full.auth.audience = Some("aud".into());
+        full.testing.echo_path = Some("/echo".into());
         full.admin.token = Some("t".into());
         full.sink.redis = Some(crate::sink::config::RedisSinkConfig::default());
         full.sink.webhook = Some(crate::sink::config::WebhookSinkConfig {
@@ -793,6 +1121,36 @@ mod tests {
         assert!(c.ws.listen.ip().is_loopback() && c.ws.listen.port() == 8081, "{}", c.ws.listen);
         assert!(!c.ws.demo_page && c.reuse_port);
         assert!(Cli::try_parse_from(["serve", "--ws-listen", "8080"]).is_err(), "a port alone is not an address");
+    }
+
+    #[test]
+    fn trust_settings_parse_validate_and_redact() {
+        let c = Config::from_toml_str(
+            "[auth]\nhmac_secret = \"s3cret-s3cret-s3cret-s3cret-s3cret\"\n[limits]\ncomment_rate = 2\nper_user_policy = \"refuse_newest\"\n[testing]\necho_path = \"/echo\"\n[ws]\nallowed_origins = [\"https://app.example\"]\n",
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        assert!(c.auth.enabled());
+        assert_eq!(c.limits.per_user_policy, PerUserPolicy::RefuseNewest);
+        assert_eq!(c.limits.rate_limits().comment, Rate::new(2.0, 10.0));
+        assert_eq!(c.limits.rate_limits().violations, Rate::new(1.0, 10.0));
+        assert_eq!(c.redacted().auth.hmac_secret.as_deref(), Some("<redacted>"));
+        let mut file = c.clone();
+        file.auth.hmac_secret = Some("@/etc/roomcast/secret".into());
+        assert_eq!(file.redacted().auth.hmac_secret.as_deref(), Some("@/etc/roomcast/secret"));
+        assert!(c.auth.verifier().expect("a 34-byte secret").is_some());
+        assert!(Config::default().auth.verifier().expect("off").is_none());
+        let policy = c.upgrade_policy();
+        assert_eq!((policy.echo_path.as_deref(), policy.allowed_origins.len()), (Some("/echo"), 1));
+        let e =
+            Config::from_toml_str("[testing]\necho_path = \"/ws\"\n").expect("parses").validate().expect_err("clash");
+        assert!(e.to_string().starts_with("testing.echo_path"), "{e}");
+        let e = Config::from_toml_str("[limits]\njoin_rate = -1\n").expect("parses").validate().expect_err("negative");
+        assert!(e.to_string().starts_with("limits.join_rate"), "{e}");
+        let e = Config::from_toml_str("[limits]\nper_user_policy = \"random\"\n").expect_err("unknown policy");
+        assert!(e.to_string().contains("per_user_policy"), "{e}");
+        let e = Config::from_toml_str("[ws]\nallowed_origins = [\"https://a.example/\"]\n").expect("parses");
+        assert!(e.validate().expect_err("slash").to_string().starts_with("ws.allowed_origins"));
     }
 
     #[test]

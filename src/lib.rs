@@ -14,7 +14,9 @@
 //!   `take_*` calls), [`upstream`] (an ingest connection's protocol: lines in, mail and ordered
 //!   replies out), [`wheel`] (per-connection deadlines), [`ids`] (newtypes shared by all of
 //!   them), [`query`] (the answers of the query API and how lists are paged), [`metrics`]
-//!   (per-worker counters, merged on a scrape).
+//!   (per-worker counters, merged on a scrape), [`auth`] (JWT
+//!   verification and the claims a session carries), [`ratelimit`] (per-connection token
+//!   buckets), [`admission`] (connection caps and accept pacing).
 //! * shell: [`runtime`] (mio listeners, the per-core worker loop, TLS byte layer, the mailbox
 //!   mesh, the ingest loop, signals, the admin backend), [`admin`] (the admin HTTP port on its
 //!   own thread: query API, `/metrics`, dashboard), [`sink`] (durable sinks on their own
@@ -23,11 +25,14 @@
 //!   [`demo`] (the demo page's HTTP response, built once; the worker writes it).
 
 pub mod admin;
+pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod ids;
 pub mod metrics;
 pub mod query;
+pub mod ratelimit;
 pub mod room;
 pub mod runtime;
 pub mod session;

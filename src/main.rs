@@ -1,5 +1,6 @@
 //! The `roomcast` command: `serve` runs the server, `gen-cert` makes a self-signed TLS
-//! certificate for local use and tests, `check-config` validates a configuration file.
+//! certificate for local use and tests, `check-config` validates a configuration file, `token`
+//! makes a JWT for development.
 //!
 //! Exit status: 0 after a clean shutdown; 2 when the configuration cannot be used (a bad flag
 //! or key, an address that cannot be bound or belongs to another process, an unusable
@@ -43,6 +44,51 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print a signed JWT for development: HS256 with --secret, or ES256/RS256/EdDSA with
+    /// --key and --alg.
+    Token(Box<TokenArgs>),
+}
+
+/// `roomcast token` flags.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("signer").required(true).args(["secret", "key"])))]
+struct TokenArgs {
+    /// HS256 secret (at least 32 bytes), or @path to read it from a file.
+    #[arg(long, value_name = "SECRET|@PATH", env = "ROOMCAST_AUTH_HMAC_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// PKCS#8 PEM private key for --alg.
+    #[arg(long, value_name = "PEM", requires = "alg")]
+    key: Option<PathBuf>,
+    /// ES256, RS256 or EdDSA (with --key).
+    #[arg(long, value_name = "ALG", requires = "key")]
+    alg: Option<String>,
+    /// `sub`: the user id.
+    #[arg(long)]
+    sub: String,
+    /// `name`: display name shown in presence.
+    #[arg(long)]
+    name: Option<String>,
+    /// `rooms`: a room pattern (`*`, `live-*`, an exact name); repeatable.
+    #[arg(long = "rooms", value_name = "PATTERN")]
+    rooms: Vec<String>,
+    /// `comment`: may comment and react.
+    #[arg(long)]
+    comment: bool,
+    /// `admin`: operator rights.
+    #[arg(long)]
+    admin: bool,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// `iss`.
+    #[arg(long)]
+    iss: Option<String>,
+    /// `aud`.
+    #[arg(long)]
+    aud: Option<String>,
+    /// `kid` header (a public key's file name without .pem).
+    #[arg(long)]
+    kid: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +105,14 @@ fn main() -> ExitCode {
         Command::Serve(args) => match args.into_config() {
             Ok(config) => {
                 tracing::debug!(config = ?config.redacted(), "effective configuration");
+                if config.auth.enabled() {
+                    // Until the worker verifies tokens at the upgrade, serving would accept
+                    // everyone while the operator believes tokens are required.
+                    return fail(
+                        CONFIG_ERROR,
+                        anyhow::anyhow!("auth keys are configured, but this build does not verify tokens at the upgrade yet; refusing to serve without the authentication that was asked for"),
+                    );
+                }
                 match roomcast::runtime::run(config) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(e.exit_code(), e.into()),
@@ -67,6 +121,10 @@ fn main() -> ExitCode {
             Err(e) => fail(CONFIG_ERROR, e.into()),
         },
         Command::GenCert { out, hosts, force } => match gen_cert(&out, &hosts, force) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, e),
+        },
+        Command::Token(args) => match token(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, e),
         },
@@ -93,6 +151,41 @@ const CONFIG_ERROR: u8 = 2;
 fn fail(status: u8, error: anyhow::Error) -> ExitCode {
     eprintln!("roomcast: {error:#}");
     ExitCode::from(status)
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    use roomcast::auth::mint::{mint, SigningKey, TokenSpec};
+    let key = match (&args.secret, &args.key, &args.alg) {
+        (Some(secret), _, _) => {
+            let bytes = roomcast::auth::keys::read_secret(secret)?;
+            if bytes.len() < roomcast::auth::keys::MIN_HMAC_SECRET_BYTES {
+                anyhow::bail!(
+                    "the secret must be at least {} bytes (RFC 7518 3.2); the server refuses shorter ones",
+                    roomcast::auth::keys::MIN_HMAC_SECRET_BYTES
+                );
+            }
+            SigningKey::hmac(&bytes)
+        }
+        (None, Some(path), Some(alg)) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            SigningKey::from_pem(alg, &pem)?
+        }
+        _ => anyhow::bail!("give --secret, or --key with --alg"),
+    };
+    let spec = TokenSpec {
+        sub: args.sub.clone(),
+        name: args.name.clone(),
+        rooms: args.rooms.clone(),
+        comment: args.comment,
+        admin: args.admin,
+        issuer: args.iss.clone(),
+        audience: args.aud.clone(),
+        ttl_s: args.ttl,
+        kid: args.kid.clone(),
+    };
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    println!("{}", mint(&spec, &key, now_s)?);
+    Ok(())
 }
 
 fn gen_cert(out: &std::path::Path, hosts: &[String], force: bool) -> anyhow::Result<()> {

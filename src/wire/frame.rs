@@ -101,9 +101,44 @@ pub struct FrameReader {
     role: Role,
     /// Bytes of an incomplete frame; empty (no capacity) between complete frames.
     pending: Vec<u8>,
-    /// A fragmented message in progress: whether it is text, and its bytes so far. Boxed: it
-    /// is rare, and the reader lives in every connection's slot.
-    fragments: Option<Box<(bool, Vec<u8>)>>,
+    /// A fragmented message in progress. Boxed: it is rare, and the reader lives in every
+    /// connection's slot.
+    fragments: Option<Box<Fragments>>,
+}
+
+/// A fragmented message in progress.
+#[derive(Debug)]
+struct Fragments {
+    /// Whether it is a text message (its UTF-8 is checked as fragments arrive).
+    text: bool,
+    /// The bytes so far.
+    buf: Vec<u8>,
+    /// Bytes of `buf` known to be valid UTF-8 (up to a character that may continue in the
+    /// next fragment).
+    checked: usize,
+}
+
+impl Fragments {
+    /// Check the UTF-8 of what arrived since the last check. RFC 6455 8.1 asks to fail "as
+    /// soon as" the stream is found invalid, so a bad fragment fails at once rather than
+    /// after the (possibly megabytes long) rest; only a character cut at the end of a
+    /// fragment waits for the next one, and not past the final fragment.
+    fn check_utf8(&mut self, fin: bool) -> Result<(), FrameError> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.buf[self.checked..]) {
+            Ok(_) => {
+                self.checked = self.buf.len();
+                Ok(())
+            }
+            Err(e) if e.error_len().is_none() && !fin => {
+                self.checked += e.valid_up_to();
+                Ok(())
+            }
+            Err(_) => Err(FrameError::InvalidUtf8),
+        }
+    }
 }
 
 /// The largest frame header: 2 bytes, 8 of extended length, 4 of mask.
@@ -117,7 +152,7 @@ impl FrameReader {
 
     /// Bytes held between feeds (partial frame plus unfinished fragmented message).
     pub fn buffered(&self) -> usize {
-        self.pending.len() + self.fragments.as_ref().map_or(0, |f| f.1.len())
+        self.pending.len() + self.fragments.as_ref().map_or(0, |f| f.buf.len())
     }
 
     /// Decode every complete frame of what was pending followed by `input`, calling `on` for
@@ -169,6 +204,9 @@ impl FrameReader {
             self.check_header(&header, len, max_message)?;
             let len = len as usize;
             if buf.len() - pos - header_len < len {
+                if header.opcode == OpCode::Data(Data::Text) {
+                    check_partial_text(&buf[pos + header_len..], header.mask)?;
+                }
                 break;
             }
             let start = pos + header_len;
@@ -229,25 +267,33 @@ impl FrameReader {
                 }
                 let text = header.opcode == OpCode::Data(Data::Text);
                 if !header.is_final {
-                    self.fragments = Some(Box::new((text, payload.to_vec())));
+                    let mut fragments = Fragments { text, buf: payload.to_vec(), checked: 0 };
+                    fragments.check_utf8(false)?;
+                    self.fragments = Some(Box::new(fragments));
                     return Ok(ControlFlow::Continue(()));
                 }
                 complete(text, payload, on)
             }
             OpCode::Data(Data::Continue) => {
-                let Some(fragments) = self.fragments.take() else {
+                // RFC 6455 5.4: a fragmented message starts with a non-continuation frame.
+                let Some(mut fragments) = self.fragments.take() else {
                     return Err(FrameError::Protocol("continuation without a message"));
                 };
-                let (text, mut buf) = *fragments;
-                if buf.len() + payload.len() > max_message {
+                if fragments.buf.len() + payload.len() > max_message {
                     return Err(FrameError::TooLarge);
                 }
-                buf.extend_from_slice(payload);
+                fragments.buf.extend_from_slice(payload);
+                fragments.check_utf8(header.is_final)?;
                 if !header.is_final {
-                    self.fragments = Some(Box::new((text, buf)));
+                    self.fragments = Some(fragments);
                     return Ok(ControlFlow::Continue(()));
                 }
-                complete(text, &mut buf, on)
+                let Fragments { text, mut buf, .. } = *fragments;
+                if text {
+                    // Every byte was checked above.
+                    return Ok(on(Incoming::Text(&mut buf)));
+                }
+                Ok(on(Incoming::Binary(&mut buf)))
             }
             OpCode::Control(Control::Ping) => Ok(on(Incoming::Ping(payload))),
             OpCode::Control(Control::Pong) => Ok(on(Incoming::Pong(payload))),
@@ -272,12 +318,34 @@ fn complete(
     }
     // RFC 6455 8.1: "When an endpoint is to interpret a byte stream as UTF-8 but finds that
     // the byte stream is not, in fact, a valid UTF-8 stream, that endpoint MUST _Fail the
-    // WebSocket Connection_." Checked on the whole message, so a character split across
-    // fragments is fine.
+    // WebSocket Connection_." (Fragmented messages are checked fragment by fragment, in
+    // `Fragments::check_utf8`.)
     if std::str::from_utf8(payload).is_err() {
         return Err(FrameError::InvalidUtf8);
     }
     Ok(on(Incoming::Text(payload)))
+}
+
+/// Most bytes of an incomplete text frame looked at on each read (see
+/// [`check_partial_text`]): bounds the cost of a frame that arrives slowly.
+const PARTIAL_UTF8_CHECK_BYTES: usize = 4096;
+
+/// Fail a text frame whose bytes so far are already invalid UTF-8, before the rest arrives
+/// (RFC 6455 8.1 asks to fail "as soon as" the stream is seen to be invalid). The available
+/// payload is still masked and stays so (it is decoded again once complete), so its first
+/// [`PARTIAL_UTF8_CHECK_BYTES`] are unmasked into a copy. A character cut by the end of what
+/// arrived is not an error; a bad byte further in is found when the frame is complete.
+fn check_partial_text(payload: &[u8], mask: Option<[u8; 4]>) -> Result<(), FrameError> {
+    let mut prefix = [0u8; PARTIAL_UTF8_CHECK_BYTES];
+    let n = payload.len().min(PARTIAL_UTF8_CHECK_BYTES);
+    prefix[..n].copy_from_slice(&payload[..n]);
+    if let Some(mask) = mask {
+        unmask(&mut prefix[..n], mask);
+    }
+    match std::str::from_utf8(&prefix[..n]) {
+        Err(e) if e.error_len().is_some() => Err(FrameError::InvalidUtf8),
+        _ => Ok(()),
+    }
 }
 
 fn parse_close(payload: &[u8]) -> Result<(Option<u16>, &str), FrameError> {
@@ -286,16 +354,26 @@ fn parse_close(payload: &[u8]) -> Result<(Option<u16>, &str), FrameError> {
         [_] => Err(FrameError::Protocol("close frame with a 1-byte body")),
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
-            // RFC 6455 7.4: 1004-1006 and 1015 are reserved and "MUST NOT be set as a status
-            // code in a Close control frame"; below 1000 and 1012-2999 unassigned here.
-            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
-            if !valid {
+            if !valid_close_code(code) {
                 return Err(FrameError::Protocol("invalid close code"));
             }
-            let reason = std::str::from_utf8(reason).map_err(|_| FrameError::Protocol("close reason not UTF-8"))?;
+            // RFC 6455 5.5.1: the reason "is not guaranteed to be human readable" but is UTF-8
+            // (7.1.6), and 8.1 fails a connection on invalid UTF-8 with 1007.
+            let reason = std::str::from_utf8(reason).map_err(|_| FrameError::InvalidUtf8)?;
             Ok((Some(code), reason))
         }
     }
+}
+
+/// Whether a peer may send `code` in a close frame. RFC 6455 7.4.1 defines 1000-1003 and
+/// 1007-1011; 1004 is reserved, and 1005, 1006 and 1015 "MUST NOT be set as a status code in
+/// a Close control frame by an endpoint". IANA's registry (7.4.2, "1000-2999 [...] reserved
+/// for definition by this protocol, its future revisions, and extensions") has since added
+/// 1012 (service restart), 1013 (try again later) and 1014 (bad gateway), which roomcast
+/// itself sends (PROTOCOL.md). 3000-3999 are registered and 4000-4999 private use.
+/// Everything else (0-999, 1016-2999, 5000 and up) is refused.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// XOR `buf` with the 4-byte `mask`, 8 bytes at a time (RFC 6455 5.3).
@@ -360,6 +438,12 @@ pub fn text_frame_with(build: impl FnOnce(&mut Vec<u8>)) -> Bytes {
 /// [`text_frame_with`] for a payload of about `capacity` bytes, allocated once.
 pub fn text_frame_sized(capacity: usize, build: impl FnOnce(&mut Vec<u8>)) -> Bytes {
     server_frame_with(0x1, capacity, build)
+}
+
+/// A server binary frame carrying `payload` (roomcast itself sends only text; the testing
+/// echo endpoint sends binary messages back).
+pub fn binary_frame(payload: &[u8]) -> Bytes {
+    server_frame_with(0x2, payload.len(), |out| out.extend_from_slice(payload))
 }
 
 /// A pong answering a ping with `payload` (RFC 6455 5.5.3: "Application data" is echoed).
@@ -583,5 +667,116 @@ mod tests {
         let got = decode_all(&mut FrameReader::new(Role::Client), &close, 100).expect("valid");
         assert!(matches!(&got[0], Got::Close(Some(4009), r) if r.len() <= 123));
         assert_eq!(&pong_frame(b"hi")[..], &[0x8A, 2, b'h', b'i']);
+    }
+
+    fn code_of(r: Result<Vec<Got>, FrameError>) -> Option<u16> {
+        r.err().map(|e| e.close_code())
+    }
+
+    #[test]
+    fn each_rsv_bit_and_every_reserved_opcode_is_a_protocol_error() {
+        for bit in [0x40u8, 0x20, 0x10] {
+            let mut f = client(0x1, b"a");
+            f[0] |= bit;
+            assert_eq!(code_of(decode_all(&mut server(), &f, 100)), Some(1002), "rsv {bit:#x}");
+            let mut ping = client(0x9, b"");
+            ping[0] |= bit;
+            assert_eq!(code_of(decode_all(&mut server(), &ping, 100)), Some(1002), "rsv {bit:#x} on a ping");
+        }
+        for opcode in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
+            assert_eq!(code_of(decode_all(&mut server(), &client(opcode, b""), 100)), Some(1002), "opcode {opcode:#x}");
+            // Also in the middle of a fragmented message.
+            let mut stream = fragment(0x1, false, b"a");
+            stream.extend(client(opcode, b"x"));
+            assert_eq!(code_of(decode_all(&mut server(), &stream, 100)), Some(1002));
+        }
+    }
+
+    #[test]
+    fn control_frames_interleave_with_fragments_but_data_frames_do_not() {
+        let mut stream = fragment(0x1, false, b"fr");
+        stream.extend(client(0x9, b"ping"));
+        stream.extend(fragment(0x0, false, b"ag"));
+        stream.extend(client(0xA, b""));
+        stream.extend(fragment(0x0, true, b"ment"));
+        let got = decode_all(&mut server(), &stream, 100).expect("valid");
+        assert_eq!(got, [Got::Ping(b"ping".to_vec()), Got::Pong(vec![]), Got::Text("fragment".into())]);
+        // 125 bytes is the longest control payload.
+        assert!(decode_all(&mut server(), &client(0x9, &[7; 125]), 1000).is_ok());
+        assert_eq!(code_of(decode_all(&mut server(), &client(0xA, &[7; 126]), 1000)), Some(1002));
+        let mut binary_in_text = fragment(0x1, false, b"a");
+        binary_in_text.extend(client(0x2, b"b"));
+        assert_eq!(code_of(decode_all(&mut server(), &binary_in_text, 100)), Some(1002));
+        let mut continuation_after_end = client(0x1, b"done");
+        continuation_after_end.extend(fragment(0x0, true, b"more"));
+        assert_eq!(code_of(decode_all(&mut server(), &continuation_after_end, 100)), Some(1002));
+    }
+
+    #[test]
+    fn close_codes_follow_rfc_6455_and_the_iana_registry() {
+        for code in [1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999]
+        {
+            let got = decode_all(&mut server(), &client(0x8, &code.to_be_bytes()), 100);
+            assert_eq!(got, Ok(vec![Got::Close(Some(code), String::new())]), "{code} is valid");
+        }
+        for code in [0u16, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            let got = decode_all(&mut server(), &client(0x8, &code.to_be_bytes()), 100);
+            assert_eq!(code_of(got), Some(1002), "{code} is invalid");
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason
+            .extend_from_slice(&[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80]);
+        assert_eq!(code_of(decode_all(&mut server(), &client(0x8, &bad_reason), 100)), Some(1007));
+        assert_eq!(code_of(decode_all(&mut server(), &client(0x8, &[0x03]), 100)), Some(1002), "1-byte body");
+    }
+
+    #[test]
+    fn utf8_is_checked_fragment_by_fragment_and_fails_fast() {
+        // A bad second fragment fails before the final one arrives.
+        let mut stream = fragment(0x1, false, "κόσμε".as_bytes());
+        stream.extend(fragment(0x0, false, &[0xce, 0xba, 0xf4, 0x90, 0x80, 0x80]));
+        let mut r = server();
+        assert_eq!(code_of(decode_all(&mut r, &stream, 1000)), Some(1007));
+        // A bad first fragment fails at once too.
+        assert_eq!(code_of(decode_all(&mut server(), &fragment(0x1, false, &[0xff]), 100)), Some(1007));
+        // A 4-byte character cut over three fragments is fine.
+        let smile = "😀".as_bytes();
+        let mut stream = fragment(0x1, false, &smile[..1]);
+        stream.extend(fragment(0x0, false, &smile[1..3]));
+        stream.extend(fragment(0x0, true, &smile[3..]));
+        assert_eq!(decode_all(&mut server(), &stream, 100), Ok(vec![Got::Text("😀".into())]));
+        // ... but not one the final fragment leaves unfinished.
+        let mut stream = fragment(0x1, false, b"a");
+        stream.extend(fragment(0x0, true, &smile[..2]));
+        assert_eq!(code_of(decode_all(&mut server(), &stream, 100)), Some(1007));
+        // Binary fragments are never checked.
+        let mut stream = fragment(0x2, false, &[0xff]);
+        stream.extend(fragment(0x0, true, &[0xfe]));
+        assert_eq!(decode_all(&mut server(), &stream, 100), Ok(vec![Got::Binary(vec![0xff, 0xfe])]));
+        // Surrogates encoded in UTF-8 (CESU) are invalid.
+        assert_eq!(code_of(decode_all(&mut server(), &client(0x1, &[0xed, 0xa0, 0x80]), 100)), Some(1007));
+    }
+
+    #[test]
+    fn a_text_frame_with_bad_utf8_fails_before_it_is_complete() {
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload
+            .extend_from_slice(&[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xf4, 0x90, 0x80]);
+        payload.extend_from_slice(b"edited");
+        let whole = client(0x1, &payload);
+        // Only the first part of the frame arrives: the bad bytes are in it.
+        let mut r = server();
+        assert_eq!(code_of(decode_all(&mut r, &whole[..6 + 24], 100)), Some(1007));
+        // A character cut by the end of what arrived is fine, and so is the frame once whole.
+        let good = client(0x1, "κόσμε".as_bytes());
+        let mut r = server();
+        assert_eq!(decode_all(&mut r, &good[..6 + 3], 100), Ok(vec![]));
+        assert_eq!(decode_all(&mut r, &good[6 + 3..], 100), Ok(vec![Got::Text("κόσμε".into())]));
+        for split in 0..good.len() {
+            let mut r = server();
+            let mut got = decode_all(&mut r, &good[..split], 100).expect("valid prefix");
+            got.extend(decode_all(&mut r, &good[split..], 100).expect("valid suffix"));
+            assert_eq!(got, [Got::Text("κόσμε".into())], "split at {split}");
+        }
     }
 }
