@@ -160,6 +160,14 @@ pub struct LimitsConfig {
     /// Upgrades per second per worker (a token bucket of one second's worth); connections
     /// past it wait in the listen backlog. 0 = unpaced.
     pub accept_rate: u32,
+    /// `hello.reconnect_ms`: the shortest delay a client should draw before reconnecting;
+    /// under load (near `max_connections`, or pacing accepts) the window is four times wider.
+    pub reconnect_min_ms: u64,
+    /// `hello.reconnect_ms`: the longest such delay.
+    pub reconnect_max_ms: u64,
+    /// At shutdown (SIGTERM) viewers are closed with 1001 in steps over this long, not all at
+    /// once, so their reconnects spread over the other servers; `/readyz` turns 503 first.
+    pub drain_ms: u64,
 }
 
 /// `[auth]`: how viewers prove who they are. With neither a secret nor a public key, auth is
@@ -341,6 +349,9 @@ impl Default for LimitsConfig {
             max_connections_per_user: 0,
             per_user_policy: PerUserPolicy::CloseOldest,
             accept_rate: 2_000,
+            reconnect_min_ms: 1_000,
+            reconnect_max_ms: 5_000,
+            drain_ms: 2_000,
         }
     }
 }
@@ -590,6 +601,16 @@ impl Config {
                 ),
             ));
         }
+        if self.limits.reconnect_min_ms == 0 || self.limits.reconnect_min_ms > self.limits.reconnect_max_ms {
+            return Err(invalid(
+                "limits.reconnect_min_ms",
+                format!(
+                    "must be positive and at most {} (got {})",
+                    name("limits.reconnect_max_ms"),
+                    self.limits.reconnect_min_ms
+                ),
+            ));
+        }
         if let Err(e) = self.sink.validate() {
             return Err(invalid(e.key, e.message));
         }
@@ -691,6 +712,9 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("limits.max_connections_per_user", "--max-connections-per-user"),
     ("limits.per_user_policy", "--per-user-policy"),
     ("limits.accept_rate", "--accept-rate"),
+    ("limits.reconnect_min_ms", "--reconnect-min-ms"),
+    ("limits.reconnect_max_ms", "--reconnect-max-ms"),
+    ("limits.drain_ms", "--drain-ms"),
     ("auth.hmac_secret", "--auth-hmac-secret"),
     ("auth.public_keys", "--auth-public-key"),
     ("auth.issuer", "--auth-issuer"),
@@ -851,6 +875,15 @@ pub struct ServeArgs {
     /// `limits.accept_rate`: upgrades per second per worker, 0 = unpaced [default: 2000].
     #[arg(long, value_name = "PER_S")]
     pub accept_rate: Option<u32>,
+    /// `limits.reconnect_min_ms`: shortest reconnect delay announced in hello [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub reconnect_min_ms: Option<u64>,
+    /// `limits.reconnect_max_ms`: longest reconnect delay announced in hello [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub reconnect_max_ms: Option<u64>,
+    /// `limits.drain_ms`: at shutdown, close viewers in steps over this long [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub drain_ms: Option<u64>,
     /// `auth.hmac_secret`: HS256 secret or @path (also from the environment).
     #[arg(long, value_name = "SECRET|@PATH", env = "ROOMCAST_AUTH_HMAC_SECRET", hide_env_values = true)]
     pub auth_hmac_secret: Option<String>,
@@ -958,6 +991,9 @@ impl ServeArgs {
         );
         o.set("limits.per_user_policy", |c| &mut c.limits.per_user_policy, self.per_user_policy);
         o.set("limits.accept_rate", |c| &mut c.limits.accept_rate, self.accept_rate);
+        o.set("limits.reconnect_min_ms", |c| &mut c.limits.reconnect_min_ms, self.reconnect_min_ms);
+        o.set("limits.reconnect_max_ms", |c| &mut c.limits.reconnect_max_ms, self.reconnect_max_ms);
+        o.set("limits.drain_ms", |c| &mut c.limits.drain_ms, self.drain_ms);
         o.set("auth.hmac_secret", |c| &mut c.auth.hmac_secret, self.auth_hmac_secret.map(Some));
         let keys = (!self.auth_public_keys.is_empty()).then_some(self.auth_public_keys);
         o.set("auth.public_keys", |c| &mut c.auth.public_keys, keys);

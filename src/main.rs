@@ -105,14 +105,6 @@ fn main() -> ExitCode {
         Command::Serve(args) => match args.into_config() {
             Ok(config) => {
                 tracing::debug!(config = ?config.redacted(), "effective configuration");
-                if config.auth.enabled() {
-                    // Until the worker verifies tokens at the upgrade, serving would accept
-                    // everyone while the operator believes tokens are required.
-                    return fail(
-                        CONFIG_ERROR,
-                        anyhow::anyhow!("auth keys are configured, but this build does not verify tokens at the upgrade yet; refusing to serve without the authentication that was asked for"),
-                    );
-                }
                 match roomcast::runtime::run(config) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(e.exit_code(), e.into()),

@@ -387,6 +387,10 @@ pub struct Counters {
     /// Time from a message's sequencing at its home to the first socket write that carried it
     /// to a member, in microseconds.
     pub publish_to_write: LatencyHistogram,
+    /// Upgrades refused because the token was missing, invalid or expired (HTTP 401).
+    pub auth_refusals: u64,
+    /// Client messages refused by a rate limit (`rate_limited`, or the 4008 close).
+    pub rate_limited: u64,
 }
 
 impl Counters {
@@ -414,6 +418,8 @@ impl Counters {
         self.online += other.online;
         self.leaves.merge(&other.leaves);
         self.publish_to_write.merge(&other.publish_to_write);
+        self.auth_refusals += other.auth_refusals;
+        self.rate_limited += other.rate_limited;
     }
 }
 

@@ -4,7 +4,7 @@
 //! Why it exists: every `join`, `comment`, `react` and other message is decided by two things
 //! (the token's claims and the connection's rate limits) whose refusals map to three wire
 //! consequences (`error forbidden`, `error rate_limited`, close 4008). A [`Guard`] lives in the
-//! session (32 bytes: an `Arc<Claims>` and the buckets) and answers each action with
+//! session (48 bytes: the [`Identity`] and the buckets) and answers each action with
 //! `Ok(())` or a [`Refused`] that knows its consequence, so the session never maps errors
 //! itself. Rate limits are checked first: a flooding client pays for its refused joins too.
 //! It must never read a clock or do IO; `now_ms` is the worker's.
@@ -57,43 +57,86 @@ fn rate(verdict: Verdict) -> Result<(), Refused> {
     }
 }
 
-/// See the module doc. Call order: [`Guard::new`] after the upgrade (with the claims the
-/// [`Authenticator`] gave, or [`Claims::development`]), then one `check_*` per client message,
-/// and [`Guard::refresh`] for a `refresh` op. [`Guard::deadline_ms`] is the 4001 deadline to
-/// arm in the timer wheel; re-arm it after every successful refresh.
+/// Who the viewer is. A development identity (no auth key configured) is just a user id:
+/// every room, comments allowed, never expires, and it costs no claims allocation per
+/// connection.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// No auth key is configured: the user id from `?user=` (or made up).
+    Development(Arc<str>),
+    /// A verified token's claims.
+    Verified(Arc<Claims>),
+}
+
+impl Identity {
+    /// The user id (`sub`).
+    pub fn user(&self) -> &Arc<str> {
+        match self {
+            Self::Development(user) => user,
+            Self::Verified(claims) => &claims.sub,
+        }
+    }
+
+    /// The display name shown in presence (the user id when none was given).
+    pub fn name(&self) -> &Arc<str> {
+        match self {
+            Self::Development(user) => user,
+            Self::Verified(claims) => claims.display_name(),
+        }
+    }
+
+    fn may_join(&self, room: &str) -> Result<(), Denied> {
+        match self {
+            Self::Development(_) => Ok(()),
+            Self::Verified(claims) => claims.may_join(room),
+        }
+    }
+
+    fn may_comment(&self, room: &str) -> Result<(), Denied> {
+        match self {
+            Self::Development(_) => Ok(()),
+            Self::Verified(claims) => claims.may_comment(room),
+        }
+    }
+}
+
+/// See the module doc. Call order: [`Guard::new`] after the upgrade (with the identity the
+/// [`Authenticator`] gave), then one `check_*` per client message, and [`Guard::refresh`] for
+/// a `refresh` op. [`Guard::deadline_ms`] is the 4001 deadline to arm in the timer wheel;
+/// re-arm it after every successful refresh.
 #[derive(Debug, Clone)]
 pub struct Guard {
-    claims: Arc<Claims>,
+    identity: Identity,
     limits: ConnLimits,
 }
 
 impl Guard {
     /// A guard for a new connection at `now_ms` (full buckets).
-    pub fn new(claims: Arc<Claims>, limits: &RateLimits, now_ms: u64) -> Self {
-        Self { claims, limits: ConnLimits::new(limits, now_ms) }
+    pub fn new(identity: Identity, limits: &RateLimits, now_ms: u64) -> Self {
+        Self { identity, limits: ConnLimits::new(limits, now_ms) }
     }
 
-    /// The claims the connection holds now.
-    pub fn claims(&self) -> &Arc<Claims> {
-        &self.claims
+    /// Who the viewer is now.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// A `join` of `room`.
     pub fn check_join(&mut self, limits: &RateLimits, room: &str, now_ms: u64) -> Result<(), Refused> {
         rate(self.limits.check(limits, Action::Join, now_ms))?;
-        self.claims.may_join(room).map_err(Refused::Forbidden)
+        self.identity.may_join(room).map_err(Refused::Forbidden)
     }
 
     /// A `comment` in `room`.
     pub fn check_comment(&mut self, limits: &RateLimits, room: &str, now_ms: u64) -> Result<(), Refused> {
         rate(self.limits.check(limits, Action::Comment, now_ms))?;
-        self.claims.may_comment(room).map_err(Refused::Forbidden)
+        self.identity.may_comment(room).map_err(Refused::Forbidden)
     }
 
     /// A `react` in `room` (needs the `comment` claim, as PROTOCOL.md's authorisation says).
     pub fn check_react(&mut self, limits: &RateLimits, room: &str, now_ms: u64) -> Result<(), Refused> {
         rate(self.limits.check(limits, Action::React, now_ms))?;
-        self.claims.may_comment(room).map_err(Refused::Forbidden)
+        self.identity.may_comment(room).map_err(Refused::Forbidden)
     }
 
     /// Any other client message: `leave`, `ping`, `refresh`, a binary message, a WebSocket
@@ -106,20 +149,26 @@ impl Guard {
     /// old ones when the token verifies and names the same `sub`. Returns the new 4001
     /// deadline (`None`: never). The caller then leaves, with `left` reason `forbidden`, every
     /// joined room for which [`Guard::still_allowed`] is false.
+    /// Without an auth key (a development identity) there is nothing to extend: `Ok(None)`.
     pub fn refresh(&mut self, auth: &mut Authenticator, token: &str, now_ms: u64) -> Result<Option<u64>, Refused> {
-        let fresh = auth.refresh(&self.claims, token, now_ms).map_err(Refused::Unauthorized)?;
-        self.claims = fresh;
-        Ok(auth.deadline_ms(&self.claims))
+        let Identity::Verified(claims) = &self.identity else { return Ok(None) };
+        let fresh = auth.refresh(claims, token, now_ms).map_err(Refused::Unauthorized)?;
+        self.identity = Identity::Verified(fresh);
+        Ok(self.deadline_ms(auth))
     }
 
     /// Whether the current claims still allow membership of `room` (after a refresh).
     pub fn still_allowed(&self, room: &str) -> bool {
-        self.claims.may_join(room).is_ok()
+        self.identity.may_join(room).is_ok()
     }
 
-    /// When the connection must be closed with 4001 unless refreshed (ms since the epoch).
+    /// When the connection must be closed with 4001 unless refreshed (ms since the epoch);
+    /// `None` when it never must.
     pub fn deadline_ms(&self, auth: &Authenticator) -> Option<u64> {
-        auth.deadline_ms(&self.claims)
+        match &self.identity {
+            Identity::Development(_) => None,
+            Identity::Verified(claims) => auth.deadline_ms(claims),
+        }
     }
 }
 
@@ -152,7 +201,7 @@ mod tests {
     fn guard(auth: &mut Authenticator, rooms: &[&str], comment: bool) -> Guard {
         let t = token("alice", rooms, comment, NOW_S);
         let Ok(Authenticated::Verified(claims)) = auth.authenticate(Some(&t), NOW_S * 1000) else { panic!("verified") };
-        Guard::new(claims, &RateLimits::default(), NOW_S * 1000)
+        Guard::new(Identity::Verified(claims), &RateLimits::default(), NOW_S * 1000)
     }
 
     #[test]
@@ -206,9 +255,9 @@ mod tests {
     fn development_guards_allow_everything_and_never_expire() {
         let auth = Authenticator::new(None, 0);
         let limits = RateLimits::default();
-        let mut g = Guard::new(Arc::new(Claims::development("dev".into())), &limits, 0);
+        let mut g = Guard::new(Identity::Development("dev".into()), &limits, 0);
         assert_eq!(g.check_comment(&limits, "any", 0), Ok(()));
         assert_eq!(g.deadline_ms(&auth), None);
-        assert!(size_of::<Guard>() <= 32, "lives in every connection");
+        assert!(size_of::<Guard>() <= 48, "lives in every connection");
     }
 }

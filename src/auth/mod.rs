@@ -32,7 +32,7 @@ pub mod verifier;
 
 pub use cache::TokenCache;
 pub use claims::{Claims, Denied, RoomPatterns};
-pub use guard::{Guard, Refused};
+pub use guard::{Guard, Identity, Refused};
 pub use keys::{KeyError, KeySet};
 pub use verifier::{Rules, Verifier};
 

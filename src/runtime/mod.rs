@@ -7,6 +7,7 @@
 //! the process exits once they are gone or a grace period passed.
 
 pub mod backend;
+pub mod gate;
 pub mod ingest;
 pub mod listen;
 pub mod mesh;
@@ -34,6 +35,9 @@ pub enum RunError {
     /// The durable sinks could not start (a data or spool directory, a bad setting).
     #[error("durable sinks")]
     Sink(#[from] crate::sink::SinkError),
+    /// The auth keys could not be read.
+    #[error("auth keys")]
+    Keys(#[source] crate::auth::KeyError),
     /// TLS could not be set up from the configured files.
     #[error("TLS setup")]
     Tls(#[from] crate::tls::TlsError),
@@ -53,7 +57,7 @@ impl RunError {
     /// for a configuration error; 1 for anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Listen(_) | Self::Tls(_) | Self::Sink(_) => 2,
+            Self::Listen(_) | Self::Tls(_) | Self::Sink(_) | Self::Keys(_) => 2,
             Self::Io { .. } => 1,
         }
     }
@@ -142,7 +146,33 @@ pub fn run(config: Config) -> Result<(), RunError> {
 
     let sinks = crate::sink::start(&config.sink, Arc::new(mesh::MeshNotify(Arc::clone(&mesh))))?;
     let epoch_seed = clock_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let settings = WorkerSettings { tls, sink: Some(sinks.handle()) };
+    let l = &config.limits;
+    // max_connections = 0 is "as many as the open-files limit lets the process hold".
+    let max_connections =
+        if l.max_connections == 0 { files.saturating_sub(reserved) as usize } else { l.max_connections };
+    let gate = Arc::new(gate::Gate::new(
+        max_connections,
+        l.max_connections_per_ip,
+        l.max_connections_per_user,
+        l.per_user_policy,
+    ));
+    let settings = WorkerSettings {
+        tls,
+        sink: Some(sinks.handle()),
+        gate: Arc::clone(&gate),
+        accept_rate: l.accept_rate,
+        drain_ms: l.drain_ms,
+    };
+    let verifier = config.auth.verifier().map_err(RunError::Keys)?.map(Arc::new);
+    match &verifier {
+        Some(v) => tracing::info!(keys = %v.keys().describe(), "viewers need a valid token (JWT) at the upgrade"),
+        None => tracing::warn!(
+            "NO AUTH KEY CONFIGURED: anyone who reaches the viewer port may connect as any user (?user=) and join any room; set auth.hmac_secret or auth.public_keys before exposing it"
+        ),
+    }
+    if let Some(path) = &config.testing.echo_path {
+        tracing::warn!(path = %path, "the testing echo endpoint is ON (testing.echo_path): for conformance tests only, never in production");
+    }
     let mut threads = Vec::new();
     for (i, ((poll, inbox), ws)) in polls.into_iter().zip(inboxes).zip(ws_listeners).enumerate() {
         let id = WorkerId(i as u16);
@@ -150,7 +180,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
         if let Some(wss) = wss_listeners.get_mut(i).and_then(Option::take) {
             listeners.push(Listener { socket: wss, tls: true });
         }
-        let shard_cfg = ShardConfig::new(&config, workers, epoch_seed);
+        let mut shard_cfg = ShardConfig::new(&config, workers, epoch_seed);
+        shard_cfg.verifier = verifier.clone();
+        shard_cfg.admission = Some(Arc::clone(&gate) as Arc<dyn crate::shard::Admission>);
         let worker = Worker::new(id, poll, inbox, Arc::clone(&mesh), listeners, shard_cfg, settings.clone())
             .map_err(io_err("worker setup"))?;
         let handle = std::thread::Builder::new()

@@ -22,9 +22,11 @@
 //! until `WouldBlock`; a connection with unwritten frames is simply retried on its next
 //! writable event (mio `examples/tcp_server.rs`).
 
+use super::gate::Gate;
 use super::mesh::{IngestMail, Mesh, WorkerMail};
 use super::transport::Transport;
 use super::{clock_ms, Listener};
+use crate::admission::AcceptPacer;
 use crate::ids::{ConnKey, WorkerId};
 use crate::metrics::{CloseCounts, ListenerKind, WorkerLoad};
 use crate::shard::durable::SinkPort;
@@ -33,7 +35,9 @@ use crate::sink::{AckMode, Backpressure, PresenceRecord, SinkHandle, SinkRecord}
 use crate::wire::frame::close_code;
 use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token};
-use std::io;
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +45,8 @@ use std::time::{Duration, Instant};
 const SCRATCH_LEN: usize = 64 * 1024;
 /// How long a shutting-down worker waits for close frames to drain.
 const SHUTDOWN_GRACE_MS: u64 = 2_000;
+/// How often a draining worker closes its next share of connections.
+const DRAIN_STEP_MS: u64 = 50;
 /// How often a worker logs the closes of the last interval (when there were any).
 const CLOSE_SUMMARY_MS: u64 = 60_000;
 
@@ -54,6 +60,12 @@ pub struct WorkerSettings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The durable sinks, if any run.
     pub sink: Option<SinkHandle>,
+    /// The connection caps all workers share.
+    pub gate: Arc<Gate>,
+    /// Upgrades per second this worker accepts (`limits.accept_rate`; 0: unpaced).
+    pub accept_rate: u32,
+    /// At shutdown, viewers are closed in steps over this long (`limits.drain_ms`).
+    pub drain_ms: u64,
 }
 
 /// A worker's end of the durable sinks, as the core's [`SinkPort`]: the sinks' bounded queue,
@@ -96,6 +108,14 @@ pub struct Worker {
     /// The shard's dirty list of this turn (kept to reuse its buffer).
     dirty: Vec<ConnKey>,
     shutdown_deadline_ms: Option<u64>,
+    /// A staged shutdown: when it began and how many open connections it found.
+    draining: Option<(u64, usize)>,
+    /// Paces accepts in a reconnect storm (`None`: unpaced).
+    pacer: Option<AcceptPacer>,
+    /// Accepting waits for the pacer until then (edge-triggered listeners: retried on time).
+    accept_resume_ms: Option<u64>,
+    /// Each socket's peer address, when the gate counts addresses.
+    peers: HashMap<usize, IpAddr>,
     /// Time spent on turns (not waiting in poll) since start, in microseconds.
     busy_us: u64,
     /// The closes counted at the last summary, and when the next is due.
@@ -117,6 +137,7 @@ impl Worker {
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry().register(&mut l.socket, Token(LISTENER_BASE + i), Interest::READABLE)?;
         }
+        let pacer = (settings.accept_rate > 0).then(|| AcceptPacer::new(settings.accept_rate, clock_ms()));
         let mut shard = Shard::new(id, shard_cfg);
         if let Some(handle) = settings.sink.clone() {
             shard.set_sink(Box::new(HomeSink { handle, origin: id.0 }));
@@ -132,6 +153,10 @@ impl Worker {
             scratch: vec![0; SCRATCH_LEN],
             dirty: Vec::new(),
             shutdown_deadline_ms: None,
+            draining: None,
+            pacer,
+            accept_resume_ms: None,
+            peers: HashMap::new(),
             busy_us: 0,
             closes_logged: CloseCounts::default(),
             next_close_summary_ms: clock_ms() + CLOSE_SUMMARY_MS,
@@ -171,6 +196,14 @@ impl Worker {
                 }
             }
             self.drain_inbox(now);
+            if self.accept_resume_ms.is_some_and(|at| now >= at) {
+                self.accept_resume_ms = None;
+                self.settings.gate.set_pacing(false);
+                for index in 0..self.listeners.len() {
+                    self.accept(index, now);
+                }
+            }
+            self.drain_step(now);
             // 2. Timers.
             self.shard.handle_timeout(now);
             // 3. Outputs.
@@ -183,7 +216,8 @@ impl Worker {
                 self.log_close_summary(now);
             }
             if let Some(deadline) = self.shutdown_deadline_ms {
-                if self.shard.conn_count() == 0 || now >= deadline {
+                let drained = self.draining.is_none_or(|(started, _)| now >= started + self.settings.drain_ms);
+                if (drained && self.shard.conn_count() == 0) || now >= deadline {
                     tracing::debug!(worker = %self.id, left = self.shard.conn_count(), "worker stopped");
                     return Ok(());
                 }
@@ -210,6 +244,12 @@ impl Worker {
         if let Some(deadline) = self.shutdown_deadline_ms {
             wake_at = wake_at.min(deadline);
         }
+        if let Some(resume) = self.accept_resume_ms {
+            wake_at = wake_at.min(resume);
+        }
+        if self.draining.is_some() {
+            wake_at = wake_at.min(now + DRAIN_STEP_MS);
+        }
         Some(Duration::from_millis(wake_at.saturating_sub(now)))
     }
 
@@ -217,17 +257,35 @@ impl Worker {
         let Some(listener) = self.listeners.get(index) else { return };
         let tls = listener.tls;
         loop {
-            let (sock, _) = match listener.socket.accept() {
+            if self.shutdown_deadline_ms.is_some() || self.accept_resume_ms.is_some() {
+                return;
+            }
+            if let Some(pacer) = &mut self.pacer {
+                if !pacer.try_accept(now) {
+                    // A storm: the rest waits in the listen backlog, delivery to the connected
+                    // viewers goes on, and new clients are told to back off further.
+                    self.accept_resume_ms = Some(now + pacer.wait_ms(now).max(1));
+                    self.settings.gate.set_pacing(true);
+                    return;
+                }
+            }
+            let Some(listener) = self.listeners.get(index) else { return };
+            let (mut sock, peer) = match listener.socket.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and try again on the next event rather than spin.
-                    tracing::warn!(worker = %self.id, error = %e, "accept failed");
+                    // EMFILE and friends: the backlog keeps the rest; retry shortly rather
+                    // than spin (edge-triggered: no new event would come for them).
+                    tracing::warn!(worker = %self.id, error = %e, "accept failed; retrying in 100 ms");
+                    self.accept_resume_ms = Some(now + 100);
                     return;
                 }
             };
-            if self.shutdown_deadline_ms.is_some() {
+            if let Err(refusal) = self.settings.gate.admit(peer.ip()) {
+                // Refused before any byte is read: a short HTTP answer, then the socket goes.
+                tracing::debug!(worker = %self.id, %peer, %refusal, "connection refused");
+                let _ = sock.write(&crate::wire::upgrade::unavailable(refusal.http_status(), &refusal.to_string(), 5));
                 continue;
             }
             let _ = sock.set_nodelay(true);
@@ -236,6 +294,7 @@ impl Worker {
                     Ok(conn) => Transport::tls(sock, conn),
                     Err(e) => {
                         tracing::warn!(error = %e, "TLS session setup failed");
+                        self.settings.gate.release(Some(peer.ip()));
                         continue;
                     }
                 },
@@ -243,6 +302,9 @@ impl Worker {
             };
             let kind = if tls { ListenerKind::Wss } else { ListenerKind::Ws };
             let key = self.shard.accept(transport, kind, now);
+            if self.settings.gate.counts_addresses() {
+                self.peers.insert(key.0, peer.ip());
+            }
             let registered = self.shard.io_mut(key).is_some_and(|io| {
                 self.poll
                     .registry()
@@ -252,6 +314,22 @@ impl Worker {
             if !registered {
                 self.shard.handle_io_error(key, now);
             }
+        }
+    }
+
+    /// A staged shutdown: close the next share of the open connections, so that all are
+    /// closed by the end of `drain_ms` and their reconnects spread over it.
+    fn drain_step(&mut self, now: u64) {
+        let Some((started, total)) = self.draining else { return };
+        let window = self.settings.drain_ms.max(1);
+        let elapsed = now.saturating_sub(started).min(window);
+        let due = (total as u64 * (elapsed + DRAIN_STEP_MS) / window).min(total as u64) as usize;
+        let closed_so_far = total.saturating_sub(self.shard.open_count());
+        if due > closed_so_far {
+            self.shard.close_some(close_code::GOING_AWAY, due - closed_so_far, now);
+        }
+        if elapsed >= window && self.shard.open_count() > 0 {
+            self.shard.close_all(close_code::GOING_AWAY, now);
         }
     }
 
@@ -305,12 +383,15 @@ impl Worker {
                 WorkerMail::Durable(ticket) => self.shard.handle_durable(ticket, now),
                 WorkerMail::Shutdown => {
                     if self.shutdown_deadline_ms.is_none() {
-                        tracing::info!(worker = %self.id, conns = self.shard.conn_count(), "closing connections (1001)");
-                        self.shutdown_deadline_ms = Some(now + SHUTDOWN_GRACE_MS);
+                        let open = self.shard.open_count();
+                        let drain_ms = self.settings.drain_ms;
+                        tracing::info!(worker = %self.id, conns = open, drain_ms, "closing connections (1001) in steps");
+                        self.shutdown_deadline_ms = Some(now + drain_ms + SHUTDOWN_GRACE_MS);
                         for l in &mut self.listeners {
                             let _ = self.poll.registry().deregister(&mut l.socket);
                         }
-                        self.shard.close_all(close_code::GOING_AWAY, now);
+                        self.draining = Some((now, open));
+                        self.drain_step(now);
                     }
                 }
             }
@@ -357,8 +438,9 @@ impl Worker {
                 io.shutdown_write();
             }
         }
-        while let Some(mut io) = self.shard.poll_gone() {
+        while let Some((key, mut io)) = self.shard.poll_gone() {
             let _ = self.poll.registry().deregister(io.socket());
+            self.settings.gate.release(self.peers.remove(&key.0));
         }
     }
 }
@@ -369,10 +451,11 @@ mod tests {
 
     /// Memory per idle connection is a budget (BENCHMARKS.md): the slab entry is most of it, so
     /// its size must not creep up unnoticed. (It holds one outbound frame inline, which makes a
-    /// delivery to an idle connection allocation-free, and the frame reader.)
+    /// delivery to an idle connection allocation-free, the frame reader, and the guard: the
+    /// identity and the rate-limit buckets, 24 bytes, which took it from 208 to 224.)
     #[test]
     fn a_connection_slot_stays_small() {
-        assert!(size_of::<crate::shard::Conn<Transport>>() <= 208, "{}", size_of::<crate::shard::Conn<Transport>>());
+        assert!(size_of::<crate::shard::Conn<Transport>>() <= 224, "{}", size_of::<crate::shard::Conn<Transport>>());
         assert!(size_of::<crate::wire::FrameReader>() <= 40);
     }
 }

@@ -23,12 +23,12 @@
 
 pub mod outbound;
 
+use crate::auth::{Guard, Identity};
 use crate::ids::ConnId;
 use crate::metrics::ListenerKind;
 use crate::wire::frame::{self, close_code, FrameReader, Role};
 use bytes::Bytes;
 use outbound::{Outbound, OverBudget};
-use std::sync::Arc;
 
 /// Where a connection is in its life. See the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,18 +55,9 @@ pub enum Phase {
 #[derive(Debug)]
 enum Life {
     Upgrading { request: Vec<u8> },
-    Open { identity: Identity },
-    Closing { identity: Identity, code: u16, by_peer: bool },
+    Open { guard: Guard },
+    Closing { guard: Guard, code: u16, by_peer: bool },
     Answered,
-}
-
-/// Who the viewer is, from the handshake.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// The user id.
-    pub user: Arc<str>,
-    /// The display name shown in presence (the user id when none was given).
-    pub name: Arc<str>,
 }
 
 /// A room the session belongs to, or asked to join.
@@ -119,6 +110,8 @@ pub struct Session {
     pinged: bool,
     /// The listener it came in on (ws or wss), for the counters.
     listener: ListenerKind,
+    /// Upgraded on the testing echo endpoint: every message is sent back, nothing else.
+    echo: bool,
     next_join_id: u32,
 }
 
@@ -141,14 +134,15 @@ impl Session {
             last_spoke_ms: now_ms,
             pinged: false,
             listener,
+            echo: false,
             next_join_id: 0,
         }
     }
 
     /// A connection whose upgrade was done elsewhere (tests, benches): open at once.
-    pub fn opened(id: ConnId, identity: Identity, now_ms: u64) -> Self {
+    pub fn opened(id: ConnId, guard: Guard, now_ms: u64) -> Self {
         let mut session = Self::accept(id, ListenerKind::Ws, now_ms);
-        session.life = Life::Open { identity };
+        session.life = Life::Open { guard };
         session.rooms.reserve_exact(1);
         session
     }
@@ -181,14 +175,40 @@ impl Session {
     /// Who the viewer is; `None` before the upgrade (and after a refused one).
     pub fn identity(&self) -> Option<&Identity> {
         match &self.life {
-            Life::Open { identity } | Life::Closing { identity, .. } => Some(identity),
+            Life::Open { guard } | Life::Closing { guard, .. } => Some(guard.identity()),
             Life::Upgrading { .. } | Life::Answered => None,
+        }
+    }
+
+    /// The viewer's trust state, while upgraded.
+    pub fn guard(&self) -> Option<&Guard> {
+        match &self.life {
+            Life::Open { guard } | Life::Closing { guard, .. } => Some(guard),
+            Life::Upgrading { .. } | Life::Answered => None,
+        }
+    }
+
+    /// The connection is on the testing echo endpoint (`testing.echo_path`).
+    pub fn set_echo(&mut self) {
+        self.echo = true;
+    }
+
+    /// Whether the connection is on the testing echo endpoint.
+    pub fn is_echo(&self) -> bool {
+        self.echo
+    }
+
+    /// The viewer's trust state (claims and rate limits), to check an op; only while open.
+    pub fn guard_mut(&mut self) -> Option<&mut Guard> {
+        match &mut self.life {
+            Life::Open { guard } => Some(guard),
+            _ => None,
         }
     }
 
     /// The viewer's user id (empty before the upgrade).
     pub fn user(&self) -> &str {
-        self.identity().map_or("", |i| &i.user)
+        self.identity().map_or("", |i| i.user())
     }
 
     // --- the upgrade ---
@@ -203,10 +223,10 @@ impl Session {
     }
 
     /// The upgrade succeeded: queue the `101` response (and whatever the caller queues next,
-    /// `hello`), become `Open` as `identity`, and return the bytes that followed the request
-    /// (already WebSocket frames).
-    pub fn upgrade(&mut self, response: Vec<u8>, consumed: usize, identity: Identity) -> Vec<u8> {
-        let Life::Upgrading { mut request } = std::mem::replace(&mut self.life, Life::Open { identity }) else {
+    /// `hello`), become `Open` with `guard` (who the viewer is, and its rate limits), and
+    /// return the bytes that followed the request (already WebSocket frames).
+    pub fn upgrade(&mut self, response: Vec<u8>, consumed: usize, guard: Guard) -> Vec<u8> {
+        let Life::Upgrading { mut request } = std::mem::replace(&mut self.life, Life::Open { guard }) else {
             return Vec::new();
         };
         self.rooms.reserve_exact(1);
@@ -370,14 +390,14 @@ impl Session {
         if !self.is_open() {
             return false;
         }
-        let Life::Open { identity } = std::mem::replace(&mut self.life, Life::Answered) else {
+        let Life::Open { guard } = std::mem::replace(&mut self.life, Life::Answered) else {
             return false;
         };
         if code == close_code::SLOW_CONSUMER {
             self.outbound.drop_unstarted();
         }
         self.outbound.push_unbounded(frame::close_frame(code, ""));
-        self.life = Life::Closing { identity, code, by_peer };
+        self.life = Life::Closing { guard, code, by_peer };
         true
     }
 
@@ -426,10 +446,14 @@ pub enum Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    fn guard(user: &str) -> Guard {
+        Guard::new(Identity::Development(Arc::from(user)), &crate::ratelimit::RateLimits::default(), 0)
+    }
 
     fn open(now: u64) -> Session {
-        let identity = Identity { user: Arc::from("u"), name: Arc::from("u") };
-        Session::opened(ConnId(1), identity, now)
+        Session::opened(ConnId(1), guard("u"), now)
     }
 
     #[test]
@@ -480,8 +504,7 @@ mod tests {
         let mut s = Session::accept(ConnId(2), ListenerKind::Ws, 0);
         assert_eq!(s.push_request(b"RE"), b"RE");
         assert_eq!(s.push_request(b"Q\x81\x80"), b"REQ\x81\x80");
-        let identity = Identity { user: Arc::from("a"), name: Arc::from("a") };
-        let rest = s.upgrade(b"101".to_vec(), 3, identity);
+        let rest = s.upgrade(b"101".to_vec(), 3, guard("a"));
         assert_eq!((rest, s.phase(), s.user()), (b"\x81\x80".to_vec(), Phase::Open, "a"));
         let mut r = Session::accept(ConnId(3), ListenerKind::Ws, 0);
         r.answer(b"HTTP/1.1 404".to_vec());

@@ -39,7 +39,7 @@ pub(crate) struct ConnTable<Io> {
     fired: Vec<usize>,
     dirty: Vec<ConnKey>,
     shutdowns: Vec<ConnKey>,
-    gone: Vec<Io>,
+    gone: Vec<(ConnKey, Io)>,
 }
 
 impl<Io> ConnTable<Io> {
@@ -94,9 +94,9 @@ impl<Io> ConnTable<Io> {
         Some(conn)
     }
 
-    /// Hand a removed connection's IO handle to the shell to drop.
-    pub(crate) fn drop_socket(&mut self, conn: Conn<Io>) {
-        self.gone.push(conn.io);
+    /// Hand a removed connection's IO handle to the shell to drop, with the key it had.
+    pub(crate) fn drop_socket(&mut self, key: ConnKey, conn: Conn<Io>) {
+        self.gone.push((key, conn.io));
     }
 
     // --- deadlines ---
@@ -168,8 +168,8 @@ impl<Io> ConnTable<Io> {
         self.shutdowns.pop()
     }
 
-    /// The next socket the shell is to drop.
-    pub(crate) fn next_gone(&mut self) -> Option<Io> {
+    /// The next socket the shell is to drop, and the key it had.
+    pub(crate) fn next_gone(&mut self) -> Option<(ConnKey, Io)> {
         self.gone.pop()
     }
 }

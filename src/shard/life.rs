@@ -7,14 +7,17 @@
 //! a slow consumer is cut, and when a socket is shut or dropped. The shell learns the outcome
 //! from the shard's output lists, never by reading session state.
 
+use super::mail::{Mail, Origin};
 use super::Shard;
+use crate::admission::UserAdmit;
+use crate::auth::{Authenticated, Guard, Identity, Refused};
 use crate::ids::ConnKey;
 use crate::metrics::ListenerKind;
 use crate::query::LeaveReason;
-use crate::session::{Heartbeat, Identity, Phase, Session, SocketStep};
+use crate::session::{Heartbeat, Phase, Session, SocketStep};
 use crate::wire::frame::{self, close_code, Incoming};
 use crate::wire::server_msg;
-use crate::wire::upgrade::{self, Upgrade};
+use crate::wire::upgrade::{self, Accepted, Endpoint, Handshake, Rejection};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -40,9 +43,10 @@ impl<Io> Shard<Io> {
         self.now_ms = now_ms;
         *self.counters.connects.slot(ListenerKind::Ws) += 1;
         *self.counters.connections_open.slot(ListenerKind::Ws) += 1;
+        let limits = &self.cfg.rate_limits;
         let key = self.conns.insert(io, |id| {
             let user: Arc<str> = user.map_or_else(|| Arc::from(format!("anon-{id}")), Arc::from);
-            Session::opened(id, Identity { name: Arc::clone(&user), user }, now_ms)
+            Session::opened(id, Guard::new(Identity::Development(user), limits, now_ms), now_ms)
         });
         self.opened(key, now_ms);
         self.drain_loopback(now_ms);
@@ -160,6 +164,35 @@ impl<Io> Shard<Io> {
         self.leave_all(key, reason);
     }
 
+    /// Close up to `count` open connections with `code` (a staged shutdown closes a share of
+    /// them per turn); connections still upgrading go at once. Returns how many were closed.
+    pub fn close_some(&mut self, code: u16, count: usize, now_ms: u64) -> usize {
+        self.now_ms = now_ms;
+        self.homes.flush_all(now_ms, &mut self.router);
+        self.drain_loopback(now_ms);
+        let mut closed = 0;
+        for key in self.conns.keys() {
+            if closed >= count {
+                break;
+            }
+            match self.conns.get(key).map(|c| c.session.phase()) {
+                Some(Phase::Upgrading | Phase::Answered) => self.drop_conn(key, now_ms),
+                Some(Phase::Open) => {
+                    self.close(key, code, false);
+                    closed += 1;
+                }
+                _ => {}
+            }
+        }
+        self.drain_loopback(now_ms);
+        closed
+    }
+
+    /// Open connections (upgraded and not closing).
+    pub fn open_count(&self) -> usize {
+        self.conns.keys().into_iter().filter(|k| self.conns.get(*k).is_some_and(|c| c.session.is_open())).count()
+    }
+
     /// Close every connection with `code` (shutdown: 1001); connections still upgrading go.
     pub fn close_all(&mut self, code: u16, now_ms: u64) {
         self.now_ms = now_ms;
@@ -195,6 +228,12 @@ impl<Io> Shard<Io> {
             let key = ConnKey(key);
             let (heartbeat_ms, timeout_ms) = (self.cfg.heartbeat_ms, self.cfg.heartbeat_timeout_ms);
             let Some(conn) = self.conns.get_mut(key) else { continue };
+            let expiry = conn.session.guard().and_then(|g| g.deadline_ms(&self.auth));
+            if conn.session.is_open() && expiry.is_some_and(|at| at <= now_ms) {
+                tracing::debug!(conn = %conn.session.id(), user = %conn.session.user(), "token expired and not refreshed: closing with 4001");
+                self.close_for(key, close_code::TOKEN_EXPIRED, false, LeaveReason::Closed);
+                continue;
+            }
             match conn.session.heartbeat(now_ms, heartbeat_ms, timeout_ms) {
                 Heartbeat::NotOpen => {
                     tracing::debug!(conn = %conn.session.id(), phase = ?conn.session.phase(), "deadline passed: dropping");
@@ -202,10 +241,14 @@ impl<Io> Shard<Io> {
                 }
                 Heartbeat::Expired => self.close_for(key, close_code::GOING_AWAY, false, LeaveReason::Heartbeat),
                 Heartbeat::Pinged { until_ms } => {
-                    self.conns.arm(key, until_ms);
+                    let at = self.deadline(key, until_ms);
+                    self.conns.arm(key, at);
                     self.conns.mark_dirty(key);
                 }
-                Heartbeat::Wait { until_ms } => self.conns.arm(key, until_ms),
+                Heartbeat::Wait { until_ms } => {
+                    let at = self.deadline(key, until_ms);
+                    self.conns.arm(key, at);
+                }
             }
         }
         self.conns.restore_fired(fired);
@@ -221,31 +264,58 @@ impl<Io> Shard<Io> {
             let page = page.to_vec();
             return self.answer_http(key, page);
         }
-        let decision = upgrade::parse_upgrade(request, &self.cfg.ws_path);
-        match decision {
-            Upgrade::Incomplete => {}
-            Upgrade::Rejected { response, reason, status } => {
+        match self.cfg.upgrade.parse(request) {
+            Handshake::Incomplete => {}
+            Handshake::Rejected(Rejection { status, reason, response }) => {
                 tracing::debug!(conn = %conn.session.id(), status, reason, "upgrade refused");
                 self.answer_http(key, response);
             }
-            Upgrade::Accepted { consumed, response, user, token: _ } => {
-                let user: Arc<str> = match user {
-                    Some(user) => match crate::ids::validate_name(&user) {
-                        Ok(()) => Arc::from(user),
-                        Err(why) => {
-                            tracing::debug!(conn = %conn.session.id(), why, "upgrade refused: bad user");
-                            return self.answer_http(key, upgrade::http_error(400, &format!("bad user: {why}")));
-                        }
-                    },
-                    None => Arc::from(format!("anon-{}", conn.session.id())),
-                };
-                let identity = Identity { name: Arc::clone(&user), user };
-                let mut rest = conn.session.upgrade(response, consumed, identity);
-                self.opened(key, now_ms);
-                if !rest.is_empty() {
-                    self.feed(key, &mut rest, now_ms);
+            Handshake::Accepted(accepted) => self.accepted(key, *accepted, now_ms),
+        }
+    }
+
+    /// A valid upgrade request: who is it (the token, or `?user=` without auth), may it
+    /// connect (the per-user cap), then open.
+    fn accepted(&mut self, key: ConnKey, accepted: Accepted, now_ms: u64) {
+        let Some(conn) = self.conns.get(key) else { return };
+        let id = conn.session.id();
+        let token = accepted.credential.as_ref().map(|c| c.token.as_str());
+        let identity = match self.auth.authenticate(token, now_ms) {
+            Ok(Authenticated::Verified(claims)) => Identity::Verified(claims),
+            Ok(Authenticated::Development) => {
+                let user = accepted.user.as_deref().map_or_else(|| Arc::from(format!("anon-{id}")), Arc::from);
+                Identity::Development(user)
+            }
+            Err(e) => {
+                // The reason, never the token.
+                tracing::debug!(conn = %id, why = %e, "upgrade refused: 401");
+                self.counters.auth_refusals += 1;
+                return self.answer_http(key, upgrade::unauthorized(&e.to_string()));
+            }
+        };
+        if let Some(admission) = &self.cfg.admission {
+            let origin = Origin { worker: self.id, key, conn: id };
+            match admission.admit_user(identity.user(), origin) {
+                UserAdmit::Admit => {}
+                UserAdmit::AdmitAndClose(oldest) => {
+                    self.router.post(oldest.worker, Mail::CloseConn { to: oldest, code: close_code::POLICY });
+                }
+                UserAdmit::Refuse(refusal) => {
+                    tracing::debug!(conn = %id, user = %identity.user(), "upgrade refused: the user has its most connections");
+                    let message = "this user has as many connections as it may; close one first";
+                    return self.answer_http(key, upgrade::unavailable(refusal.http_status(), message, 5));
                 }
             }
+        }
+        let guard = Guard::new(identity, &self.cfg.rate_limits, now_ms);
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let mut rest = conn.session.upgrade(accepted.response, accepted.consumed, guard);
+        if accepted.endpoint == Endpoint::Echo {
+            conn.session.set_echo();
+        }
+        self.opened(key, now_ms);
+        if !rest.is_empty() {
+            self.feed(key, &mut rest, now_ms);
         }
     }
 
@@ -255,16 +325,29 @@ impl<Io> Shard<Io> {
         self.conns.mark_dirty(key);
     }
 
-    /// The connection is open: `hello`, its private room, its heartbeat.
+    /// The connection is open: `hello`, its private room, its deadline (the heartbeat, or its
+    /// token's expiry when that comes first).
     fn opened(&mut self, key: ConnKey, now_ms: u64) {
         let Some(conn) = self.conns.get(key) else { return };
         let Some(identity) = conn.session.identity() else { return };
-        let (id, user) = (conn.session.id(), Arc::clone(&identity.user));
-        tracing::debug!(conn = %id, user = %user, listener = conn.session.listener().as_str(), "connection open");
-        self.conns.arm(key, now_ms + self.cfg.heartbeat_ms);
-        let hello = frame::text_frame_with(|out| {
-            server_msg::hello(out, id.0, &user, self.cfg.heartbeat_ms, self.cfg.max_message)
-        });
+        let (id, user, echo) = (conn.session.id(), Arc::clone(identity.user()), conn.session.is_echo());
+        tracing::debug!(conn = %id, user = %user, listener = conn.session.listener().as_str(), echo, "connection open");
+        let deadline = self.deadline(key, now_ms + self.cfg.heartbeat_ms);
+        self.conns.arm(key, deadline);
+        if echo {
+            // The testing echo endpoint speaks no protocol: no hello, no rooms.
+            return;
+        }
+        let (lo, hi) = self.cfg.reconnect_ms;
+        let widen = if self.cfg.admission.as_ref().is_some_and(|a| a.under_load()) { 4 } else { 1 };
+        let hello = server_msg::Hello {
+            conn: id.0,
+            user: &user,
+            heartbeat_ms: self.cfg.heartbeat_ms,
+            max_message: self.cfg.max_message,
+            reconnect_ms: (lo * widen, hi * widen),
+        };
+        let hello = frame::text_frame_with(|out| server_msg::hello(out, hello));
         self.send_to(key, hello);
         // The private room `user:<id>` is joined locally, indexed by the user id (shared with
         // the session, so it costs no allocation). Private rooms keep no audience at their home
@@ -272,6 +355,13 @@ impl<Io> Shard<Io> {
         // sequenced at its home and sent to every worker, and each delivers it to the user's
         // local connections. No `joined` is sent; the client did not ask.
         self.members.add_connection(&user, key);
+    }
+
+    /// The connection's next deadline: `next` (its heartbeat), or its token's expiry when that
+    /// comes first.
+    fn deadline(&self, key: ConnKey, next: u64) -> u64 {
+        let expiry = self.conns.get(key).and_then(|c| c.session.guard()).and_then(|g| g.deadline_ms(&self.auth));
+        expiry.map_or(next, |e| e.min(next))
     }
 
     // --- frames in ---
@@ -312,13 +402,22 @@ impl<Io> Shard<Io> {
             // After a close only the peer's close reply matters, and the reader reports it.
             return;
         }
+        if conn.session.is_echo() {
+            return self.echo(key, msg);
+        }
         match msg {
             Incoming::Text(buf) => self.handle_text(key, buf, now_ms),
             Incoming::Binary(_) => {
-                let message = "binary messages are not part of the protocol: send JSON as text messages";
-                self.reply_error(key, (None, None), crate::wire::ErrorCode::BadRequest, message)
+                if self.check(key, now_ms, |g, l, now| g.check_message(l, now)).is_ok() {
+                    let message = "binary messages are not part of the protocol: send JSON as text messages";
+                    self.reply_error(key, (None, None), crate::wire::ErrorCode::BadRequest, message)
+                }
             }
-            Incoming::Ping(payload) => self.send_to(key, frame::pong_frame(payload)),
+            Incoming::Ping(payload) => {
+                if self.check(key, now_ms, |g, l, now| g.check_message(l, now)).is_ok() {
+                    self.send_to(key, frame::pong_frame(payload));
+                }
+            }
             Incoming::Pong(_) => {}
             Incoming::Close(code, _) => {
                 // RFC 6455 5.5.1: "the endpoint typically echos the status code it received".
@@ -326,6 +425,41 @@ impl<Io> Shard<Io> {
                 self.close(key, echo, true);
             }
         }
+    }
+
+    /// The testing echo endpoint (`testing.echo_path`, for the Autobahn TestSuite): every
+    /// message goes back as it came; pings get pongs; nothing else is spoken.
+    fn echo(&mut self, key: ConnKey, msg: Incoming<'_>) {
+        match msg {
+            Incoming::Text(payload) => self.send_to(key, frame::text_frame(payload)),
+            Incoming::Binary(payload) => self.send_to(key, frame::binary_frame(payload)),
+            Incoming::Ping(payload) => self.send_to(key, frame::pong_frame(payload)),
+            Incoming::Pong(_) => {}
+            Incoming::Close(code, _) => self.close(key, code.unwrap_or(close_code::NORMAL), true),
+        }
+    }
+
+    /// Ask the connection's guard (its claims and rate limits) about an action. A refusal
+    /// that closes (4008, repeated violations) closes here; the caller answers the others.
+    pub(super) fn check(
+        &mut self,
+        key: ConnKey,
+        now_ms: u64,
+        check: impl FnOnce(&mut Guard, &crate::ratelimit::RateLimits, u64) -> Result<(), Refused>,
+    ) -> Result<(), Refused> {
+        let limits = &self.cfg.rate_limits;
+        let Some(guard) = self.conns.get_mut(key).and_then(|c| c.session.guard_mut()) else { return Ok(()) };
+        let result = check(guard, limits, now_ms);
+        if let Err(refused) = &result {
+            if matches!(refused, Refused::RateLimited(_) | Refused::Close) {
+                self.counters.rate_limited += 1;
+            }
+            if let Some(code) = refused.close_code() {
+                tracing::debug!(code, "closing: rate limit exceeded repeatedly");
+                self.close_for(key, code, false, LeaveReason::Closed);
+            }
+        }
+        result
     }
 
     // --- the end ---
@@ -343,7 +477,7 @@ impl<Io> Shard<Io> {
     /// Forget the connection and hand its socket to the shell to drop.
     fn drop_conn(&mut self, key: ConnKey, now_ms: u64) {
         if let Some(conn) = self.take_conn(key) {
-            self.conns.drop_socket(conn);
+            self.conns.drop_socket(key, conn);
         }
         self.drain_loopback(now_ms);
     }
@@ -360,6 +494,9 @@ impl<Io> Shard<Io> {
         let conn = self.conns.remove(key)?;
         let open = self.counters.connections_open.slot(conn.session.listener());
         *open = open.saturating_sub(1);
+        if let (Some(admission), Some(identity)) = (&self.cfg.admission, conn.session.identity()) {
+            admission.release_user(identity.user(), Origin { worker: self.id, key, conn: conn.session.id() });
+        }
         if conn.session.identity().is_some() {
             self.members.remove_connection(conn.session.user(), key);
         }

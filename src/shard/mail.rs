@@ -190,6 +190,14 @@ pub enum Mail {
         /// Replay and the `joined` frame.
         reply: JoinReply,
     },
+    /// Close one connection with `code` (to its worker): the per-user cap evicting a user's
+    /// oldest connection.
+    CloseConn {
+        /// The connection.
+        to: Origin,
+        /// The close code.
+        code: u16,
+    },
     /// A frame for one connection, e.g. an ack (to the connection's worker).
     ToConn {
         /// The connection.

@@ -75,8 +75,20 @@ const BUDGET_OVERSHOOT: usize = 4;
 pub struct ShardConfig {
     /// Number of workers (homes are spread over all of them).
     pub workers: usize,
-    /// The upgrade path (`/ws`).
-    pub ws_path: String,
+    /// How upgrade requests are judged: the endpoints (`ws.path`, the testing echo path), the
+    /// allowed origins, the request limits.
+    pub upgrade: crate::wire::upgrade::UpgradePolicy,
+    /// The token verifier (`None`: no auth key, the development default: `?user=` identities).
+    pub verifier: Option<std::sync::Arc<crate::auth::Verifier>>,
+    /// Verified tokens remembered per worker.
+    pub auth_cache_size: usize,
+    /// Per-connection rate limits.
+    pub rate_limits: crate::ratelimit::RateLimits,
+    /// Connection caps shared by the workers (per user, and the load that widens the reconnect
+    /// window); `None` in simulations.
+    pub admission: Option<std::sync::Arc<dyn Admission>>,
+    /// `hello.reconnect_ms`: the window a client draws its reconnect delay from, normally.
+    pub reconnect_ms: (u64, u64),
     /// The demo page served at `GET /` on the viewer ports (`ws.demo_page`), if on.
     pub demo_page: Option<crate::demo::DemoPage>,
     /// Time a new connection has to complete its upgrade.
@@ -112,7 +124,12 @@ impl ShardConfig {
     pub fn new(config: &Config, workers: usize, epoch_seed: u64) -> Self {
         Self {
             workers,
-            ws_path: config.ws.path.clone(),
+            upgrade: config.upgrade_policy(),
+            verifier: None,
+            auth_cache_size: config.auth.cache_size,
+            rate_limits: config.limits.rate_limits(),
+            admission: None,
+            reconnect_ms: (config.limits.reconnect_min_ms, config.limits.reconnect_max_ms),
             demo_page: config.ws.demo_page.then(|| crate::demo::DemoPage::new(&config.ws.path)),
             handshake_timeout_ms: config.limits.handshake_timeout_ms,
             max_message: config.limits.max_message,
@@ -153,6 +170,8 @@ pub struct Shard<Io> {
     now_ms: u64,
     /// simd-json's parser buffers, reused for every client message of this worker.
     json: JsonScratch,
+    /// This worker's token verification (with its cache of recently verified tokens).
+    auth: crate::auth::Authenticator,
 }
 
 /// simd-json's reusable parser buffers (which do not implement `Debug`).
@@ -177,6 +196,7 @@ impl<Io> Shard<Io> {
             transmitting: None,
             now_ms: 0,
             json: JsonScratch(simd_json::Buffers::new(cfg.max_message)),
+            auth: crate::auth::Authenticator::new(cfg.verifier.clone(), cfg.auth_cache_size),
             cfg,
         }
     }
@@ -303,9 +323,9 @@ impl<Io> Shard<Io> {
         self.conns.next_shutdown()
     }
 
-    /// The next socket that is done (closed, refused, timed out or broken): the shell
-    /// deregisters and drops it. Its key may already serve a new connection.
-    pub fn poll_gone(&mut self) -> Option<Io> {
+    /// The next socket that is done (closed, refused, timed out or broken), with the key it
+    /// had: the shell deregisters and drops it. The key may already serve a new connection.
+    pub fn poll_gone(&mut self) -> Option<(ConnKey, Io)> {
         self.conns.next_gone()
     }
 
@@ -363,6 +383,12 @@ impl<Io> Shard<Io> {
             }
             Mail::Deliver { room, frames, sequenced_ms } => self.deliver(&room, &frames, sequenced_ms, now_ms),
             Mail::Joined { room, to, join_id, reply } => self.confirm_join(room, to, join_id, reply),
+            Mail::CloseConn { to, code } => {
+                if self.conns.session_of(to.key, to.conn).is_some() {
+                    tracing::debug!(conn = %to.conn, code, "closing the user's oldest connection: a newer one came");
+                    self.close(to.key, code, false);
+                }
+            }
             Mail::ToConn { to, frame } => {
                 if self.conns.session_of(to.key, to.conn).is_some() {
                     self.send_to(to.key, frame);
@@ -429,6 +455,19 @@ impl<Io> Shard<Io> {
         let frame = frame::text_frame_with(|out| server_msg::error(out, reference, room, code, message));
         self.send_to(key, frame);
     }
+}
+
+/// Connection caps that span workers, as the core asks them (the shell implements them over
+/// shared counters; asked at an upgrade and when a connection goes, never per message).
+pub trait Admission: Send + Sync + std::fmt::Debug {
+    /// A new connection `conn` of `user`: admitted, admitted with an older one to close, or
+    /// refused (`limits.max_connections_per_user`, `limits.per_user_policy`).
+    fn admit_user(&self, user: &std::sync::Arc<str>, conn: mail::Origin) -> crate::admission::UserAdmit<mail::Origin>;
+    /// `conn` of `user` is gone.
+    fn release_user(&self, user: &str, conn: mail::Origin);
+    /// Whether the server is under load (close to its connection cap, or pacing accepts): new
+    /// connections are then told a wider reconnect window.
+    fn under_load(&self) -> bool;
 }
 
 /// A viewer's activity as one worker sees it. See [`Shard::viewer_activity`].

@@ -8,6 +8,7 @@
 
 use super::mail::{home_of, Mail, Origin};
 use super::{Shard, ViewerActivity};
+use crate::auth::Refused;
 use crate::ids::{ConnKey, RoomName};
 use crate::query::LeaveReason;
 use crate::room::JoinReply;
@@ -23,29 +24,91 @@ impl<Io> Shard<Io> {
     pub(super) fn handle_text(&mut self, key: ConnKey, buf: &mut [u8], now_ms: u64) {
         let op = match wire::decode_client_op_with(buf, &mut self.json.0) {
             Ok(op) => op,
-            Err(e) => return self.reply_error(key, (e.reference.as_ref(), None), e.code, &e.message),
+            Err(e) => {
+                if self.check(key, now_ms, |g, l, now| g.check_message(l, now)).is_ok() {
+                    self.reply_error(key, (e.reference.as_ref(), None), e.code, &e.message);
+                }
+                return;
+            }
         };
         match op {
             ClientOp::Join { room, since, epoch, reference } => {
+                if let Err(refused) = self.check(key, now_ms, |g, l, now| g.check_join(l, &room, now)) {
+                    return self.refused(key, (reference.as_ref(), Some(&room)), &refused);
+                }
                 let since = since.map(|s| (s, epoch.as_deref().unwrap_or("").into()));
                 self.client_join(key, &room, since, reference)
             }
-            ClientOp::Leave { room, reference } => self.client_leave(key, &room, reference),
+            ClientOp::Leave { room, reference } => {
+                if let Err(refused) = self.check(key, now_ms, |g, l, now| g.check_message(l, now)) {
+                    return self.refused(key, (reference.as_ref(), Some(&room)), &refused);
+                }
+                self.client_leave(key, &room, reference)
+            }
             ClientOp::Comment { room, text, reference } => {
                 self.note_spoke(key, now_ms);
+                if let Err(refused) = self.check(key, now_ms, |g, l, now| g.check_comment(l, &room, now)) {
+                    if let Some(code) = refused.error_code() {
+                        self.refuse_comment(key, &room, reference, code, &refused.to_string());
+                    }
+                    return;
+                }
                 self.client_comment(key, &room, &text, reference)
             }
             ClientOp::React { room, kind, reference } => {
                 self.note_spoke(key, now_ms);
+                if let Err(refused) = self.check(key, now_ms, |g, l, now| g.check_react(l, &room, now)) {
+                    return self.refused(key, (reference.as_ref(), Some(&room)), &refused);
+                }
                 self.client_react(key, &room, &kind, reference)
             }
             ClientOp::Ping { reference } => {
+                if let Err(refused) = self.check(key, now_ms, |g, l, now| g.check_message(l, now)) {
+                    return self.refused(key, (reference.as_ref(), None), &refused);
+                }
                 self.send_to(key, frame::text_frame_with(|out| server_msg::pong(out, reference.as_ref())))
             }
-            ClientOp::Refresh { reference, .. } => {
-                // Without an auth key sessions never expire; a refresh has nothing to extend.
+            ClientOp::Refresh { token, reference } => {
+                if let Err(refused) = self.check(key, now_ms, |g, l, now| g.check_message(l, now)) {
+                    return self.refused(key, (reference.as_ref(), None), &refused);
+                }
+                self.client_refresh(key, &token, reference, now_ms)
+            }
+        }
+    }
+
+    /// Answer a refused op (a refusal that closed the connection needs no answer).
+    fn refused(&mut self, key: ConnKey, about: (Option<&Ref>, Option<&str>), refused: &Refused) {
+        if let Some(code) = refused.error_code() {
+            self.reply_error(key, about, code, &refused.to_string());
+        }
+    }
+
+    /// `refresh`: a new token for the same user extends the session past the old `exp`; rooms
+    /// the new claims no longer allow are left (`left` with reason `forbidden`). Without an
+    /// auth key there is nothing to extend, and the refresh is acknowledged.
+    fn client_refresh(&mut self, key: ConnKey, token: &str, reference: Option<Ref>, now_ms: u64) {
+        let Some(guard) = self.conns.get_mut(key).and_then(|c| c.session.guard_mut()) else { return };
+        match guard.refresh(&mut self.auth, token, now_ms) {
+            Err(refused) => self.refused(key, (reference.as_ref(), None), &refused),
+            Ok(deadline) => {
+                if let Some(at) = deadline {
+                    // The one deadline: the new expiry, or the heartbeat when it comes first.
+                    let heartbeat = now_ms + self.cfg.heartbeat_ms;
+                    self.conns.arm(key, at.min(heartbeat));
+                }
                 let frame = frame::text_frame_with(|out| server_msg::ack(out, reference.as_ref(), None));
-                self.send_to(key, frame)
+                self.send_to(key, frame);
+                let Some(conn) = self.conns.get(key) else { return };
+                let Some(guard) = conn.session.guard() else { return };
+                let gone: Vec<RoomName> =
+                    conn.session.rooms().map(|m| m.room.clone()).filter(|r| !guard.still_allowed(r)).collect();
+                for room in gone {
+                    if self.leave(key, &room, LeaveReason::Left) {
+                        let frame = frame::text_frame_with(|out| server_msg::left(out, &room, Some("forbidden"), None));
+                        self.send_to(key, frame);
+                    }
+                }
             }
         }
     }
@@ -88,7 +151,7 @@ impl<Io> Shard<Io> {
         let (Some(from), Some(conn)) = (self.origin(key), self.conns.get_mut(key)) else { return };
         let join_id = conn.session.begin_join(name.clone());
         let Some(identity) = conn.session.identity() else { return };
-        let (user, display) = (Arc::clone(&identity.user), Arc::clone(&identity.name));
+        let (user, display) = (Arc::clone(identity.user()), Arc::clone(identity.name()));
         let home = home_of(&name, self.cfg.workers);
         self.router.post(home, Mail::Join { room: name, from, join_id, user, name: display, since, reference });
     }
@@ -120,7 +183,7 @@ impl<Io> Shard<Io> {
         let Some(identity) = self.conns.get(key).and_then(|c| c.session.identity()) else { return };
         let Some(room) = self.joined_name(key, room) else { return };
         let home = home_of(&room, self.cfg.workers);
-        let (user, name) = (Arc::clone(&identity.user), Arc::clone(&identity.name));
+        let (user, name) = (Arc::clone(identity.user()), Arc::clone(identity.name()));
         self.router.post(home, Mail::Comment { room, from, user, name, text: text.into(), reference });
     }
 
@@ -129,7 +192,7 @@ impl<Io> Shard<Io> {
     fn refuse_comment(&mut self, key: ConnKey, room: &str, reference: Option<Ref>, code: ErrorCode, message: &str) {
         self.reply_error(key, (reference.as_ref(), Some(room)), code, message);
         let Some(identity) = self.conns.get(key).and_then(|c| c.session.identity()) else { return };
-        let user = Arc::clone(&identity.user);
+        let user = Arc::clone(identity.user());
         let Ok(room) = RoomName::new(room) else { return };
         let home = home_of(&room, self.cfg.workers);
         self.router.post(home, Mail::Rejected { room, user, code });
@@ -196,7 +259,7 @@ impl<Io> Shard<Io> {
             }
         }
         let Some(identity) = self.conns.get(key).and_then(|c| c.session.identity()) else { return };
-        let (user, name) = (Arc::clone(&identity.user), Arc::clone(&identity.name));
+        let (user, name) = (Arc::clone(identity.user()), Arc::clone(identity.name()));
         let home = home_of(&membership.room, self.cfg.workers);
         self.router.post(home, Mail::Leave { room: membership.room, worker: self.id, user, name, reason });
     }

@@ -7,6 +7,7 @@
 //! otherwise; integers with `itoa` (no formatter machinery). Nothing here allocates beyond `out`.
 
 use super::{ErrorCode, Ref};
+use std::io::Write;
 
 /// Append `s` as a JSON string literal.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -53,13 +54,31 @@ fn field_raw(out: &mut Vec<u8>, name: &str, raw: &str) {
     out.extend_from_slice(raw.as_bytes());
 }
 
+/// What `hello` tells a new connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Hello<'a> {
+    /// The connection's id.
+    pub conn: u64,
+    /// The user it is.
+    pub user: &'a str,
+    /// After this much silence the server pings.
+    pub heartbeat_ms: u64,
+    /// Largest client message.
+    pub max_message: usize,
+    /// The window to draw a reconnect delay from, `[min, max]` ms.
+    pub reconnect_ms: (u64, u64),
+}
+
 /// `hello`: the first message on every connection.
-pub fn hello(out: &mut Vec<u8>, conn: u64, user: &str, heartbeat_ms: u64, max_message: usize) {
+pub fn hello(out: &mut Vec<u8>, h: Hello<'_>) {
     head(out, "hello");
-    field_u64(out, "conn", conn);
-    field_str(out, "user", user);
-    field_u64(out, "heartbeat_ms", heartbeat_ms);
-    field_u64(out, "max_message", max_message as u64);
+    field_u64(out, "conn", h.conn);
+    field_str(out, "user", h.user);
+    field_u64(out, "heartbeat_ms", h.heartbeat_ms);
+    field_u64(out, "max_message", h.max_message as u64);
+    let mut window = Vec::with_capacity(24);
+    let _ = write!(window, "[{},{}]", h.reconnect_ms.0, h.reconnect_ms.1);
+    field_raw(out, "reconnect_ms", std::str::from_utf8(&window).unwrap_or("null"));
     out.push(b'}');
 }
 
@@ -244,9 +263,10 @@ mod tests {
 
     #[test]
     fn every_message_has_the_protocol_shape() {
+        let h = Hello { conn: 7, user: "al", heartbeat_ms: 25_000, max_message: 4096, reconnect_ms: (1000, 5000) };
         assert_eq!(
-            parse(|o| hello(o, 7, "al", 25_000, 4096)),
-            json!({"op":"hello","conn":7,"user":"al","heartbeat_ms":25000,"max_message":4096})
+            parse(|o| hello(o, h)),
+            json!({"op":"hello","conn":7,"user":"al","heartbeat_ms":25000,"max_message":4096,"reconnect_ms":[1000,5000]})
         );
         let j = Joined { room: "r", seq: 3, epoch: "ab", recovered: true, online: 2, state: Some(r#"{"a":1}"#) };
         assert_eq!(
