@@ -339,7 +339,7 @@ impl Default for LimitsConfig {
             react_rate: 20.0,
             react_burst: 40,
             join_rate: 5.0,
-            join_burst: 20,
+            join_burst: 64,
             message_rate: 50.0,
             message_burst: 100,
             violations_max: 10,
@@ -845,7 +845,7 @@ pub struct ServeArgs {
     /// `limits.join_rate`: joins per second per connection [default: 5].
     #[arg(long, value_name = "PER_S")]
     pub join_rate: Option<f32>,
-    /// `limits.join_burst` [default: 20].
+    /// `limits.join_burst` [default: 64].
     #[arg(long, value_name = "N")]
     pub join_burst: Option<u32>,
     /// `limits.message_rate`: client messages per second per connection [default: 50].

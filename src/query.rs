@@ -385,7 +385,8 @@ pub struct PresenceMember {
     pub joined_at: u64,
     /// When any of its connections in the room last sent a frame, ms since the Unix epoch.
     pub last_seen: u64,
-    /// Milliseconds since `last_seen`, at the time the home answered.
+    /// Milliseconds since the viewer last spoke in the room's connections (its latest comment
+    /// or reaction, or its connect): how silent it is, while `last_seen` says it is alive.
     pub silent_ms: u64,
     /// Its connections in the room.
     pub connections: u32,

@@ -136,7 +136,7 @@ impl Default for RateLimits {
     fn default() -> Self {
         Self {
             message: Rate::new(50.0, 100.0),
-            join: Rate::new(5.0, 20.0),
+            join: Rate::new(5.0, 64.0),
             comment: Rate::new(5.0, 10.0),
             react: Rate::new(20.0, 40.0),
             violations: Rate::new(1.0, 10.0),
@@ -309,7 +309,7 @@ mod tests {
     fn joins_have_their_own_bucket() {
         let limits = RateLimits::default();
         let mut c = ConnLimits::new(&limits, 0);
-        assert_eq!((0..30).filter(|_| c.check(&limits, Action::Join, 0) == Verdict::Allowed).count(), 20);
+        assert_eq!((0..80).filter(|_| c.check(&limits, Action::Join, 0) == Verdict::Allowed).count(), 64);
         assert_eq!(c.check(&limits, Action::React, 0), Verdict::Allowed, "reactions unaffected");
     }
 

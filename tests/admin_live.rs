@@ -770,7 +770,7 @@ fn metrics_move_by_exactly_what_the_test_caused() {
     drop(dropped);
     stays.until_online(&room, 1);
     let s5 = scrape(&server, None);
-    for (code, n) in [("1000", 1.0), ("4010", 1.0), ("other", 1.0), ("1001", 0.0), ("4009", 0.0)] {
+    for (code, n) in [("1000", 1.0), ("4010", 1.0), ("1006", 1.0), ("other", 0.0), ("1001", 0.0), ("4009", 0.0)] {
         assert_eq!(s5.delta(&s4, "roomcast_closes_total", &[("code", code)]), n, "closes with {code}");
     }
     assert_eq!(s5.value("roomcast_connections_open", &[("listener", "ws")]), conns - 3.0);

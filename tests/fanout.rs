@@ -182,7 +182,17 @@ fn comments_from_both_workers_and_ingest_events_interleave_into_one_sequence_eve
     const WATCHERS: usize = 2;
     const PER_SOURCE: u64 = 100;
     const TOTAL: u64 = (COMMENTERS as u64 + 1) * PER_SOURCE;
-    let server = Server::start(&[]);
+    // About ordering, not rate limits: each commenter sends its 100 comments at once.
+    let server = Server::start(&[
+        "--comment-rate",
+        "100000",
+        "--comment-burst",
+        "100000",
+        "--message-rate",
+        "100000",
+        "--message-burst",
+        "100000",
+    ]);
     let mut members: Vec<_> = (0..COMMENTERS + WATCHERS)
         .map(|i| {
             let mut v = server.viewer(&format!("m{i}"));

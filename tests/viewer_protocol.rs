@@ -564,7 +564,17 @@ fn keepalive(v: &mut support::Viewer, frame: bool) {
 }
 
 fn pinging_outlives_a_silent_connection(frame: bool) {
-    let server = Server::start(&["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "300"]);
+    // The pinger pings as fast as it can until the silent one is closed: no message rate limit.
+    let server = Server::start(&[
+        "--heartbeat-ms",
+        "100",
+        "--heartbeat-timeout-ms",
+        "300",
+        "--message-rate",
+        "1000000",
+        "--message-burst",
+        "1000000",
+    ]);
     // The pinger connects first, so it has been connected longer than the silent one when
     // that one is closed; only its pings can have kept it open. The silent one answers not
     // even the server's pings.

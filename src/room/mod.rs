@@ -411,13 +411,14 @@ impl HomeRoom {
         self.version
     }
 
-    /// The history ring's frames after `since`, in `epoch` (the room's current one when
-    /// `None`), by the `join` recovery rule: all of them or nothing, and `recovered` says
-    /// which. Without a position: the whole ring, and no `recovered`.
+    /// The history ring's frames after `since` in `epoch`, by the `join` recovery rule: all
+    /// of them or nothing, and `recovered` says which. A position without an epoch recovers
+    /// nothing, as a `join` without one: the server cannot tell it is the same history.
+    /// Without a position: the whole ring, and no `recovered`.
     pub fn history_since(&mut self, since: Option<(u64, Option<&str>)>, now_ms: u64) -> (Vec<Bytes>, Option<bool>) {
         self.history.prune(now_ms);
         let Some((since, epoch)) = since else { return (self.history.frames().cloned().collect(), None) };
-        if epoch.is_some_and(|e| e != self.epoch_string()) {
+        if epoch.is_none_or(|e| e != self.epoch_string()) {
             return (Vec::new(), Some(false));
         }
         match self.history.replay(since, self.seq.0) {

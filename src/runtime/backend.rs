@@ -139,7 +139,9 @@ impl Backend for MeshBackend {
         // combine (latest frame seen anywhere, shortest silence anywhere).
         let users: Vec<String> = page.members.iter().map(|m| m.user.clone()).collect();
         let mut seen: Vec<Option<ViewerActivity>> = vec![None; users.len()];
-        for (answer, _) in self.ask_all(|| Question::Activity { users: users.clone() }, deadline)? {
+        for (answer, _) in
+            self.ask_all(|| Question::Activity { room: room.to_owned(), users: users.clone() }, deadline)?
+        {
             let Answer::Activity(activity) = answer else { return Err(mismatch()) };
             for (slot, here) in seen.iter_mut().zip(activity) {
                 *slot = match (*slot, here) {

@@ -35,8 +35,8 @@ use crate::sink::{AckMode, Backpressure, PresenceRecord, SinkHandle, SinkRecord}
 use crate::wire::frame::close_code;
 use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token};
-use std::collections::HashMap;
-use std::io::{self, Write};
+use std::collections::{HashMap, HashSet};
+use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,6 +116,8 @@ pub struct Worker {
     accept_resume_ms: Option<u64>,
     /// Each socket's peer address, when the gate counts addresses.
     peers: HashMap<usize, IpAddr>,
+    /// Sockets refused at accept (they hold no place at the gate).
+    refused: HashSet<usize>,
     /// Time spent on turns (not waiting in poll) since start, in microseconds.
     busy_us: u64,
     /// The closes counted at the last summary, and when the next is due.
@@ -157,6 +159,7 @@ impl Worker {
             pacer,
             accept_resume_ms: None,
             peers: HashMap::new(),
+            refused: HashSet::new(),
             busy_us: 0,
             closes_logged: CloseCounts::default(),
             next_close_summary_ms: clock_ms() + CLOSE_SUMMARY_MS,
@@ -270,7 +273,7 @@ impl Worker {
                 }
             }
             let Some(listener) = self.listeners.get(index) else { return };
-            let (mut sock, peer) = match listener.socket.accept() {
+            let (sock, peer) = match listener.socket.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -282,15 +285,13 @@ impl Worker {
                     return;
                 }
             };
-            if let Err(refusal) = self.settings.gate.admit(peer.ip()) {
-                // Refused before any byte is read: a short HTTP answer, then the socket goes.
+            let refusal = self.settings.gate.admit(peer.ip()).err();
+            if let Some(refusal) = refusal {
                 tracing::debug!(worker = %self.id, %peer, %refusal, "connection refused");
-                let _ = sock.write(&crate::wire::upgrade::unavailable(refusal.http_status(), &refusal.to_string(), 5));
-                continue;
             }
             let _ = sock.set_nodelay(true);
-            let transport = match (tls, &self.settings.tls) {
-                (true, Some(cfg)) => match rustls::ServerConnection::new(Arc::clone(cfg)) {
+            let transport = match (tls, &self.settings.tls, refusal) {
+                (true, Some(cfg), None) => match rustls::ServerConnection::new(Arc::clone(cfg)) {
                     Ok(conn) => Transport::tls(sock, conn),
                     Err(e) => {
                         tracing::warn!(error = %e, "TLS session setup failed");
@@ -298,13 +299,26 @@ impl Worker {
                         continue;
                     }
                 },
+                // A refused TLS client gets its answer in plain HTTP: it cannot read it, but it
+                // is told by the close, and it costs no handshake.
                 _ => Transport::Plain(sock),
             };
             let kind = if tls { ListenerKind::Wss } else { ListenerKind::Ws };
-            let key = self.shard.accept(transport, kind, now);
-            if self.settings.gate.counts_addresses() {
-                self.peers.insert(key.0, peer.ip());
-            }
+            let key = match refusal {
+                None => {
+                    let key = self.shard.accept(transport, kind, now);
+                    if self.settings.gate.counts_addresses() {
+                        self.peers.insert(key.0, peer.ip());
+                    }
+                    key
+                }
+                Some(refusal) => {
+                    let answer = crate::wire::upgrade::unavailable(refusal.http_status(), &refusal.to_string(), 5);
+                    let key = self.shard.accept_refused(transport, kind, answer, now);
+                    self.refused.insert(key.0);
+                    key
+                }
+            };
             let registered = self.shard.io_mut(key).is_some_and(|io| {
                 self.poll
                     .registry()
@@ -440,7 +454,9 @@ impl Worker {
         }
         while let Some((key, mut io)) = self.shard.poll_gone() {
             let _ = self.poll.registry().deregister(io.socket());
-            self.settings.gate.release(self.peers.remove(&key.0));
+            if !self.refused.remove(&key.0) {
+                self.settings.gate.release(self.peers.remove(&key.0));
+            }
         }
     }
 }

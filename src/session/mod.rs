@@ -408,7 +408,14 @@ impl Session {
         match self.life {
             Life::Upgrading { .. } if self.peer_closed => SocketStep::Drop,
             Life::Upgrading { .. } | Life::Open { .. } => SocketStep::Keep,
-            Life::Answered if written => SocketStep::Drop,
+            // An HTTP answer is followed by our end of stream, and the socket goes once the
+            // peer closes too: dropping it with the peer's request unread would reset the
+            // connection and the peer might never read the answer.
+            Life::Answered if written && self.peer_closed => SocketStep::Drop,
+            Life::Answered if written && !self.write_shut => {
+                self.write_shut = true;
+                SocketStep::ShutdownWrite
+            }
             Life::Answered => SocketStep::Keep,
             Life::Closing { by_peer, .. } => {
                 if written && (by_peer || self.peer_closed) {
@@ -510,6 +517,9 @@ mod tests {
         r.answer(b"HTTP/1.1 404".to_vec());
         assert_eq!((r.phase(), r.after_write()), (Phase::Answered, SocketStep::Keep));
         r.outbound_mut().advance(12);
+        assert_eq!(r.after_write(), SocketStep::ShutdownWrite, "the answer, then our end of stream");
+        assert_eq!(r.after_write(), SocketStep::Keep, "waiting for the peer to close");
+        r.note_peer_closed();
         assert_eq!(r.after_write(), SocketStep::Drop);
         assert!(r.send(Bytes::from_static(b"x"), 10).is_ok() && r.outbound().is_empty(), "nothing after a refusal");
     }

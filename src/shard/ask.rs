@@ -39,8 +39,10 @@ pub enum Question {
         /// Which page.
         page: PageQuery,
     },
-    /// What this worker knows of these users' activity (every worker).
+    /// What this worker knows of these users' activity in a room (every worker).
     Activity {
+        /// The room: only the users' connections in it count.
+        room: String,
         /// The user ids.
         users: Vec<String>,
     },
@@ -83,8 +85,8 @@ impl<Io> Shard<Io> {
                 Answer::Room(self.homes.detail(&room, since, now_ms).map(Box::new))
             }
             Question::Members { room, page } => Answer::Members(self.homes.members(&room, &page)),
-            Question::Activity { users } => {
-                Answer::Activity(users.iter().map(|user| self.viewer_activity(user, now_ms)).collect())
+            Question::Activity { room, users } => {
+                Answer::Activity(users.iter().map(|user| self.viewer_activity_in(&room, user, now_ms)).collect())
             }
             Question::Counters => Answer::Counters(Box::new(self.counters())),
             Question::Tap { room, sink } => Answer::Tapped(self.homes.tap(&room, sink)),

@@ -27,6 +27,8 @@ pub(crate) struct Batch {
     pub(crate) frames: Bytes,
     /// When its first frame was pushed (ms).
     pub(crate) first_ms: u64,
+    /// How many messages (frames) it holds.
+    pub(crate) messages: u32,
 }
 
 /// One room's batch.
@@ -103,6 +105,7 @@ impl Batcher {
     pub(crate) fn take(&mut self, room: usize, now_ms: u64) -> Option<Batch> {
         let slot = self.slots.get_mut(room)?;
         slot.bytes = 0;
+        let messages = slot.frames.len() as u32;
         let frames = match slot.frames.len() {
             0 => return None,
             1 => slot.frames.pop()?,
@@ -116,7 +119,7 @@ impl Batcher {
             }
         };
         slot.last_sent_ms = Some(now_ms);
-        Some(Batch { frames, first_ms: slot.first_ms })
+        Some(Batch { frames, first_ms: slot.first_ms, messages })
     }
 
     /// Whether frames wait in `room`'s batch.

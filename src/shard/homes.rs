@@ -188,12 +188,13 @@ impl Homes {
         key
     }
 
-    /// Send `frames` of the room under `key` to every worker with members, and to its feeds.
-    fn send(&mut self, key: usize, frames: &Bytes, sequenced_ms: Option<u64>, router: &mut Router) {
+    /// Send `frames` (`messages` of them) of the room under `key` to every worker with
+    /// members, and to its feeds.
+    fn send(&mut self, key: usize, frames: &Bytes, (sequenced_ms, messages): (Option<u64>, u32), router: &mut Router) {
         let Some(entry) = self.rooms.get_mut(key) else { return };
         for worker in entry.room.subscribers() {
             let room = entry.room.name().clone();
-            router.post(worker, Mail::Deliver { room, frames: frames.clone(), sequenced_ms });
+            router.post(worker, Mail::Deliver { room, frames: frames.clone(), sequenced_ms, messages });
         }
         if !entry.taps.is_empty() {
             for (_, payload) in frame::server_frames(frames) {
@@ -205,7 +206,7 @@ impl Homes {
     /// Send the room's batch now, whatever the window.
     fn flush(&mut self, key: usize, now_ms: u64, router: &mut Router) {
         if let Some(batch) = self.batcher.take(key, now_ms) {
-            self.send(key, &batch.frames, Some(batch.first_ms), router);
+            self.send(key, &batch.frames, (Some(batch.first_ms), batch.messages), router);
         }
     }
 
@@ -232,7 +233,7 @@ impl Homes {
         if let Some(gate) = entry.gate {
             entry.held.push_back((gate, recorded.seq, recorded.frame.clone()));
         } else if let Some(full) = self.batcher.push(key, recorded.frame.clone(), now_ms) {
-            self.send(key, &full.frames, Some(full.first_ms), router);
+            self.send(key, &full.frames, (Some(full.first_ms), full.messages), router);
         }
         recorded
     }
@@ -356,7 +357,7 @@ impl Homes {
             let Some((_, _, frame)) = entry.held.pop_front() else { break };
             released = true;
             if let Some(full) = self.batcher.push(key, frame, now_ms) {
-                self.send(key, &full.frames, Some(full.first_ms), router);
+                self.send(key, &full.frames, (Some(full.first_ms), full.messages), router);
             }
         }
         if released {
@@ -383,7 +384,7 @@ impl Homes {
         entry.gate = None;
         for (_, _, frame) in held {
             if let Some(full) = self.batcher.push(key, frame, now_ms) {
-                self.send(key, &full.frames, Some(full.first_ms), router);
+                self.send(key, &full.frames, (Some(full.first_ms), full.messages), router);
             }
         }
         for (ticket, release) in releases {
@@ -620,8 +621,10 @@ impl Homes {
             // per worker per room per interval.
             let batch = self.batcher.take(key, now_ms);
             let sequenced_ms = batch.as_ref().map(|b| b.first_ms);
+            let messages =
+                batch.as_ref().map_or(0, |b| b.messages) + presence.is_some() as u32 + reactions.is_some() as u32;
             let frames = concat_frames([batch.map(|b| b.frames), presence, reactions]);
-            self.send(key, &frames, sequenced_ms, router);
+            self.send(key, &frames, (sequenced_ms, messages), router);
         }
         self.announce = announce;
         let mut empty = std::mem::take(&mut self.empty);
@@ -649,7 +652,7 @@ impl Homes {
         let mut due = std::mem::take(&mut self.due);
         self.batcher.poll_due(now_ms, &mut due);
         for (key, batch) in due.drain(..) {
-            self.send(key, &batch.frames, Some(batch.first_ms), router);
+            self.send(key, &batch.frames, (Some(batch.first_ms), batch.messages), router);
         }
         self.due = due;
     }
@@ -662,7 +665,7 @@ impl Homes {
         let mut due = std::mem::take(&mut self.due);
         self.batcher.take_all(now_ms, &mut due);
         for (key, batch) in due.drain(..) {
-            self.send(key, &batch.frames, Some(batch.first_ms), router);
+            self.send(key, &batch.frames, (Some(batch.first_ms), batch.messages), router);
         }
         self.due = due;
     }

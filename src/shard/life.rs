@@ -37,6 +37,15 @@ impl<Io> Shard<Io> {
         key
     }
 
+    /// A connection refused before its upgrade was read (at capacity, too many from its
+    /// address): `response` is its whole answer. It is written, our side of the stream is shut,
+    /// and the socket goes when the peer closes (or at the handshake timeout).
+    pub fn accept_refused(&mut self, io: Io, listener: ListenerKind, response: Vec<u8>, now_ms: u64) -> ConnKey {
+        let key = self.accept(io, listener, now_ms);
+        self.answer_http(key, response);
+        key
+    }
+
     /// Accept a connection whose upgrade was done elsewhere (tests, benches, simulations): it
     /// is open at once as `user` (an anonymous id is made up when `None`).
     pub fn open(&mut self, io: Io, user: Option<&str>, now_ms: u64) -> ConnKey {

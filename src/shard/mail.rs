@@ -178,6 +178,8 @@ pub enum Mail {
         /// When the oldest sequenced message among them was sequenced at the home (ms), for
         /// the publish-to-write latency; `None` for presence and reactions alone.
         sequenced_ms: Option<u64>,
+        /// How many messages the frames are (each receiver counts them as deliveries).
+        messages: u32,
     },
     /// The home's answer to [`Mail::Join`] (to the member's worker).
     Joined {

@@ -381,7 +381,9 @@ impl<Io> Shard<Io> {
                     self.router.reply(IngestReply::State { to, seq: recorded.seq, version: recorded.version });
                 }
             }
-            Mail::Deliver { room, frames, sequenced_ms } => self.deliver(&room, &frames, sequenced_ms, now_ms),
+            Mail::Deliver { room, frames, sequenced_ms, messages } => {
+                self.deliver(&room, &frames, (sequenced_ms, messages), now_ms)
+            }
             Mail::Joined { room, to, join_id, reply } => self.confirm_join(room, to, join_id, reply),
             Mail::CloseConn { to, code } => {
                 if self.conns.session_of(to.key, to.conn).is_some() {
@@ -413,7 +415,7 @@ impl<Io> Shard<Io> {
     /// A room's frames for every local receiver; those over the hard cap are slow consumers.
     /// The time since the frames were sequenced goes into the publish-to-write histogram
     /// (they are written at the end of this turn; the loop clock's resolution is 1 ms).
-    fn deliver(&mut self, room: &RoomName, frames: &Bytes, sequenced_ms: Option<u64>, now_ms: u64) {
+    fn deliver(&mut self, room: &RoomName, frames: &Bytes, (sequenced_ms, messages): (Option<u64>, u32), now_ms: u64) {
         let hard_cap = self.hard_cap();
         let mut slow = Vec::new();
         let receivers = self.members.receivers(room);
@@ -422,7 +424,7 @@ impl<Io> Shard<Io> {
         }
         for &key in receivers {
             match self.conns.send(key, frames.clone(), hard_cap) {
-                Ok(()) => self.counters.deliveries += 1,
+                Ok(()) => self.counters.deliveries += u64::from(messages),
                 Err(_) => slow.push(key),
             }
         }

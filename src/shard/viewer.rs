@@ -308,8 +308,22 @@ impl<Io> Shard<Io> {
     /// presence listing of PROTOCOL.md. Heartbeats stay local: this is read on query, never
     /// pushed.
     pub fn viewer_activity(&self, user: &str, now_ms: u64) -> Option<ViewerActivity> {
+        self.activity(user, None, now_ms)
+    }
+
+    /// [`Shard::viewer_activity`] over the user's connections here that are in `room`: what
+    /// the presence listing of that room shows.
+    pub fn viewer_activity_in(&self, room: &str, user: &str, now_ms: u64) -> Option<ViewerActivity> {
+        self.activity(user, Some(room), now_ms)
+    }
+
+    fn activity(&self, user: &str, room: Option<&str>, now_ms: u64) -> Option<ViewerActivity> {
         let keys = self.members.connections_of(user);
-        let sessions = keys.iter().filter_map(|k| self.conns.get(*k)).map(|c| &c.session);
+        let sessions = keys
+            .iter()
+            .filter_map(|k| self.conns.get(*k))
+            .map(|c| &c.session)
+            .filter(|s| room.is_none_or(|r| s.is_joined(r)));
         sessions.fold(None, |acc: Option<ViewerActivity>, s| {
             let this =
                 ViewerActivity { last_seen_ms: s.last_seen_ms(), silent_ms: now_ms.saturating_sub(s.last_spoke_ms()) };

@@ -301,7 +301,7 @@ impl Upstream {
     ) -> (IngestOp, IngestOutcome) {
         let parsed = match ingest::decode_ingest_line(line) {
             Ok(parsed) => parsed,
-            Err(e) => return self.refuse(IngestOp::Unknown, e.code, &e.message),
+            Err(e) => return self.refuse(e.op.map_or(IngestOp::Unknown, op_of), e.code, &e.message),
         };
         let op = match &parsed.cmd {
             IngestCmd::Auth { .. } => IngestOp::Auth,

@@ -81,7 +81,12 @@ pub struct IngestError {
     pub code: ErrorCode,
     /// A human-readable explanation.
     pub message: String,
+    /// The op the line named, when it got that far (for counting refusals by op).
+    pub op: Option<&'static str>,
 }
+
+/// The ops this module decodes, as static names.
+const OPS: [&str; 7] = ["auth", "hello", "publish", "state", "kick", "close_room", "delete_comment"];
 
 #[derive(Deserialize)]
 struct RawLine<'a> {
@@ -110,7 +115,7 @@ struct RawLine<'a> {
 }
 
 fn bad(message: impl Into<String>) -> IngestError {
-    IngestError { code: ErrorCode::BadRequest, message: message.into() }
+    IngestError { code: ErrorCode::BadRequest, message: message.into(), op: None }
 }
 
 fn required<'a>(field: Option<Cow<'a, str>>, name: &str) -> Result<Cow<'a, str>, IngestError> {
@@ -154,9 +159,16 @@ fn check_depth(value: &RawValue, field: &str) -> Result<(), IngestError> {
 /// Decode one line (without its `\n`; a trailing `\r` is tolerated).
 pub fn decode_ingest_line(line: &[u8]) -> Result<IngestLine<'_>, IngestError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let raw: RawLine<'_> = serde_json::from_slice(line).map_err(|e| bad(format!("invalid command: {e}")))?;
-    let op = required(raw.op, "op")?;
-    let cmd = match &*op {
+    let mut raw: RawLine<'_> = serde_json::from_slice(line).map_err(|e| bad(format!("invalid command: {e}")))?;
+    let ack = raw.ack.unwrap_or(true);
+    let op = required(raw.op.take(), "op")?;
+    let named = OPS.iter().find(|o| **o == &*op).copied();
+    let cmd = decode_cmd(&op, raw).map_err(|e| IngestError { op: named, ..e })?;
+    Ok(IngestLine { cmd, ack })
+}
+
+fn decode_cmd<'a>(op: &str, raw: RawLine<'a>) -> Result<IngestCmd<'a>, IngestError> {
+    Ok(match op {
         "auth" => IngestCmd::Auth { token: required(raw.token, "token")? },
         "hello" => IngestCmd::Hello { acks: raw.acks.unwrap_or(true) },
         "publish" => {
@@ -197,10 +209,10 @@ pub fn decode_ingest_line(line: &[u8]) -> Result<IngestLine<'_>, IngestError> {
             return Err(IngestError {
                 code: ErrorCode::UnknownOp,
                 message: format!("unknown op `{}`", other.chars().take(32).collect::<String>()),
+                op: None,
             })
         }
-    };
-    Ok(IngestLine { cmd, ack: raw.ack.unwrap_or(true) })
+    })
 }
 
 /// `{"ok":true}`

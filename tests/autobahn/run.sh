@@ -48,7 +48,8 @@ if [ "$target" = echo-example ]; then
 else
     ./target/release/roomcast serve --workers 2 --ws-listen 127.0.0.1:0 --wss-listen 127.0.0.1:0 \
         --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" --ingest-listen 127.0.0.1:0 \
-        --testing-echo-path /echo --max-message 16777216 >"$work/out" 2>"$work/err" &
+        --testing-echo-path /echo --max-message 16777216 --outbound-budget 67108864 \
+        --admin-listen 127.0.0.1:0 --sink-dir "$work/data" >"$work/out" 2>"$work/err" &
     prefix=summary
 fi
 pid=$!
