@@ -27,7 +27,7 @@ mod support;
 
 use live_support::{
     check_acked_stored, check_room_order, comment_ids, config_file, copy_dir, file_sink_records, freeze, hook_records,
-    http_post, spool_bytes, spool_records, wait_for_file, Flood, FloodLog, FloodPlan, HeldHook,
+    http_get, http_post, spool_bytes, spool_records, wait_for_file, Flood, FloodLog, FloodPlan, HeldHook,
 };
 use serde_json::{json, Value};
 use sink_support::{Receiver, RedisServer};
@@ -593,6 +593,71 @@ fn presence_records_are_debounced_one_per_real_change() {
 
 // ---------------------------------------------------------------- 7. durable vs fast
 
+/// A server whose file sink is joined by a webhook that holds every request until released.
+fn held_webhook_server(dir: &Path, hook: &HeldHook, mode: &str) -> Server {
+    let config = config_file(
+        dir,
+        &format!("[sink.webhook]\nurl = \"{}\"\nsecret = \"{SECRET}\"\nbatch_ms = 1\ntimeout_ms = 60000\n", hook.url),
+    );
+    Server::start(&["--config", &config, "--sink-ack", mode])
+}
+
+/// Read `viewer` until an `event`; it must be the next one of `room` after `seq`.
+fn next_event(viewer: &mut support::Viewer, room: &str, seq: u64) -> Value {
+    let event = viewer.until_op("event");
+    assert_eq!((event["room"].as_str(), event["seq"].as_u64()), (Some(room), Some(seq + 1)), "{event}");
+    event
+}
+
+/// A room waiting for durability (`durable`, the webhook holding its first batch): a viewer
+/// joining it, with or without `since`, starts at the last seq members were sent and gets the
+/// held comments after the release, once each. The query API (`GET /api/rooms/{room}`)
+/// answers the same way: a client told `recovered: false` reloads from it (PROTOCOL.md), and
+/// must not get a comment that no member was sent and that is not durable yet (it would then
+/// get it again as an event, or, after a crash, have seen a comment that never was).
+#[test]
+fn a_room_waiting_for_durability_shows_only_what_members_were_sent() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let hook = HeldHook::start();
+    let server = held_webhook_server(tmp.path(), &hook, "durable");
+    let admin = server.admin.clone().expect("the admin port is on");
+    let room = "waiting";
+    let mut alice = server.viewer("alice");
+    let epoch = alice.join(room)["epoch"].as_str().expect("an epoch").to_owned();
+    for n in 0..3 {
+        alice.send_json(json!({"op": "comment", "room": room, "text": format!("held {n}"), "ref": n}));
+    }
+    hook.wait_for("the first comment at the webhook", |r| !r.is_empty());
+
+    let mut bob = server.viewer("bob");
+    bob.send_json(json!({"op": "join", "room": room, "since": 0, "epoch": epoch}));
+    let joined = bob.until_op("joined");
+    assert_eq!((joined["seq"].as_u64(), joined["recovered"].as_bool()), (Some(0), Some(true)), "{joined}");
+    let mut carol = server.viewer("carol");
+    assert_eq!(carol.join(room)["seq"], 0);
+    let (status, detail) = http_get(&admin, &format!("/api/rooms/{room}"));
+    assert_eq!(status, 200, "{detail}");
+    let (_, recent) = http_get(&admin, &format!("/api/rooms/{room}?since=0&epoch={epoch}"));
+
+    hook.release();
+    for viewer in [&mut alice, &mut bob, &mut carol] {
+        for seq in 0..3 {
+            next_event(viewer, room, seq);
+        }
+    }
+    // Once each: the next comment follows the held ones directly.
+    alice.send_json(json!({"op": "comment", "room": room, "text": "after the release", "ref": 3}));
+    for viewer in [&mut alice, &mut bob, &mut carol] {
+        next_event(viewer, room, 3);
+    }
+    let shown = |v: &Value| (v["seq"].as_u64(), v["events"].as_array().map(Vec::len));
+    assert_eq!(
+        (shown(&detail), shown(&recent)),
+        ((Some(0), Some(0)), (Some(0), Some(0))),
+        "the query API showed comments no member was sent, not yet durable: {detail} (with ?since=0: {recent})"
+    );
+}
+
 /// One viewer's comments and their acks, with a webhook (besides the file sink) that holds
 /// every request unanswered until released. In `durable` mode the ack waits for the webhook:
 /// none is readable while it holds the batch, and it comes after the release. In `fast` mode
@@ -603,14 +668,7 @@ fn durable_acks_wait_for_every_sink_and_fast_acks_do_not() {
     for mode in ["durable", "fast"] {
         let tmp = tempfile::tempdir().expect("temp dir");
         let hook = HeldHook::start();
-        let config = config_file(
-            tmp.path(),
-            &format!(
-                "[sink.webhook]\nurl = \"{}\"\nsecret = \"{SECRET}\"\nbatch_ms = 1\ntimeout_ms = 60000\n",
-                hook.url
-            ),
-        );
-        let server = Server::start(&["--config", &config, "--sink-ack", mode]);
+        let server = held_webhook_server(tmp.path(), &hook, mode);
         let room = "acks";
         let mut viewer = server.viewer(&format!("{mode}-viewer"));
         viewer.join(room);

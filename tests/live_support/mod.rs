@@ -579,11 +579,20 @@ pub fn config_file(dir: &Path, toml: &str) -> String {
 /// One HTTP/1.1 `POST` of a JSON body to `addr` (`Connection: close`); the status and the
 /// JSON answer.
 pub fn http_post(addr: &str, path: &str, body: &Value) -> (u16, Value) {
+    http(addr, "POST", path, Some(body))
+}
+
+/// One HTTP/1.1 `GET` from `addr` (`Connection: close`); the status and the JSON answer.
+pub fn http_get(addr: &str, path: &str) -> (u16, Value) {
+    http(addr, "GET", path, None)
+}
+
+fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream.set_read_timeout(Some(WAIT)).expect("read timeout");
-    let body = body.to_string();
+    let body = body.map(Value::to_string).unwrap_or_default();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).expect("send the request");
