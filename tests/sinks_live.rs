@@ -16,7 +16,8 @@
 //! SIGKILL flood ~1.2 s, Redis down mid-flood ~1.9 s (five failed retries of 50..400 ms), the
 //! failing webhook ~0.8 s, SIGKILL while the webhook fails ~0.2 s, the full spool ~0.2 s,
 //! `delete_comment` ~0.1 s, presence ~0.9 s (three grace periods of 300 ms plus the
-//! dispatcher's 100 ms), durable vs fast ~0.1 s; the whole file ~3.5 s, its tests in parallel.
+//! dispatcher's 100 ms), a room waiting for durability ~0.1 s, durable vs fast ~0.1 s; the
+//! whole file ~3.5 s, its tests in parallel.
 //!
 //! These tests never read the server's own sink code: what is stored is read back from the
 //! files, the streams and the HTTP bodies, as a consumer would.

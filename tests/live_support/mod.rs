@@ -1,7 +1,8 @@
 //! Harness for the end-to-end sink tests (`tests/sinks_live.rs`): a comment flood from real
 //! viewers over real WebSockets against a real `roomcast serve`, and readers for what the
-//! server leaves on disk (the file sink's JSON Lines segments, a sink's spool), plus a small
-//! HTTP client for the admin port and a webhook receiver that can hold its answers.
+//! server leaves on disk (the file sink's JSON Lines segments, a sink's spool), the server
+//! frozen with SIGSTOP for checks made at one instant, a small HTTP client for the admin port
+//! and a webhook receiver that can hold its answers.
 //!
 //! It sits next to `tests/support` (the server process and the viewer client) and
 //! `tests/sink_support` (redis-server, the plain webhook receiver), which the including test
