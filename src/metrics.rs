@@ -450,18 +450,24 @@ pub struct Metrics {
     pub totals: Counters,
     /// One entry per worker, by worker id.
     pub workers: Vec<WorkerLoad>,
+    /// The durable sinks and their spool, when the process runs them (read from the sinks'
+    /// own counters, not the workers').
+    pub sinks: Option<crate::sink::SinkMetrics>,
 }
 
 impl Metrics {
     /// One worker's answer to a scrape.
     pub fn of_worker(counters: Counters, load: WorkerLoad) -> Self {
-        Self { totals: counters, workers: vec![load] }
+        Self { totals: counters, workers: vec![load], sinks: None }
     }
 
     /// Add another answer: totals are summed, loads of the same worker merged, the others
     /// kept in worker order.
     pub fn merge(&mut self, other: &Self) {
         self.totals.merge(&other.totals);
+        if self.sinks.is_none() {
+            self.sinks.clone_from(&other.sinks);
+        }
         for load in &other.workers {
             match self.workers.binary_search_by_key(&load.worker, |l| l.worker) {
                 Ok(i) => self.workers[i].merge(load),

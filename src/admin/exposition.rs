@@ -10,6 +10,7 @@
 
 use crate::metrics::{Metrics, Source, LATENCY_BUCKETS_US};
 use crate::query::LeaveReason;
+use crate::sink::{SinkMetrics, SinkStats};
 use crate::wire::ErrorCode;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
@@ -161,9 +162,81 @@ impl Collector for Scrape {
             "Mail waiting in each worker's mailbox when it answered the scrape.",
             MetricType::Gauge,
             workers.iter().map(|w| ([("worker", w.worker.to_string())], ConstGauge::new(w.mailbox_depth))),
-        )
+        )?;
+        match &self.0.sinks {
+            Some(sinks) => encode_sinks(e, sinks),
+            None => Ok(()),
+        }
     }
 }
+
+/// The durable sinks: one series per sink (label `sink`: `file`, `redis`, `webhook`) and the
+/// spool they share. The last error is an info-style series (value 1, the text in `error`,
+/// cut to [`ERROR_LABEL_CHARS`]): one per sink at most, so it costs no cardinality.
+fn encode_sinks(e: &mut DescriptorEncoder<'_>, m: &SinkMetrics) -> fmt::Result {
+    let (c, g) = (MetricType::Counter, MetricType::Gauge);
+    let per_sink = |e: &mut DescriptorEncoder<'_>, name: &str, help: &str, kind, value: fn(&SinkStats) -> u64| {
+        let mut metric = e.encode_descriptor(name, help, None, kind)?;
+        for s in &m.sinks {
+            let labels = [("sink", s.name)];
+            match kind {
+                MetricType::Counter => ConstCounter::new(value(s)).encode(metric.encode_family(&labels)?)?,
+                _ => ConstGauge::new(value(s)).encode(metric.encode_family(&labels)?)?,
+            }
+        }
+        Ok::<(), fmt::Error>(())
+    };
+    per_sink(e, "sink_healthy", "1 while the sink's writes succeed, 0 from a failure until one succeeds.", g, |s| {
+        u64::from(s.healthy)
+    })?;
+    per_sink(e, "sink_durable", "1 if acks wait for the sink (sink.ack = durable counts it).", g, |s| {
+        u64::from(s.durable)
+    })?;
+    per_sink(e, "sink_records_written", "Records the sink acknowledged, replays included.", c, |s| s.records_written)?;
+    per_sink(e, "sink_batches", "Successful writes (fsyncs, pipelines, requests).", c, |s| s.batches)?;
+    per_sink(e, "sink_retries", "Failed writes that will be retried.", c, |s| s.retries)?;
+    per_sink(e, "sink_spooled_records", "Records ever put in the sink's spool.", c, |s| s.spooled_records)?;
+    per_sink(e, "sink_rejected_records", "Records the sink refused for good (kept in rejected.jsonl).", c, |s| {
+        s.rejected_records
+    })?;
+    per_sink(e, "sink_lag_records", "Records handed to the sink that it does not hold yet.", g, |s| s.lag_records)?;
+    family(
+        e,
+        "sink_lag_seconds",
+        "Age of the oldest record handed to the sink that it does not hold yet (0: none).",
+        g,
+        m.sinks.iter().map(|s| ([("sink", s.name)], ConstGauge::new(s.lag_ms as f64 / 1e3))),
+    )?;
+    per_sink(e, "sink_spool_records", "Undelivered records in the sink's spool.", g, |s| s.spool_records)?;
+    per_sink(e, "sink_spool_bytes", "Undelivered bytes in the sink's spool.", g, |s| s.spool_bytes)?;
+    family(
+        e,
+        "sink_last_error_info",
+        "The sink's latest error (value 1; none before the first).",
+        g,
+        m.sinks.iter().filter_map(|s| {
+            let error: String = s.last_error.as_deref()?.chars().take(ERROR_LABEL_CHARS).collect();
+            Some(([("sink", s.name.to_owned()), ("error", error)], ConstGauge::new(1)))
+        }),
+    )?;
+    gauge(e, "spool_bytes", "Undelivered bytes in all spools.", m.spool_bytes)?;
+    gauge(
+        e,
+        "spool_max_bytes",
+        "The spools' limit (sink.spool.max_bytes); past it comments are refused.",
+        m.spool_max_bytes,
+    )?;
+    gauge(e, "sink_queue_records", "Records waiting between the rooms and the sinks.", m.queued_records as u64)?;
+    gauge(
+        e,
+        "sinks_accepting",
+        "1 while new comments are taken, 0 while they are refused (spool full).",
+        u64::from(m.accepting),
+    )
+}
+
+/// The longest last-error text a label carries.
+const ERROR_LABEL_CHARS: usize = 200;
 
 #[cfg(test)]
 mod tests {
@@ -193,5 +266,47 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn sinks_are_one_series_each_with_the_last_error_as_info() {
+        let file = SinkStats { name: "file", durable: true, healthy: true, records_written: 9, ..SinkStats::default() };
+        let hook = SinkStats {
+            name: "webhook",
+            durable: true,
+            retries: 3,
+            lag_records: 4,
+            lag_ms: 1_500,
+            spool_bytes: 512,
+            last_error: Some("HTTP 500 \"oops\"".into()),
+            ..SinkStats::default()
+        };
+        let metrics = Metrics {
+            sinks: Some(SinkMetrics {
+                sinks: vec![file, hook],
+                spool_bytes: 512,
+                spool_max_bytes: 1 << 30,
+                accepting: true,
+                ..SinkMetrics::default()
+            }),
+            ..Metrics::default()
+        };
+        let text = encode(metrics).expect("encodes");
+        for line in [
+            "# TYPE roomcast_sink_retries_total counter",
+            "roomcast_sink_records_written_total{sink=\"file\"} 9",
+            "roomcast_sink_retries_total{sink=\"webhook\"} 3",
+            "roomcast_sink_healthy{sink=\"file\"} 1",
+            "roomcast_sink_healthy{sink=\"webhook\"} 0",
+            "roomcast_sink_lag_records{sink=\"webhook\"} 4",
+            "roomcast_sink_lag_seconds{sink=\"webhook\"} 1.5",
+            "roomcast_sink_spool_bytes{sink=\"webhook\"} 512",
+            "roomcast_sink_last_error_info{sink=\"webhook\",error=\"HTTP 500 \\\"oops\\\"\"} 1",
+            "roomcast_spool_max_bytes 1073741824",
+            "roomcast_sinks_accepting 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("roomcast_sink_last_error_info{sink=\"file\""), "no error, no series:\n{text}");
     }
 }

@@ -38,6 +38,7 @@ pub(super) fn router(state: AppState) -> Router {
         .route("/api/rooms", get(rooms))
         .route("/api/rooms/{room}", get(room))
         .route("/api/rooms/{room}/presence", get(presence))
+        .route("/api/sinks", get(sinks))
         .route(auth::STREAM_PATH, get(stream::upgrade))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state.settings), auth::require));
     let mut open = Router::new().route("/healthz", get(healthz)).route("/admin", get(dashboard));
@@ -174,6 +175,14 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let text =
         exposition::encode(metrics).map_err(|_| ApiError::Internal("the metrics could not be encoded".into()))?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(exposition::CONTENT_TYPE))], text).into_response())
+}
+
+/// The durable sinks' progress: per sink its health, lag, spool, retries and last error, and
+/// the spool's totals (the same numbers as `/metrics`' `roomcast_sink_*`).
+async fn sinks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let metrics = state.ask(|b, deadline| b.counters(deadline)).await?;
+    let sinks = metrics.sinks.ok_or_else(|| ApiError::NotFound("this process runs no sinks".into()))?;
+    Ok(Json(sinks).into_response())
 }
 
 /// The page holds no data, so it is served to anyone; without the admin token (when one is

@@ -72,9 +72,10 @@ impl History {
         Some(self.entries.range(range).map(|(_, _, frame)| frame))
     }
 
-    /// Every frame held, oldest first.
-    pub fn frames(&self) -> impl Iterator<Item = &Bytes> + '_ {
-        self.entries.iter().map(|(_, _, frame)| frame)
+    /// Every frame held up to `last_seq`, oldest first (the newer ones may not have been sent
+    /// yet: a room waiting for its sinks).
+    pub fn frames_through(&self, last_seq: u64) -> impl Iterator<Item = &Bytes> + '_ {
+        self.entries.iter().take_while(move |(seq, _, _)| *seq <= last_seq).map(|(_, _, frame)| frame)
     }
 
     /// Messages held.

@@ -414,14 +414,21 @@ impl HomeRoom {
     /// The history ring's frames after `since` in `epoch`, by the `join` recovery rule: all
     /// of them or nothing, and `recovered` says which. A position without an epoch recovers
     /// nothing, as a `join` without one: the server cannot tell it is the same history.
-    /// Without a position: the whole ring, and no `recovered`.
-    pub fn history_since(&mut self, since: Option<(u64, Option<&str>)>, now_ms: u64) -> (Vec<Bytes>, Option<bool>) {
+    /// Without a position: the whole ring, and no `recovered`. Nothing after `sent` (the last
+    /// seq members have been sent) is shown: a room waiting for its sinks holds comments that
+    /// are not durable yet, and a reader must not see what a member has not.
+    pub fn history_since(
+        &mut self,
+        since: Option<(u64, Option<&str>)>,
+        sent: Seq,
+        now_ms: u64,
+    ) -> (Vec<Bytes>, Option<bool>) {
         self.history.prune(now_ms);
-        let Some((since, epoch)) = since else { return (self.history.frames().cloned().collect(), None) };
+        let Some((since, epoch)) = since else { return (self.history.frames_through(sent.0).cloned().collect(), None) };
         if epoch.is_none_or(|e| e != self.epoch_string()) {
             return (Vec::new(), Some(false));
         }
-        match self.history.replay(since, self.seq.0) {
+        match self.history.replay(since, sent.0) {
             Some(frames) => (frames.cloned().collect(), Some(true)),
             None => (Vec::new(), Some(false)),
         }

@@ -15,6 +15,7 @@ use crate::metrics::{Metrics, WorkerLoad};
 use crate::query::{FeedItem, PageQuery, PresencePage, RoomDetail, RoomsPage, RoomsQuery, Since};
 use crate::shard::ask::{Answer, FeedSink, Question};
 use crate::shard::{home_of, ViewerActivity};
+use crate::sink::SinkHandle;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -53,12 +54,13 @@ impl HealthState {
 pub struct MeshBackend {
     mesh: Arc<Mesh>,
     health: Arc<HealthState>,
+    sinks: Option<SinkHandle>,
 }
 
 impl MeshBackend {
-    /// A backend asking the workers of `mesh`.
-    pub fn new(mesh: Arc<Mesh>, health: Arc<HealthState>) -> Self {
-        Self { mesh, health }
+    /// A backend asking the workers of `mesh` (and `sinks` for their counters).
+    pub fn new(mesh: Arc<Mesh>, health: Arc<HealthState>, sinks: Option<SinkHandle>) -> Self {
+        Self { mesh, health, sinks }
     }
 
     fn workers(&self) -> usize {
@@ -196,6 +198,7 @@ impl Backend for MeshBackend {
         }
         let counts = ingest.recv_deadline(deadline).map_err(|_| BackendError::Timeout)?;
         metrics.totals.ingest.merge(&counts);
+        metrics.sinks = self.sinks.as_ref().map(SinkHandle::metrics);
         Ok(metrics)
     }
 

@@ -213,7 +213,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .map_err(io_err("spawn ingest"))?;
 
     let health = Arc::new(HealthState::default());
-    let backend = Arc::new(MeshBackend::new(Arc::clone(&mesh), Arc::clone(&health)));
+    let backend = Arc::new(MeshBackend::new(Arc::clone(&mesh), Arc::clone(&health), Some(sinks.handle())));
     let admin = crate::admin::spawn(admin_listener, backend, crate::admin::AdminSettings::from_config(&config))
         .map_err(io_err("admin port"))?;
 

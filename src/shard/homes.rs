@@ -75,11 +75,17 @@ impl HomeEntry {
         self.taps.retain_mut(|tap| item().is_none_or(|item| tap.offer(item)));
     }
 
+    /// The latest seq the room's members have been sent (or are about to be, in its batch):
+    /// what readers outside (the query API) may see; held comments are not durable yet.
+    fn sent_seq(&self) -> Seq {
+        self.held.front().map_or(self.room.seq(), |(_, seq, _)| Seq(seq.0 - 1))
+    }
+
     fn summary(&self, now_ms: u64) -> RoomSummary {
         RoomSummary {
             room: self.room.name().to_string(),
             online: self.room.online(),
-            seq: self.room.seq().0,
+            seq: self.sent_seq().0,
             epoch: self.room.epoch_string(),
             comment_rate: self.comment_rate.rate(now_ms),
             version: self.room.version(),
@@ -375,18 +381,14 @@ impl Homes {
         entry.gate.is_some() || !entry.held.is_empty()
     }
 
-    /// Send everything the room holds now, durable or not (the room closes); its acks still
-    /// wait for their tickets.
-    fn release_all(&mut self, key: usize, now_ms: u64, router: &mut Router) {
+    /// The room closes while frames wait for the sinks: they are never sent (a member must
+    /// not see a comment that may not be stored); the acks still wait for their tickets, so a
+    /// commenter hears of a comment only once it is stored.
+    fn abandon_held(&mut self, key: usize) {
         let Some(entry) = self.rooms.get_mut(key) else { return };
-        let held: Vec<(u64, Seq, Bytes)> = entry.held.drain(..).collect();
-        let releases: Vec<(u64, Release)> = entry.held_releases.drain(..).collect();
+        entry.held.clear();
         entry.gate = None;
-        for (_, _, frame) in held {
-            if let Some(full) = self.batcher.push(key, frame, now_ms) {
-                self.send(key, &full.frames, (Some(full.first_ms), full.messages), router);
-            }
-        }
+        let releases: Vec<(u64, Release)> = entry.held_releases.drain(..).collect();
         for (ticket, release) in releases {
             self.durability.wait(ticket, release);
         }
@@ -395,8 +397,7 @@ impl Homes {
 
     /// The latest seq the room's members have been sent (or are about to be, in its batch).
     fn sent_seq(&self, key: usize) -> Seq {
-        let entry = &self.rooms[key];
-        entry.held.front().map_or(entry.room.seq(), |(_, seq, _)| Seq(seq.0 - 1))
+        self.rooms[key].sent_seq()
     }
 
     /// Try again the presence records the sinks could not take (once per turn).
@@ -486,7 +487,7 @@ impl Homes {
     /// homed here.
     pub(crate) fn close(&mut self, name: &str, now_ms: u64, router: &mut Router) -> bool {
         let Some(&key) = self.keys.get(name) else { return false };
-        self.release_all(key, now_ms, router);
+        self.abandon_held(key);
         self.flush(key, now_ms, router);
         let Some(mut entry) = self.remove(key) else { return false };
         for _ in 0..entry.room.online() {
@@ -548,7 +549,8 @@ impl Homes {
     pub(crate) fn detail(&mut self, name: &str, since: Option<(u64, Option<&str>)>, now_ms: u64) -> Option<RoomDetail> {
         let &key = self.keys.get(name)?;
         let entry = &mut self.rooms[key];
-        let (frames, recovered) = entry.room.history_since(since, now_ms);
+        let sent = entry.sent_seq();
+        let (frames, recovered) = entry.room.history_since(since, sent, now_ms);
         let events = frames
             .iter()
             .flat_map(|f| frame::server_frames(f))
@@ -657,11 +659,9 @@ impl Homes {
         self.due = due;
     }
 
-    /// Send every waiting batch now (shutdown), held frames included.
+    /// Send every waiting batch now (shutdown). Frames waiting for the sinks stay held: they
+    /// go out as their tickets become durable during the drain, or never.
     pub(crate) fn flush_all(&mut self, now_ms: u64, router: &mut Router) {
-        for key in std::mem::take(&mut self.gated) {
-            self.release_all(key, now_ms, router);
-        }
         let mut due = std::mem::take(&mut self.due);
         self.batcher.take_all(now_ms, &mut due);
         for (key, batch) in due.drain(..) {

@@ -7,8 +7,8 @@
 
 use std::sync::{Mutex, PoisonError};
 
-/// A snapshot of every sink and the spool.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A snapshot of every sink and the spool (also `GET /api/sinks`'s body).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SinkMetrics {
     /// One entry per configured sink, in configuration order (file, redis, webhook).
     pub sinks: Vec<SinkStats>,
@@ -25,7 +25,7 @@ pub struct SinkMetrics {
 }
 
 /// One sink's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SinkStats {
     /// `file`, `redis` or `webhook`.
     pub name: &'static str,
