@@ -7,6 +7,8 @@
 #   SERVER_FLAGS="--batch-window-ms 25" benches/loadgen.sh ...
 #   SERVER_BIN=/path/to/other/roomcast benches/loadgen.sh ...  (another build; see benches/ab.sh)
 #   LOADGEN_BIN=/path/to/loadgen NO_BUILD=1 ...                 (fixed binaries, no rebuild)
+#   ADMIN_LOAD=1 ...   (benches/admin_load.py meanwhile: /metrics scraped every second and
+#                       /admin/stream held open, as Prometheus and an open dashboard would)
 # Everything binds 127.0.0.1 ports chosen by the kernel, read from the server's ready line;
 # the server is stopped after each run, and on any exit of this script.
 set -euo pipefail
@@ -42,9 +44,14 @@ for i in $(seq 1 "$runs"); do
   if [ "${TLS:-0}" = 1 ]; then wss=$(field wss); url="wss://localhost:${wss##*:}/ws"; fi
   ingest=()
   case "$scenario" in fanout|churn) ingest=(--ingest "$(field ingest)") ;; esac
+  admin_pid=
+  if [ "${ADMIN_LOAD:-0}" = 1 ]; then
+    python3 benches/admin_load.py "$(field admin)" 2>"$out/admin$i" & admin_pid=$!
+  fi
   status=0
   "$loadgen" "$scenario" --url "$url" --ca "$out/cert.pem" "${ingest[@]}" --server-pid "$pid" \
       --json "$out/r$i.json" "$@" >"$out/table$i" 2>/dev/null || status=$?
+  if [ -n "$admin_pid" ]; then kill -TERM "$admin_pid"; wait "$admin_pid" || true; fi
   stop_server
   echo -n "run $i exit=$status "
   python3 - "$out/r$i.json" <<'PY'
@@ -64,4 +71,5 @@ for why in r.get("invalid_reasons", []):
 for w in r.get("warnings", []):
     print("  warning:", w)
 PY
+  if [ -n "$admin_pid" ]; then sed 's/^/  /' "$out/admin$i"; fi
 done
