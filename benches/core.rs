@@ -28,7 +28,7 @@ fn encode_for_members(c: &mut Criterion) {
                     server_msg::event(out, "live-1", 42, "gift", r#"{"from":"bob","gift":"rose"}"#, 1_700_000_000_000)
                 });
                 for q in &mut queues {
-                    let _ = q.push(frame.clone(), 1 << 20);
+                    let _ = q.push(&frame, 1 << 20);
                 }
                 for q in &mut queues {
                     let n = q.queued();
@@ -139,7 +139,7 @@ fn publish_through_shard(c: &mut Criterion) {
             let mut dirty = Vec::new();
             let drain = |shard: &mut Shard<()>, dirty: &mut Vec<_>| {
                 shard.end_turn(0);
-                shard.take_dirty(dirty);
+                shard.take_dirty(dirty, usize::MAX);
                 for k in dirty.iter() {
                     if let Some((_, out)) = shard.transmit(*k) {
                         let n = out.queued();

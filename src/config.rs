@@ -117,9 +117,14 @@ pub struct LimitsConfig {
     pub max_message: usize,
     /// Longest comment text in characters.
     pub max_comment_chars: usize,
-    /// Bytes that may still wait in one connection's outbound queue after a write attempt
-    /// before it is closed with 4009 (within one loop turn up to 4 times this may queue).
+    /// Bytes that may wait for one connection, in its outbound queue and unsent in the
+    /// kernel's socket buffer together, after a write attempt before it is closed with 4009
+    /// (within one loop turn up to 4 times this may queue).
     pub outbound_budget: usize,
+    /// `TCP_NOTSENT_LOWAT` of viewer sockets: the kernel takes no more from a write while
+    /// this many bytes wait unsent in the socket (0: the kernel's own autotuned limit, up to
+    /// `net.ipv4.tcp_wmem`'s maximum, and not counted in the budget).
+    pub socket_unsent_bytes: usize,
     /// Time a new connection has to complete the WebSocket handshake.
     pub handshake_timeout_ms: u64,
     /// Time a closing connection has to finish the close handshake before it is dropped.
@@ -233,7 +238,22 @@ impl AuthConfig {
     }
 }
 
+/// What a write may put in a socket beyond `TCP_NOTSENT_LOWAT`: the kernel checks the limit
+/// once per segment it allocates (up to 64 KiB with segmentation offload), so the unsent
+/// bytes of a socket stay under the limit plus this.
+pub const SOCKET_UNSENT_OVERSHOOT: usize = 64 * 1024;
+
 impl LimitsConfig {
+    /// The bytes a connection's own outbound queue may hold: the budget less what the kernel
+    /// may hold unsent for it, so the two together stay within `outbound_budget` (the whole
+    /// budget when the kernel's share is not capped).
+    pub fn queue_budget(&self) -> usize {
+        match self.socket_unsent_bytes {
+            0 => self.outbound_budget,
+            unsent => self.outbound_budget.saturating_sub(unsent + SOCKET_UNSENT_OVERSHOOT),
+        }
+    }
+
     /// The per-connection rate limits these settings describe.
     pub fn rate_limits(&self) -> RateLimits {
         let window_s = self.violations_window_ms as f32 / 1000.0;
@@ -331,6 +351,7 @@ impl Default for LimitsConfig {
             max_message: 4096,
             max_comment_chars: 500,
             outbound_budget: 1024 * 1024,
+            socket_unsent_bytes: 64 * 1024,
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
             max_rooms_per_conn: 64,
@@ -499,6 +520,22 @@ impl Config {
             return Err(invalid(
                 "limits.outbound_budget",
                 format!("must be at least 4096 bytes (got {})", l.outbound_budget),
+            ));
+        }
+        if l.socket_unsent_bytes > 0 && l.queue_budget() < 4096 {
+            return Err(invalid(
+                "limits.outbound_budget",
+                format!(
+                    "must be at least 4096 bytes more than limits.socket_unsent_bytes + 65536 (the kernel's share; \
+                     got {} with socket_unsent_bytes {}); lower socket_unsent_bytes or set it to 0",
+                    l.outbound_budget, l.socket_unsent_bytes
+                ),
+            ));
+        }
+        if l.socket_unsent_bytes > i32::MAX as usize {
+            return Err(invalid(
+                "limits.socket_unsent_bytes",
+                format!("must be at most {} (got {})", i32::MAX, l.socket_unsent_bytes),
             ));
         }
         if l.max_rooms_per_conn == 0 {
@@ -683,6 +720,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("limits.max_message", "--max-message"),
     ("limits.max_comment_chars", "--max-comment-chars"),
     ("limits.outbound_budget", "--outbound-budget"),
+    ("limits.socket_unsent_bytes", "--socket-unsent-bytes"),
     ("limits.handshake_timeout_ms", "--handshake-timeout-ms"),
     ("limits.close_timeout_ms", "--close-timeout-ms"),
     ("limits.max_rooms_per_conn", "--max-rooms-per-conn"),
@@ -784,9 +822,12 @@ pub struct ServeArgs {
     /// `limits.max_comment_chars`: longest comment [default: 500].
     #[arg(long, value_name = "CHARS")]
     pub max_comment_chars: Option<usize>,
-    /// `limits.outbound_budget`: queued bytes before 4009 [default: 1048576].
+    /// `limits.outbound_budget`: queued bytes (ours and the kernel's) before 4009 [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub outbound_budget: Option<usize>,
+    /// `limits.socket_unsent_bytes`: TCP_NOTSENT_LOWAT of viewer sockets, 0 = kernel's [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub socket_unsent_bytes: Option<usize>,
     /// `limits.handshake_timeout_ms` [default: 10000].
     #[arg(long, value_name = "MS")]
     pub handshake_timeout_ms: Option<u64>,
@@ -957,6 +998,7 @@ impl ServeArgs {
         o.set("limits.max_message", |c| &mut c.limits.max_message, self.max_message);
         o.set("limits.max_comment_chars", |c| &mut c.limits.max_comment_chars, self.max_comment_chars);
         o.set("limits.outbound_budget", |c| &mut c.limits.outbound_budget, self.outbound_budget);
+        o.set("limits.socket_unsent_bytes", |c| &mut c.limits.socket_unsent_bytes, self.socket_unsent_bytes);
         o.set("limits.handshake_timeout_ms", |c| &mut c.limits.handshake_timeout_ms, self.handshake_timeout_ms);
         o.set("limits.close_timeout_ms", |c| &mut c.limits.close_timeout_ms, self.close_timeout_ms);
         o.set("limits.max_rooms_per_conn", |c| &mut c.limits.max_rooms_per_conn, self.max_rooms_per_conn);

@@ -318,6 +318,9 @@ fn the_dashboard_shows_an_outage_and_exact_rates_from_a_fake_backend() {
     browser.step("state", None, json!({"room-state": {"contains": "\"round\": 3"}, "room-version": "3"}));
 
     // The admin port goes away and comes back: the page says so, backs off and reconnects.
+    // The driver is told before the port goes, so the page's first refused request (which
+    // can come before the next step reaches the driver) counts as expected.
+    browser.outage_step("outage-begins", json!({}));
     let addr = admin.local_addr();
     admin.shutdown();
     browser.outage_step("outage", json!({"conn-status": {"contains": "reconnecting"}}));

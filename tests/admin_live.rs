@@ -635,7 +635,8 @@ fn max_send_buffer_bytes() -> usize {
 fn a_slow_consumer_is_counted_in_each_of_its_rooms() {
     const BUDGET: usize = 4096;
     const PAYLOAD: usize = 60 * 1024;
-    let server = Server::start(&["--outbound-budget", "4096", "--close-timeout-ms", "60000"]);
+    let server =
+        Server::start(&["--outbound-budget", "4096", "--socket-unsent-bytes", "0", "--close-timeout-ms", "60000"]);
     let mut sloth = server.viewer_small_window("sloth");
     sloth.join("arena");
     sloth.join("flood");

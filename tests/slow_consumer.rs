@@ -1,7 +1,8 @@
 //! A member that does not read is closed with 4009 once its queue passes the outbound budget;
 //! what it did receive is gap-free and in seq order, and every other member of the room
 //! receives everything, plain or TLS, and presence drops the closed one. A viewer that reads
-//! in small steps but keeps up is never cut.
+//! in small steps but keeps up is never cut. The kernel's share of a slow consumer's backlog is
+//! bounded and counted in the budget (`limits.socket_unsent_bytes`).
 
 mod support;
 
@@ -20,10 +21,19 @@ fn max_send_buffer_bytes() -> usize {
         .unwrap_or(4 << 20)
 }
 
-/// A 64 KiB budget, a close handshake that may wait for the slow reader, and presence
-/// reported often.
-const SLOW_FLAGS: [&str; 6] =
-    ["--outbound-budget", "65536", "--close-timeout-ms", "60000", "--presence-interval-ms", "100"];
+/// A 64 KiB budget for the server's own queue alone (the kernel's share uncapped and not
+/// counted: `--socket-unsent-bytes 0`), a close handshake that may wait for the slow reader,
+/// and presence reported often.
+const SLOW_FLAGS: [&str; 8] = [
+    "--outbound-budget",
+    "65536",
+    "--socket-unsent-bytes",
+    "0",
+    "--close-timeout-ms",
+    "60000",
+    "--presence-interval-ms",
+    "100",
+];
 
 /// Events per burst in a paced flood: 16 KiB, a quarter of the smallest budget used here.
 const BURST_EVENTS: u64 = 16;
@@ -132,7 +142,7 @@ fn a_viewer_with_default_socket_buffers_that_never_reads_is_closed_with_4009() {
 #[test]
 fn a_reader_that_keeps_up_in_small_steps_is_never_cut() {
     // Same small budget, but the reader drains each burst before the next: never 4009.
-    let server = Server::start(&["--outbound-budget", "65536"]);
+    let server = Server::start(&["--outbound-budget", "65536", "--socket-unsent-bytes", "0"]);
     let mut v = server.viewer_small_window("steady");
     v.join("steady");
     let mut up = server.upstream();
@@ -160,7 +170,7 @@ fn a_burst_slightly_over_the_budget_reaches_a_member_that_reads_all_the_time() {
     // buffer; the burst (about 100 KiB) is well within what the kernel alone holds on top of
     // the 64 KiB budget. It is keeping up, so it must not be treated as a slow consumer.
     const TOTAL: u64 = 100;
-    let server = Server::start(&["--outbound-budget", "65536"]);
+    let server = Server::start(&["--outbound-budget", "65536", "--socket-unsent-bytes", "0"]);
     let mut v = server.viewer("eager");
     v.join("burst");
     let reader = std::thread::spawn(move || {
@@ -187,4 +197,44 @@ fn a_burst_slightly_over_the_budget_reaches_a_member_that_reads_all_the_time() {
         assert_eq!(up.reply(), json!({"ok": true, "seq": seq}));
     }
     assert_eq!(reader.join().expect("reader thread"), Ok(TOTAL));
+}
+
+/// With the default kernel share (`limits.socket_unsent_bytes`, 64 KiB): a viewer that stops
+/// reading is closed with 4009 once the budget's bytes wait for it, counting what the kernel
+/// holds, not after the kernel's autotuned send buffer (up to `tcp_wmem`'s 4 MiB) has filled.
+/// Everything it ever receives is what its own small receive buffer took plus what the
+/// server let the kernel hold for it: within the budget. The flood is larger than the
+/// kernel alone would hold uncapped, so with the cap off it would never be cut.
+#[test]
+fn a_viewer_that_stops_reading_is_closed_within_the_budget_whatever_the_kernel_would_buffer() {
+    const ROOM: &str = "stall";
+    const BUDGET: usize = 256 * 1024;
+    let server = Server::start(&[
+        "--outbound-budget",
+        &BUDGET.to_string(),
+        "--close-timeout-ms",
+        "60000",
+        "--presence-interval-ms",
+        "100",
+    ]);
+    let mut slow = server.viewer_small_window("stopped");
+    assert_eq!(slow.join(ROOM)["seq"], 0);
+    let receive_buffer = socket2::SockRef::from(slow.tcp()).recv_buffer_size().expect("SO_RCVBUF");
+    let mut reader = server.viewer("reader");
+    reader.join(ROOM);
+    let total = ((max_send_buffer_bytes() + 2 * BUDGET) / PAYLOAD_BYTES) as u64;
+    paced_flood(&server, ROOM, total, std::slice::from_mut(&mut reader));
+    let mut received = 0usize;
+    let code = loop {
+        match slow.next() {
+            Got::Json(m) if m["op"] == "event" => received += m.to_string().len(),
+            Got::Json(_) => {}
+            Got::Closed(code) => break code,
+        }
+    };
+    assert_eq!(code, Some(4009), "cut as a slow consumer ({received} bytes of events received)");
+    assert!(
+        received <= receive_buffer + BUDGET,
+        "it received {received} bytes: more than its receive buffer ({receive_buffer}) and the budget ({BUDGET})"
+    );
 }

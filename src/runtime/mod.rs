@@ -162,6 +162,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         gate: Arc::clone(&gate),
         accept_rate: l.accept_rate,
         drain_ms: l.drain_ms,
+        socket_unsent_bytes: l.socket_unsent_bytes as u32,
     };
     let verifier = config.auth.verifier().map_err(RunError::Keys)?.map(Arc::new);
     match &verifier {

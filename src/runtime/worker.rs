@@ -49,6 +49,12 @@ const SHUTDOWN_GRACE_MS: u64 = 2_000;
 const DRAIN_STEP_MS: u64 = 50;
 /// How often a worker logs the closes of the last interval (when there were any).
 const CLOSE_SUMMARY_MS: u64 = 60_000;
+/// How long one turn may spend writing sockets before it reads its inputs again: one large
+/// fan-out (a batch to thousands of local members, ~5 us a write) is spread over turns, so a
+/// worker never leaves its other rooms and its mailbox for more than about this long.
+const WRITE_SLICE: Duration = Duration::from_millis(2);
+/// Connections written between two looks at the clock.
+const WRITE_CHUNK: usize = 64;
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 16;
@@ -66,6 +72,8 @@ pub struct WorkerSettings {
     pub accept_rate: u32,
     /// At shutdown, viewers are closed in steps over this long (`limits.drain_ms`).
     pub drain_ms: u64,
+    /// `TCP_NOTSENT_LOWAT` of accepted sockets (`limits.socket_unsent_bytes`; 0: not set).
+    pub socket_unsent_bytes: u32,
 }
 
 /// A worker's end of the durable sinks, as the core's [`SinkPort`]: the sinks' bounded queue,
@@ -290,6 +298,13 @@ impl Worker {
                 tracing::debug!(worker = %self.id, %peer, %refusal, "connection refused");
             }
             let _ = sock.set_nodelay(true);
+            if self.settings.socket_unsent_bytes > 0 {
+                // The kernel's share of a slow consumer's backlog, bounded (and counted in the
+                // budget: `LimitsConfig::queue_budget`). A failure leaves the kernel's own
+                // limit, which only a non-Linux kernel would refuse: not worth refusing the
+                // viewer for.
+                let _ = socket2::SockRef::from(&sock).set_tcp_notsent_lowat(self.settings.socket_unsent_bytes);
+            }
             let transport = match (tls, &self.settings.tls, refusal) {
                 (true, Some(cfg), None) => match rustls::ServerConnection::new(Arc::clone(cfg)) {
                     Ok(conn) => Transport::tls(sock, conn),
@@ -429,11 +444,15 @@ impl Worker {
         }
     }
 
-    /// Write every connection with something queued, once each; again for those a write
-    /// closed (a slow consumer's close frame), until none is left.
+    /// Write the connections with something queued, oldest first, in chunks of
+    /// [`WRITE_CHUNK`] until none is left or the turn has written for [`WRITE_SLICE`]; the
+    /// rest wait for the next turn, which comes at once (the shard's module doc, "Call
+    /// order"). Connections a write closed (a slow consumer's close frame) are listed again
+    /// behind them.
     fn write(&mut self, now: u64) {
+        let started = Instant::now();
         loop {
-            self.shard.take_dirty(&mut self.dirty);
+            self.shard.take_dirty(&mut self.dirty, WRITE_CHUNK);
             if self.dirty.is_empty() {
                 return;
             }
@@ -441,6 +460,9 @@ impl Worker {
                 let Some((io, out)) = self.shard.transmit(key) else { continue };
                 let ok = io.write(out).is_ok();
                 self.shard.handle_written(key, ok, now);
+            }
+            if started.elapsed() >= WRITE_SLICE {
+                return;
             }
         }
     }

@@ -358,7 +358,7 @@ impl Session {
     /// Queue a frame for an open session within `budget`. `Err` when the budget is exceeded:
     /// the caller must close the session as a slow consumer. A closing session takes nothing
     /// (only its close frame and what was queued before it go out) and says `Ok`.
-    pub fn send(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
+    pub fn send(&mut self, frame: &Bytes, budget: usize) -> Result<(), OverBudget> {
         match self.life {
             Life::Open { .. } => self.outbound.push(frame, budget),
             Life::Upgrading { .. } | Life::Closing { .. } | Life::Answered => Ok(()),
@@ -521,6 +521,6 @@ mod tests {
         assert_eq!(r.after_write(), SocketStep::Keep, "waiting for the peer to close");
         r.note_peer_closed();
         assert_eq!(r.after_write(), SocketStep::Drop);
-        assert!(r.send(Bytes::from_static(b"x"), 10).is_ok() && r.outbound().is_empty(), "nothing after a refusal");
+        assert!(r.send(&Bytes::from_static(b"x"), 10).is_ok() && r.outbound().is_empty(), "nothing after a refusal");
     }
 }

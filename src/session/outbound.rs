@@ -22,6 +22,9 @@ pub struct Outbound {
     /// Bytes queued; u32 keeps the slot small (a budget is far below 4 GiB).
     queued: u32,
     head_partial: bool,
+    /// Whether the owner has listed this queue for a write (see [`Outbound::list`]). Kept
+    /// here, beside the fields every delivery touches, so listing costs no extra cache line.
+    listed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -37,12 +40,15 @@ enum Frames {
 pub struct OverBudget;
 
 impl Outbound {
-    /// Queue `frame` unless that would put more than `budget` bytes in the queue.
-    pub fn push(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
+    /// Queue `frame` unless that would put more than `budget` bytes in the queue. The frame
+    /// is borrowed and cloned only when taken: a fan-out clones its shared frame straight
+    /// into each member's queue (cloning it into a temporary first and moving that cost a
+    /// store-forwarding stall per member, a quarter of a large fan-out's time; BENCHMARKS.md).
+    pub fn push(&mut self, frame: &Bytes, budget: usize) -> Result<(), OverBudget> {
         if self.queued as usize + frame.len() > budget && !self.is_empty() {
             return Err(OverBudget);
         }
-        self.push_unbounded(frame);
+        self.push_unbounded(frame.clone());
         Ok(())
     }
 
@@ -60,6 +66,16 @@ impl Outbound {
                 Frames::Many(q)
             }
         };
+    }
+
+    /// Mark the queue listed for a write: true if it was not already (the caller lists it).
+    pub fn list(&mut self) -> bool {
+        !std::mem::replace(&mut self.listed, true)
+    }
+
+    /// The owner took the queue off its write list.
+    pub fn unlist(&mut self) {
+        self.listed = false;
     }
 
     /// Bytes waiting to be written.
@@ -155,8 +171,8 @@ mod tests {
     #[test]
     fn budget_refuses_but_always_takes_the_first_frame() {
         let mut q = Outbound::default();
-        assert!(q.push(Bytes::from(vec![0u8; 100]), 10).is_ok(), "an empty queue takes any frame");
-        assert_eq!(q.push(Bytes::from_static(b"x"), 10), Err(OverBudget));
+        assert!(q.push(&Bytes::from(vec![0u8; 100]), 10).is_ok(), "an empty queue takes any frame");
+        assert_eq!(q.push(&Bytes::from_static(b"x"), 10), Err(OverBudget));
         assert_eq!(q.queued(), 100);
     }
 

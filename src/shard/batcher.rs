@@ -7,8 +7,16 @@
 //! while a quiet room's message is never delayed. A batch also goes out at once, whatever the
 //! window, when it reaches [`MAX_BATCH_BYTES`] (it is one buffer in every member's queue and
 //! must stay small next to the outbound budget) and when the shard takes it because a member
-//! joins (a newcomer must start after everything sequenced before its `joined`), the room
-//! closes, or its presence is announced.
+//! joins (a newcomer must start after everything sequenced before its `joined`) or the room
+//! closes.
+//!
+//! Unsequenced frames (a room's `presence` and `reactions`) *ride* the batch: they wait in the
+//! room's slot until its next batch leaves and go out in the same buffer, so an active room
+//! pays no extra write per member for them. Each rider has a deadline (the shard gives an
+//! active room's riders up to one presence interval, a quiet room's none): a room whose next
+//! batch does not come by then sends its riders alone at the end of that turn. Riders are not
+//! counted against the window (a rider alone never waits for it) and never reorder the
+//! room's sequenced frames.
 //!
 //! All state of the window is here, keyed by the room's key in the shard's home slab: each
 //! room's frames and last send time, the rooms with fresh frames this turn, and the rooms held
@@ -23,11 +31,11 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// A room's batch leaving now: consecutive frames in one buffer.
 #[derive(Debug, Clone)]
 pub(crate) struct Batch {
-    /// The frames.
+    /// The frames: the sequenced ones in order, then the riders.
     pub(crate) frames: Bytes,
-    /// When its first frame was pushed (ms).
-    pub(crate) first_ms: u64,
-    /// How many messages (frames) it holds.
+    /// When its first sequenced frame was pushed (ms); `None` for riders alone.
+    pub(crate) first_ms: Option<u64>,
+    /// How many messages (frames, riders included) it holds.
     pub(crate) messages: u32,
 }
 
@@ -42,6 +50,10 @@ struct Slot {
     last_sent_ms: Option<u64>,
     /// On `fresh` or `held`.
     listed: bool,
+    /// Unsequenced frames waiting for the next batch, oldest first.
+    riders: Vec<Bytes>,
+    /// When the riders must leave, alone if need be (`u64::MAX`: none wait).
+    riders_due_ms: u64,
 }
 
 /// See the module doc.
@@ -57,6 +69,10 @@ pub(crate) struct Batcher {
     spare: Vec<usize>,
     /// When the earliest room in `held` is due (`u64::MAX`: none).
     held_due_ms: u64,
+    /// Rooms with riders (each once).
+    riding: Vec<usize>,
+    /// The earliest deadline of a room in `riding` (`u64::MAX`: none).
+    riders_due_ms: u64,
 }
 
 impl Batcher {
@@ -69,14 +85,30 @@ impl Batcher {
             held: Vec::new(),
             spare: Vec::new(),
             held_due_ms: u64::MAX,
+            riding: Vec::new(),
+            riders_due_ms: u64::MAX,
         }
     }
 
     fn slot(&mut self, room: usize) -> &mut Slot {
         if room >= self.slots.len() {
-            self.slots.resize_with(room + 1, Slot::default);
+            self.slots.resize_with(room + 1, || Slot { riders_due_ms: u64::MAX, ..Slot::default() });
         }
         &mut self.slots[room]
+    }
+
+    /// Let an unsequenced frame ride `room`'s next batch, leaving alone at the end of the
+    /// first turn at or after `due_ms` if no batch has taken it by then (an earlier rider's
+    /// deadline stands).
+    pub(crate) fn ride(&mut self, room: usize, frame: Bytes, due_ms: u64) {
+        let slot = self.slot(room);
+        if slot.riders.is_empty() {
+            self.riding.push(room);
+        }
+        let slot = self.slot(room);
+        slot.riders.push(frame);
+        slot.riders_due_ms = slot.riders_due_ms.min(due_ms);
+        self.riders_due_ms = self.riders_due_ms.min(due_ms);
     }
 
     /// Add a sequenced frame to `room`'s batch. Returns the batch when it is full: the caller
@@ -104,31 +136,46 @@ impl Batcher {
     #[must_use]
     pub(crate) fn take(&mut self, room: usize, now_ms: u64) -> Option<Batch> {
         let slot = self.slots.get_mut(room)?;
+        let sequenced = slot.frames.len();
+        let messages = (sequenced + slot.riders.len()) as u32;
+        let first_ms = (sequenced > 0).then_some(slot.first_ms);
         slot.bytes = 0;
-        let messages = slot.frames.len() as u32;
-        let frames = match slot.frames.len() {
-            0 => return None,
-            1 => slot.frames.pop()?,
+        slot.riders_due_ms = u64::MAX;
+        let frames = match (slot.frames.len(), slot.riders.len()) {
+            (0, 0) => return None,
+            (1, 0) => slot.frames.pop()?,
+            (0, 1) => slot.riders.pop()?,
             _ => {
-                let len = slot.frames.iter().map(Bytes::len).sum();
+                let len = slot.frames.iter().chain(&slot.riders).map(Bytes::len).sum();
                 let mut buf = BytesMut::with_capacity(len);
-                for frame in slot.frames.drain(..) {
+                for frame in slot.frames.drain(..).chain(slot.riders.drain(..)) {
                     buf.extend_from_slice(&frame);
                 }
                 buf.freeze()
             }
         };
-        slot.last_sent_ms = Some(now_ms);
-        Some(Batch { frames, first_ms: slot.first_ms, messages })
+        if sequenced > 0 {
+            slot.last_sent_ms = Some(now_ms);
+        }
+        Some(Batch { frames, first_ms, messages })
     }
 
-    /// Whether frames wait in `room`'s batch.
+    /// Whether frames (sequenced or riders) wait in `room`'s slot.
     pub(crate) fn has_batch(&self, room: usize) -> bool {
-        self.slots.get(room).is_some_and(|s| !s.frames.is_empty())
+        self.slots.get(room).is_some_and(|s| !s.frames.is_empty() || !s.riders.is_empty())
+    }
+
+    /// Whether `room` sent a batch of sequenced frames within `ms` before `now_ms`, or has one
+    /// waiting: an active room, whose next batch riders can expect soon.
+    pub(crate) fn active_within(&self, room: usize, now_ms: u64, ms: u64) -> bool {
+        self.slots
+            .get(room)
+            .is_some_and(|s| !s.frames.is_empty() || s.last_sent_ms.is_some_and(|at| at.saturating_add(ms) > now_ms))
     }
 
     /// The end of a turn at `now_ms`: every listed room whose window allows it gives its batch
     /// into `out` (room, batch); the rest are held until their window ends.
+    /// Riders whose deadline has come leave too, alone if their room has no batch going.
     pub(crate) fn poll_due(&mut self, now_ms: u64, out: &mut Vec<(usize, Batch)>) {
         let fresh = std::mem::replace(&mut self.fresh, std::mem::take(&mut self.spare));
         self.send_or_hold(fresh, now_ms, out);
@@ -137,6 +184,52 @@ impl Batcher {
             let due = std::mem::replace(&mut self.held, std::mem::take(&mut self.spare));
             self.send_or_hold(due, now_ms, out);
         }
+        self.send_due_riders(now_ms, out);
+    }
+
+    /// Send the riders whose deadline has come, alone (a room whose sequenced frames are
+    /// held by the window keeps them held: riders may not make a batch early); forget the
+    /// rooms whose riders already left with a batch.
+    fn send_due_riders(&mut self, now_ms: u64, out: &mut Vec<(usize, Batch)>) {
+        if self.riders_due_ms > now_ms {
+            return;
+        }
+        let mut next_due = u64::MAX;
+        let mut riding = std::mem::take(&mut self.riding);
+        let mut kept = 0;
+        for i in 0..riding.len() {
+            let room = riding[i];
+            let Some(slot) = self.slots.get_mut(room) else { continue };
+            if slot.riders.is_empty() {
+                continue;
+            }
+            if slot.riders_due_ms > now_ms {
+                next_due = next_due.min(slot.riders_due_ms);
+                riding[kept] = room;
+                kept += 1;
+                continue;
+            }
+            out.push((room, Self::take_riders(slot)));
+        }
+        riding.truncate(kept);
+        self.riding = riding;
+        self.riders_due_ms = next_due;
+    }
+
+    /// The slot's riders alone, as one batch (there is at least one).
+    fn take_riders(slot: &mut Slot) -> Batch {
+        slot.riders_due_ms = u64::MAX;
+        let messages = slot.riders.len() as u32;
+        let frames = if slot.riders.len() == 1 {
+            slot.riders.pop().unwrap_or_default()
+        } else {
+            let mut buf = BytesMut::with_capacity(slot.riders.iter().map(Bytes::len).sum());
+            for frame in slot.riders.drain(..) {
+                buf.extend_from_slice(&frame);
+            }
+            buf.freeze()
+        };
+        Batch { frames, first_ms: None, messages }
     }
 
     /// Send each listed room's batch, or hold it while its window lasts. `rooms` is emptied
@@ -159,16 +252,20 @@ impl Batcher {
         self.spare = rooms;
     }
 
-    /// When [`Batcher::poll_due`] next has work to do because a held window ends.
+    /// When [`Batcher::poll_due`] next has work to do because a held window ends or riders
+    /// are due.
     pub(crate) fn next_due_ms(&self) -> Option<u64> {
-        (self.held_due_ms != u64::MAX).then_some(self.held_due_ms)
+        let due = self.held_due_ms.min(self.riders_due_ms);
+        (due != u64::MAX).then_some(due)
     }
 
     /// Every waiting batch, now (shutdown: they go out before the close frames).
     pub(crate) fn take_all(&mut self, now_ms: u64, out: &mut Vec<(usize, Batch)>) {
         let mut listed = std::mem::take(&mut self.fresh);
         listed.append(&mut self.held);
+        listed.append(&mut self.riding);
         self.held_due_ms = u64::MAX;
+        self.riders_due_ms = u64::MAX;
         for room in listed {
             if let Some(slot) = self.slots.get_mut(room) {
                 slot.listed = false;
@@ -184,9 +281,10 @@ impl Batcher {
     pub(crate) fn forget(&mut self, room: usize) {
         if let Some(slot) = self.slots.get_mut(room) {
             debug_assert!(slot.frames.is_empty(), "a freed room's batch was not sent");
-            *slot = Slot::default();
+            *slot = Slot { riders_due_ms: u64::MAX, ..Slot::default() };
             self.fresh.retain(|r| *r != room);
             self.held.retain(|r| *r != room);
+            self.riding.retain(|r| *r != room);
         }
     }
 }
@@ -249,9 +347,40 @@ mod tests {
         assert_eq!(out.len(), 1, "a new room has no window to wait for");
     }
 
+    /// Riders are numbered from here, so a batch's numbers tell them from sequenced frames.
+    const RIDER: u32 = 1 << 31;
+
+    #[test]
+    fn riders_go_with_the_next_batch_or_alone_at_their_deadline() {
+        let mut b = Batcher::new(10);
+        let mut out = Vec::new();
+        b.ride(0, frame(RIDER), 1_000);
+        b.poll_due(0, &mut out);
+        assert!(out.is_empty(), "a rider waits for the room's next batch");
+        assert!(b.has_batch(0), "and keeps the room from being freed");
+        assert!(b.push(0, frame(1), 5).is_none());
+        b.poll_due(5, &mut out);
+        assert_eq!(out.iter().map(|(r, f)| (*r, numbers(f))).collect::<Vec<_>>(), [(0, vec![1, RIDER])]);
+        assert_eq!(out[0].1.first_ms, Some(5));
+        out.clear();
+        b.ride(0, frame(RIDER + 1), 50);
+        assert_eq!(b.next_due_ms(), Some(50));
+        b.poll_due(49, &mut out);
+        assert!(out.is_empty());
+        b.poll_due(50, &mut out);
+        assert_eq!(out.iter().map(|(r, f)| (*r, numbers(f))).collect::<Vec<_>>(), [(0, vec![RIDER + 1])]);
+        assert_eq!(out[0].1.first_ms, None, "riders alone carry no sequencing time");
+        out.clear();
+        assert!(b.push(0, frame(2), 51).is_none());
+        b.poll_due(51, &mut out);
+        assert_eq!(out.len(), 1, "riders alone do not start a window");
+        assert_eq!(b.next_due_ms(), None);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Push { room: usize },
+        Ride { room: usize, wait: u64 },
         Take { room: usize },
         Turn,
         Advance { ms: u64 },
@@ -260,6 +389,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0usize..3).prop_map(|room| Op::Push { room }),
+            2 => ((0usize..3), (0u64..20)).prop_map(|(room, wait)| Op::Ride { room, wait }),
             1 => (0usize..3).prop_map(|room| Op::Take { room }),
             3 => Just(Op::Turn),
             2 => (1u64..8).prop_map(|ms| Op::Advance { ms }),
@@ -268,33 +398,51 @@ mod tests {
 
     proptest! {
         /// Against a model: every frame is sent exactly once, in order per room; a batch sent
-        /// at the end of a turn is never early (its room's previous send was at least a window
-        /// before) and never late (at a turn where the window allows it, nothing stays
-        /// behind); a taken batch holds everything pushed before it (what a join needs); the
-        /// worker is told when to wake for a held room.
+        /// at the end of a turn is never early (its room's previous send of sequenced frames
+        /// was at least a window before) and never late (at a turn where the window allows
+        /// it, nothing stays behind); a taken batch holds everything pushed before it (what a
+        /// join needs); riders leave once each, in order, never after the first turn at their
+        /// deadline, and never make sequenced frames early; the worker is told when to wake.
         #[test]
         fn never_early_never_late_each_frame_once_in_order(window in 0u64..12, ops in proptest::collection::vec(op(), 1..200)) {
             let mut b = Batcher::new(window);
             let mut now = 0u64;
-            let mut next = 0u32;
+            let (mut next, mut next_rider) = (0u32, RIDER);
             let mut pushed: Vec<Vec<u32>> = vec![Vec::new(); 3];
             let mut sent: Vec<Vec<u32>> = vec![Vec::new(); 3];
+            let mut ridden: Vec<Vec<(u32, u64)>> = vec![Vec::new(); 3];
+            let mut riders_sent: Vec<Vec<u32>> = vec![Vec::new(); 3];
             let mut last_sent: Vec<Option<u64>> = vec![None; 3];
             let mut out = Vec::new();
+            // Files a batch's frames; true when it held sequenced frames.
+            let receive = |room: usize, batch: &Batch, sent: &mut Vec<Vec<u32>>, riders_sent: &mut Vec<Vec<u32>>| {
+                let (riders, sequenced): (Vec<u32>, Vec<u32>) = numbers(batch).into_iter().partition(|n| *n >= RIDER);
+                riders_sent[room].extend(riders);
+                let any = !sequenced.is_empty();
+                sent[room].extend(sequenced);
+                any
+            };
             for op in ops {
                 match op {
                     Op::Push { room } => {
                         next += 1;
                         pushed[room].push(next);
                         if let Some(batch) = b.push(room, frame(next), now) {
-                            sent[room].extend(numbers(&batch));
+                            receive(room, &batch, &mut sent, &mut riders_sent);
                             last_sent[room] = Some(now);
                         }
                     }
+                    Op::Ride { room, wait } => {
+                        next_rider += 1;
+                        let due = ridden[room].iter().filter(|(n, _)| !riders_sent[room].contains(n)).map(|(_, d)| *d).min().unwrap_or(u64::MAX).min(now + wait);
+                        ridden[room].push((next_rider, due));
+                        b.ride(room, frame(next_rider), now + wait);
+                    }
                     Op::Take { room } => {
                         if let Some(batch) = b.take(room, now) {
-                            sent[room].extend(numbers(&batch));
-                            last_sent[room] = Some(now);
+                            if receive(room, &batch, &mut sent, &mut riders_sent) {
+                                last_sent[room] = Some(now);
+                            }
                         }
                         prop_assert_eq!(&sent[room], &pushed[room], "a take holds everything pushed before it");
                     }
@@ -302,11 +450,12 @@ mod tests {
                         out.clear();
                         b.poll_due(now, &mut out);
                         for (room, batch) in &out {
-                            if let Some(at) = last_sent[*room] {
-                                prop_assert!(window == 0 || now >= at + window, "early: room {} sent at {} and {}", room, at, now);
+                            if receive(*room, batch, &mut sent, &mut riders_sent) {
+                                if let Some(at) = last_sent[*room] {
+                                    prop_assert!(window == 0 || now >= at + window, "early: room {} sent at {} and {}", room, at, now);
+                                }
+                                last_sent[*room] = Some(now);
                             }
-                            sent[*room].extend(numbers(batch));
-                            last_sent[*room] = Some(now);
                         }
                         for room in 0..3 {
                             let allowed = last_sent[room].is_none_or(|at| window == 0 || now >= at + window);
@@ -316,12 +465,21 @@ mod tests {
                                 let due = b.next_due_ms();
                                 prop_assert!(due.is_some_and(|d| d <= last_sent[room].unwrap_or(0) + window), "no wake-up for room {}", room);
                             }
+                            for (n, due) in &ridden[room] {
+                                let gone = riders_sent[room].contains(n);
+                                prop_assert!(gone || *due > now, "rider {} of room {} late at {} (due {})", n, room, now, due);
+                                if !gone {
+                                    prop_assert!(b.next_due_ms().is_some_and(|d| d <= *due), "no wake-up for rider {}", n);
+                                }
+                            }
                         }
                     }
                     Op::Advance { ms } => now += ms,
                 }
                 for room in 0..3 {
                     prop_assert!(pushed[room].starts_with(&sent[room]), "order or duplicate in room {}", room);
+                    let all: Vec<u32> = ridden[room].iter().map(|(n, _)| *n).collect();
+                    prop_assert!(all.starts_with(&riders_sent[room]), "rider order or duplicate in room {}", room);
                 }
             }
         }

@@ -15,6 +15,7 @@ use crate::session::Session;
 use crate::wheel::TimerWheel;
 use bytes::Bytes;
 use slab::Slab;
+use std::collections::VecDeque;
 
 /// Resolution of connection deadlines (handshake, heartbeat, close timeout).
 const DEADLINE_TICK_MS: u64 = 100;
@@ -26,7 +27,6 @@ pub struct Conn<Io> {
     pub session: Session,
     /// Whatever the shell needs to move bytes (a socket; `()` in tests).
     pub io: Io,
-    dirty: bool,
 }
 
 /// See the module doc.
@@ -37,7 +37,8 @@ pub(crate) struct ConnTable<Io> {
     next_conn: u64,
     deadlines: TimerWheel,
     fired: Vec<usize>,
-    dirty: Vec<ConnKey>,
+    /// Connections with frames to write, in the order they got them (each once).
+    dirty: VecDeque<ConnKey>,
     shutdowns: Vec<ConnKey>,
     gone: Vec<(ConnKey, Io)>,
 }
@@ -51,7 +52,7 @@ impl<Io> ConnTable<Io> {
             next_conn: 1,
             deadlines: TimerWheel::new(DEADLINE_TICK_MS, 0),
             fired: Vec::new(),
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
             shutdowns: Vec::new(),
             gone: Vec::new(),
         }
@@ -63,7 +64,7 @@ impl<Io> ConnTable<Io> {
         // parse `hello.conn` exactly.
         let id = ConnId((u64::from(self.worker.0) << 40) | self.next_conn);
         self.next_conn += 1;
-        ConnKey(self.slab.insert(Conn { session: build(id), io, dirty: false }))
+        ConnKey(self.slab.insert(Conn { session: build(id), io }))
     }
 
     pub(crate) fn get(&self, key: ConnKey) -> Option<&Conn<Io>> {
@@ -126,13 +127,13 @@ impl<Io> ConnTable<Io> {
 
     // --- output lists ---
 
-    /// Queue `frame` for `key` within `budget`; the connection is listed for the shell.
-    pub(crate) fn send(&mut self, key: ConnKey, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
+    /// Queue `frame` (shared: cloned only into a queue that takes it) for `key` within
+    /// `budget`; the connection is listed for the shell.
+    pub(crate) fn send(&mut self, key: ConnKey, frame: &Bytes, budget: usize) -> Result<(), OverBudget> {
         let Some(conn) = self.slab.get_mut(key.0) else { return Ok(()) };
         conn.session.send(frame, budget)?;
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
+        if conn.session.outbound_mut().list() {
+            self.dirty.push_back(key);
         }
         Ok(())
     }
@@ -140,22 +141,33 @@ impl<Io> ConnTable<Io> {
     /// List `key` for the shell's next write.
     pub(crate) fn mark_dirty(&mut self, key: ConnKey) {
         if let Some(conn) = self.slab.get_mut(key.0) {
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(key);
+            if conn.session.outbound_mut().list() {
+                self.dirty.push_back(key);
             }
         }
     }
 
-    /// Move the listed connections into `out` (cleared first).
-    pub(crate) fn take_dirty(&mut self, out: &mut Vec<ConnKey>) {
+    /// Move up to `max` of the listed connections, oldest first, into `out` (cleared first);
+    /// the rest stay listed, ahead of any listed later.
+    pub(crate) fn take_dirty(&mut self, out: &mut Vec<ConnKey>, max: usize) {
         out.clear();
-        std::mem::swap(out, &mut self.dirty);
+        let n = self.dirty.len().min(max);
+        // Copied as slices (a memcpy), not key by key through the drain's iterator.
+        let (front, back) = self.dirty.as_slices();
+        let from_front = n.min(front.len());
+        out.extend_from_slice(&front[..from_front]);
+        out.extend_from_slice(&back[..n - from_front]);
+        self.dirty.drain(..n);
         for key in out.iter() {
             if let Some(conn) = self.slab.get_mut(key.0) {
-                conn.dirty = false;
+                conn.session.outbound_mut().unlist();
             }
         }
+    }
+
+    /// Whether connections wait for a write.
+    pub(crate) fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
     }
 
     /// The shell is to shut `key`'s write side.

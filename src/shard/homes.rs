@@ -38,7 +38,7 @@ use crate::query::{
 use crate::room::{HomeRoom, Message, Recorded, RoomLimits};
 use crate::sink::{PresenceKind, PresenceRecord, SinkRecord};
 use crate::wire::{frame, server_msg, ErrorCode, Ref};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
@@ -212,7 +212,7 @@ impl Homes {
     /// Send the room's batch now, whatever the window.
     fn flush(&mut self, key: usize, now_ms: u64, router: &mut Router) {
         if let Some(batch) = self.batcher.take(key, now_ms) {
-            self.send(key, &batch.frames, (Some(batch.first_ms), batch.messages), router);
+            self.send(key, &batch.frames, (batch.first_ms, batch.messages), router);
         }
     }
 
@@ -239,7 +239,7 @@ impl Homes {
         if let Some(gate) = entry.gate {
             entry.held.push_back((gate, recorded.seq, recorded.frame.clone()));
         } else if let Some(full) = self.batcher.push(key, recorded.frame.clone(), now_ms) {
-            self.send(key, &full.frames, (Some(full.first_ms), full.messages), router);
+            self.send(key, &full.frames, (full.first_ms, full.messages), router);
         }
         recorded
     }
@@ -363,7 +363,7 @@ impl Homes {
             let Some((_, _, frame)) = entry.held.pop_front() else { break };
             released = true;
             if let Some(full) = self.batcher.push(key, frame, now_ms) {
-                self.send(key, &full.frames, (Some(full.first_ms), full.messages), router);
+                self.send(key, &full.frames, (full.first_ms, full.messages), router);
             }
         }
         if released {
@@ -605,7 +605,7 @@ impl Homes {
     /// changed (at most one message of each per room per interval) and free rooms that have
     /// been empty and quiet for the idle time. Cost is proportional to the rooms that changed
     /// or emptied, never to all rooms. Calling it early does nothing.
-    pub(crate) fn tick(&mut self, now_ms: u64, router: &mut Router) {
+    pub(crate) fn tick(&mut self, now_ms: u64) {
         if now_ms < self.next_tick_ms {
             return;
         }
@@ -616,17 +616,18 @@ impl Homes {
             let Some(entry) = self.rooms.get_mut(key) else { continue };
             entry.announce_queued = false;
             let (presence, reactions) = (entry.room.take_presence(), entry.room.take_reactions());
-            if presence.is_none() && reactions.is_none() {
-                continue;
+            // They ride the room's next batch: an active room (a batch within the last
+            // interval) sends them with its next events, at the latest just before the next
+            // tick (so one tick's frames have left before the next tick's are made); a quiet
+            // room's go at the end of this turn.
+            let due_ms = if self.batcher.active_within(key, now_ms, self.interval_ms) {
+                now_ms + self.interval_ms - 1
+            } else {
+                now_ms
+            };
+            for frame in [presence, reactions].into_iter().flatten() {
+                self.batcher.ride(key, frame, due_ms);
             }
-            // Frames sequenced earlier in this turn go first, in the same buffer: one message
-            // per worker per room per interval.
-            let batch = self.batcher.take(key, now_ms);
-            let sequenced_ms = batch.as_ref().map(|b| b.first_ms);
-            let messages =
-                batch.as_ref().map_or(0, |b| b.messages) + presence.is_some() as u32 + reactions.is_some() as u32;
-            let frames = concat_frames([batch.map(|b| b.frames), presence, reactions]);
-            self.send(key, &frames, (sequenced_ms, messages), router);
         }
         self.announce = announce;
         let mut empty = std::mem::take(&mut self.empty);
@@ -654,7 +655,7 @@ impl Homes {
         let mut due = std::mem::take(&mut self.due);
         self.batcher.poll_due(now_ms, &mut due);
         for (key, batch) in due.drain(..) {
-            self.send(key, &batch.frames, (Some(batch.first_ms), batch.messages), router);
+            self.send(key, &batch.frames, (batch.first_ms, batch.messages), router);
         }
         self.due = due;
     }
@@ -665,7 +666,7 @@ impl Homes {
         let mut due = std::mem::take(&mut self.due);
         self.batcher.take_all(now_ms, &mut due);
         for (key, batch) in due.drain(..) {
-            self.send(key, &batch.frames, (Some(batch.first_ms), batch.messages), router);
+            self.send(key, &batch.frames, (batch.first_ms, batch.messages), router);
         }
         self.due = due;
     }
@@ -708,18 +709,4 @@ fn send_release(release: Release, router: &mut Router) {
         Release::Ack { to, frame } => router.post(to.worker, Mail::ToConn { to, frame }),
         Release::Ingest(reply) => router.reply(reply),
     }
-}
-
-/// The present frames as one buffer (no copy when there is only one).
-fn concat_frames<const N: usize>(frames: [Option<Bytes>; N]) -> Bytes {
-    let mut present = frames.into_iter().flatten();
-    let Some(first) = present.next() else { return Bytes::new() };
-    let Some(second) = present.next() else { return first };
-    let mut buf = BytesMut::with_capacity(first.len() + second.len() + 256);
-    buf.extend_from_slice(&first);
-    buf.extend_from_slice(&second);
-    for more in present {
-        buf.extend_from_slice(&more);
-    }
-    buf.freeze()
 }

@@ -20,12 +20,19 @@
 //! 3. outputs, each until empty: [`Shard::take_outbox`] for every other worker and
 //!    [`Shard::take_ingest_replies`] (mail), then [`Shard::take_dirty`] and for each key
 //!    [`Shard::transmit`] followed by [`Shard::handle_written`] (repeat while `take_dirty`
-//!    gives keys: a write can close a slow consumer, whose close frame is then written in the
-//!    same turn), then [`Shard::poll_shutdown`] and [`Shard::poll_gone`];
-//! 4. sleep until [`Shard::next_wake_ms`] or the next input.
+//!    gives keys and the turn's write slice lasts: a write can close a slow consumer, whose
+//!    close frame is then written too), then [`Shard::poll_shutdown`] and [`Shard::poll_gone`];
+//! 4. sleep until [`Shard::next_wake_ms`] or the next input (no sleep while connections wait
+//!    for a write).
 //!
-//! Everything a turn's inputs and deadlines produce leaves in that turn's outputs: a heartbeat
-//! expiry's close frame and its `Leave` mail go out together. Mail a worker sends to itself
+//! Everything a turn's inputs and deadlines produce leaves in that turn's outputs (a heartbeat
+//! expiry's close frame and its `Leave` mail go out together), except that the shell writes
+//! sockets in slices: [`Shard::take_dirty`] gives at most the number of keys asked for, oldest
+//! first, and keeps the rest listed for the next turn. So one large fan-out (a room's batch to
+//! thousands of local members) costs a turn a few milliseconds of writes, not all of them:
+//! between slices the worker reads its sockets and its mailbox, sequences what arrived and
+//! lists the new writes behind the ones waiting, so nothing is reordered and no connection
+//! waits for more than the slices ahead of it. Mail a worker sends to itself
 //! never leaves the shard: it is handled before the entry point that posted it returns, in
 //! order, exactly as if it had travelled.
 //!
@@ -97,7 +104,8 @@ pub struct ShardConfig {
     pub max_message: usize,
     /// Longest comment in characters.
     pub max_comment_chars: usize,
-    /// Outbound byte budget per connection.
+    /// Outbound byte budget of a connection's own queue (`limits.outbound_budget` less the
+    /// kernel's share, [`crate::config::LimitsConfig::queue_budget`]).
     pub outbound_budget: usize,
     /// Silence after which a connection is pinged, announced in `hello`.
     pub heartbeat_ms: u64,
@@ -134,7 +142,7 @@ impl ShardConfig {
             handshake_timeout_ms: config.limits.handshake_timeout_ms,
             max_message: config.limits.max_message,
             max_comment_chars: config.limits.max_comment_chars,
-            outbound_budget: config.limits.outbound_budget,
+            outbound_budget: config.limits.queue_budget(),
             heartbeat_ms: config.presence.heartbeat_ms,
             max_rooms_per_conn: config.limits.max_rooms_per_conn,
             room_limits: RoomLimits {
@@ -231,6 +239,10 @@ impl<Io> Shard<Io> {
     /// When [`Shard::handle_timeout`] next has work: a deadline, the presence tick, or a
     /// batch held by its window.
     pub fn next_wake_ms(&self) -> u64 {
+        if self.conns.has_dirty() {
+            // A write slice left connections for the next turn: no sleeping.
+            return 0;
+        }
         let soonest = self.homes.next_wake_ms();
         self.conns.next_deadline().map_or(soonest, |d| d.min(soonest))
     }
@@ -275,7 +287,10 @@ impl<Io> Shard<Io> {
     /// The presence tick of [`Shard::handle_timeout`] alone (simulations call the parts).
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
-        self.homes.tick(now_ms, &mut self.router);
+        // What was due before this tick leaves first (a late wake), so a room's riders from
+        // the last tick never share a write with this tick's.
+        self.homes.end_turn(now_ms, &mut self.router);
+        self.homes.tick(now_ms);
         self.drain_loopback(now_ms);
     }
 
@@ -301,8 +316,8 @@ impl<Io> Shard<Io> {
     }
 
     /// Move the keys of connections with something to write into `out` (cleared first).
-    pub fn take_dirty(&mut self, out: &mut Vec<ConnKey>) {
-        self.conns.take_dirty(out);
+    pub fn take_dirty(&mut self, out: &mut Vec<ConnKey>, max: usize) {
+        self.conns.take_dirty(out, max);
     }
 
     /// The connection's IO handle and the queue to write from it; the shell writes what the
@@ -423,7 +438,7 @@ impl<Io> Shard<Io> {
             self.counters.publish_to_write.record(now_ms.saturating_sub(at) * 1_000);
         }
         for &key in receivers {
-            match self.conns.send(key, frames.clone(), hard_cap) {
+            match self.conns.send(key, frames, hard_cap) {
                 Ok(()) => self.counters.deliveries += u64::from(messages),
                 Err(_) => slow.push(key),
             }
@@ -435,7 +450,7 @@ impl<Io> Shard<Io> {
 
     /// Queue `frame` for `key`; a connection over its hard cap is closed as a slow consumer.
     fn send_to(&mut self, key: ConnKey, frame: Bytes) {
-        match self.conns.send(key, frame, self.hard_cap()) {
+        match self.conns.send(key, &frame, self.hard_cap()) {
             Ok(()) => self.counters.deliveries += 1,
             Err(_) => self.close(key, close_code::SLOW_CONSUMER, false),
         }

@@ -22,6 +22,8 @@ struct Sim {
 fn config(budget: usize) -> Config {
     let mut c = Config::default();
     c.limits.outbound_budget = budget;
+    // The simulated shell has no kernel buffer: the whole budget is the queue's.
+    c.limits.socket_unsent_bytes = 0;
     // The simulated clock moves only when a test moves it, so a batching window would hold
     // messages for ever; the window has its own tests below.
     c.fanout.batch_window_ms = 0;
@@ -981,4 +983,41 @@ mod durability {
             .collect();
         assert_eq!(kinds, ["occupied", "online", "offline", "vacated"], "two tabs are one viewer");
     }
+}
+
+#[test]
+fn an_active_rooms_presence_rides_its_next_batch_and_a_quiet_rooms_goes_alone() {
+    let mut sim = Sim::new(2);
+    sim.advance(1_000); // start the interval clock
+    let watcher = sim.open(0, "watcher");
+    sim.send(watcher, r#"{"op":"join","room":"live"}"#);
+    sim.advance(1_000);
+    sim.received(watcher);
+    // The room is active: a message this interval.
+    sim.advance(500);
+    sim.publish("live", 1);
+    sim.received(watcher);
+    let a = sim.open(1, "a");
+    sim.send(a, r#"{"op":"join","room":"live"}"#);
+    sim.advance(500);
+    assert!(presence(&sim.received(watcher)).is_empty(), "an active room's presence waits for its next batch");
+    sim.advance(100);
+    sim.publish("live", 1);
+    assert_eq!(queued_buffers(&sim, watcher), 1, "presence and the event in one write");
+    let got = sim.received(watcher);
+    assert_eq!(ops(&got), ["event", "presence"], "the batch, then what rides it: {got:?}");
+    assert_eq!(presence(&got)[0]["joined"], serde_json::json!([{"user": "a", "name": "a"}]));
+    // No batch follows: the presence still goes within the interval, alone.
+    let b = sim.open(1, "b");
+    sim.send(b, r#"{"op":"join","room":"live"}"#);
+    sim.advance(400);
+    assert!(presence(&sim.received(watcher)).is_empty(), "waiting for a batch");
+    sim.advance(1_000);
+    let got = sim.received(watcher);
+    assert_eq!(presence(&got).len(), 1, "sent alone by the end of the next interval: {got:?}");
+    // A room quiet for a whole interval sends its presence at the tick itself.
+    let c = sim.open(1, "c");
+    sim.send(c, r#"{"op":"join","room":"live"}"#);
+    sim.advance(1_000);
+    assert_eq!(presence(&sim.received(watcher)).len(), 1, "a quiet room's presence goes at the tick");
 }

@@ -18,7 +18,7 @@
 // ..., "seen": {...}} and exits 1. When stdin ends it saves a screenshot and exits 0. Page
 // errors, console errors and failed or foreign requests (the page may fetch nothing from
 // elsewhere) fail the run, except connection failures during a step that says
-// "outage": true (the test stopped the server on purpose).
+// "outage": true (the test stopped the server on purpose, or is about to).
 
 import { chromium } from "playwright-core";
 import { mkdtemp, mkdir, rm } from "node:fs/promises";
