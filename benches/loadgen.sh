@@ -52,8 +52,18 @@ for i in $(seq 1 "$runs"); do
   "$loadgen" "$scenario" --url "$url" --ca "$out/cert.pem" "${ingest[@]}" --server-pid "$pid" \
       --json "$out/r$i.json" "$@" >"$out/table$i" 2>/dev/null || status=$?
   if [ -n "$admin_pid" ]; then kill -TERM "$admin_pid"; wait "$admin_pid" || true; fi
+  # Socket writes per delivery over the whole run (connects and joins included), from the
+  # server's own counters (builds without an admin port print nothing).
+  writes=$(python3 - "$(field admin)" <<'PY' 2>/dev/null || true
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+v = {l.split()[0]: float(l.split()[-1]) for l in text.splitlines() if l and not l.startswith("#")}
+w, d = v.get("roomcast_socket_writes_total", 0), v.get("roomcast_deliveries_total", 0)
+print(f"writes_per_delivery={w / d:.4f}" if d else "")
+PY
+)
   stop_server
-  echo -n "run $i exit=$status "
+  echo -n "run $i exit=$status ${writes:+$writes }"
   python3 - "$out/r$i.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -23,7 +23,7 @@ coproc SERVER { exec "$bin" serve --ws-listen 127.0.0.1:0 --ingest-listen 127.0.
 pid=$SERVER_PID
 read -r -t 30 ready <&"${SERVER[0]}"
 field() { grep -o "$1=[^ ]*" <<<"$ready" | cut -d= -f2; }
-python3 benches/stalled_viewers.py "$(field ws)" "$stalled" lg0 "$out/stalled.ready" & stall=$!
+python3 benches/stalled_viewers.py "$(field ws)" "$stalled" lg-0 "$out/stalled.ready" & stall=$!
 # The stalled viewers are in before the readers start (the script makes the file then).
 until [ -e "$out/stalled.ready" ]; do kill -0 "$stall" || exit 1; sleep 0.1; done
 python3 - "$(field admin)" "$pid" "$stalled" "$out/samples" <<'PY' & sampler=$!
