@@ -11,12 +11,16 @@
 //! 1. inputs: socket events (accept, read, writable), then the mailbox;
 //! 2. timers: [`Shard::handle_timeout`] once (deadlines, presence tick, batching window);
 //! 3. outputs: mail to the other workers and the ingest loop first (they work on it on their
-//!    cores while this one writes), then every connection with something queued (repeated
-//!    while writes close slow consumers, whose close frames go out in the same turn), then
-//!    the mail those writes produced, then the sockets to shut or drop.
+//!    cores while this one writes), then the connections with something queued, oldest
+//!    first, for at most [`WRITE_SLICE`] (a slow consumer a write closed is listed again for
+//!    its close frame), then the mail those writes produced, then the sockets to shut or drop.
 //!
-//! So everything one turn's inputs and timers produce leaves in the same turn: a heartbeat
-//! expiry's close frame and its presence `Leave` go out together.
+//! So everything one turn's inputs and timers produce leaves in the same turn (a heartbeat
+//! expiry's close frame and its presence `Leave` go out together), except a fan-out too large
+//! for one slice: its remaining writes wait for the next turn, which starts at once (no sleep
+//! while writes wait), after the worker has read its sockets and mailbox again. A room's
+//! 2,000-member batch is then ~10 ms of writes spread over five turns instead of one burst
+//! that holds every other room of the worker behind it.
 //!
 //! epoll is edge-triggered: every socket is registered once for read and write and drained
 //! until `WouldBlock`; a connection with unwritten frames is simply retried on its next

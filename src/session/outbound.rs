@@ -22,9 +22,22 @@ pub struct Outbound {
     /// Bytes queued; u32 keeps the slot small (a budget is far below 4 GiB).
     queued: u32,
     head_partial: bool,
-    /// Whether the owner has listed this queue for a write (see [`Outbound::list`]). Kept
+    /// On which of the owner's write lists this queue is (see [`Outbound::list`]). Kept
     /// here, beside the fields every delivery touches, so listing costs no extra cache line.
-    listed: bool,
+    listed: Listed,
+}
+
+/// Which write list a queue is on: the owner writes urgent queues (events, replies, closes)
+/// before background ones (presence and reactions alone).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    /// On no list.
+    #[default]
+    No,
+    /// On the background list only.
+    Background,
+    /// On the urgent list (and perhaps still on the background one).
+    Urgent,
 }
 
 #[derive(Debug, Default)]
@@ -68,14 +81,27 @@ impl Outbound {
         };
     }
 
-    /// Mark the queue listed for a write: true if it was not already (the caller lists it).
-    pub fn list(&mut self) -> bool {
-        !std::mem::replace(&mut self.listed, true)
+    /// Mark the queue listed for a write, `urgent` or in the background: true if the caller
+    /// must put it on that list (it was on no list, or only on the background one and this
+    /// is urgent).
+    pub fn list(&mut self, urgent: bool) -> bool {
+        let next = match (self.listed, urgent) {
+            (Listed::No, false) => Listed::Background,
+            (Listed::No | Listed::Background, true) => Listed::Urgent,
+            _ => return false,
+        };
+        self.listed = next;
+        true
     }
 
-    /// The owner took the queue off its write list.
+    /// Which list the queue is on.
+    pub fn listed(&self) -> Listed {
+        self.listed
+    }
+
+    /// The owner took the queue off its write lists (it is being written).
     pub fn unlist(&mut self) {
-        self.listed = false;
+        self.listed = Listed::No;
     }
 
     /// Bytes waiting to be written.

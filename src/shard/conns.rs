@@ -10,7 +10,7 @@
 //! IO handles themselves, already out of the slab so their keys can be reused at once).
 
 use crate::ids::{ConnId, ConnKey, WorkerId};
-use crate::session::outbound::OverBudget;
+use crate::session::outbound::{Listed, OverBudget};
 use crate::session::Session;
 use crate::wheel::TimerWheel;
 use bytes::Bytes;
@@ -37,8 +37,12 @@ pub(crate) struct ConnTable<Io> {
     next_conn: u64,
     deadlines: TimerWheel,
     fired: Vec<usize>,
-    /// Connections with frames to write, in the order they got them (each once).
+    /// Connections with urgent frames to write (events, replies, closes), in the order they
+    /// got them (each once).
     dirty: VecDeque<ConnKey>,
+    /// Connections with only background frames (presence and reactions alone), written when
+    /// no urgent write waits; a key may be here twice or already written (skipped then).
+    background: VecDeque<ConnKey>,
     shutdowns: Vec<ConnKey>,
     gone: Vec<(ConnKey, Io)>,
 }
@@ -53,6 +57,7 @@ impl<Io> ConnTable<Io> {
             deadlines: TimerWheel::new(DEADLINE_TICK_MS, 0),
             fired: Vec::new(),
             dirty: VecDeque::new(),
+            background: VecDeque::new(),
             shutdowns: Vec::new(),
             gone: Vec::new(),
         }
@@ -128,27 +133,38 @@ impl<Io> ConnTable<Io> {
     // --- output lists ---
 
     /// Queue `frame` (shared: cloned only into a queue that takes it) for `key` within
-    /// `budget`; the connection is listed for the shell.
-    pub(crate) fn send(&mut self, key: ConnKey, frame: &Bytes, budget: usize) -> Result<(), OverBudget> {
+    /// `budget`; the connection is listed for the shell, `urgent`ly or in the background.
+    pub(crate) fn send(&mut self, key: ConnKey, frame: &Bytes, budget: usize, urgent: bool) -> Result<(), OverBudget> {
         let Some(conn) = self.slab.get_mut(key.0) else { return Ok(()) };
         conn.session.send(frame, budget)?;
-        if conn.session.outbound_mut().list() {
-            self.dirty.push_back(key);
+        if conn.session.outbound_mut().list(urgent) {
+            self.list(key, urgent);
         }
         Ok(())
     }
 
-    /// List `key` for the shell's next write.
+    /// List `key` for the shell's next write (urgent).
     pub(crate) fn mark_dirty(&mut self, key: ConnKey) {
         if let Some(conn) = self.slab.get_mut(key.0) {
-            if conn.session.outbound_mut().list() {
-                self.dirty.push_back(key);
+            if conn.session.outbound_mut().list(true) {
+                self.list(key, true);
             }
         }
     }
 
-    /// Move up to `max` of the listed connections, oldest first, into `out` (cleared first);
-    /// the rest stay listed, ahead of any listed later.
+    fn list(&mut self, key: ConnKey, urgent: bool) {
+        if urgent {
+            self.dirty.push_back(key);
+        } else {
+            self.background.push_back(key);
+        }
+    }
+
+    /// Move up to `max` of the listed connections into `out` (cleared first): the urgent ones
+    /// oldest first, then, only when none is left, the background ones. The rest stay listed,
+    /// ahead of any listed later. So a quiet room's presence to thousands of members never
+    /// delays another room's events: those members are written after, or (if an event reaches
+    /// them meanwhile) with it, in one write.
     pub(crate) fn take_dirty(&mut self, out: &mut Vec<ConnKey>, max: usize) {
         out.clear();
         let n = self.dirty.len().min(max);
@@ -163,11 +179,21 @@ impl<Io> ConnTable<Io> {
                 conn.session.outbound_mut().unlist();
             }
         }
+        while out.len() < max {
+            let Some(key) = self.background.pop_front() else { break };
+            let Some(conn) = self.slab.get_mut(key.0) else { continue };
+            let queue = conn.session.outbound_mut();
+            // Urgent: it is on the urgent list too and goes from there; no: written already.
+            if queue.listed() == Listed::Background {
+                queue.unlist();
+                out.push(key);
+            }
+        }
     }
 
     /// Whether connections wait for a write.
     pub(crate) fn has_dirty(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.dirty.is_empty() || !self.background.is_empty()
     }
 
     /// The shell is to shut `key`'s write side.

@@ -437,8 +437,11 @@ impl<Io> Shard<Io> {
         if let (Some(at), false) = (sequenced_ms, receivers.is_empty()) {
             self.counters.publish_to_write.record(now_ms.saturating_sub(at) * 1_000);
         }
+        // Frames with nothing sequenced in them (presence or reactions alone) are background
+        // writes: they never hold up another room's events.
+        let urgent = sequenced_ms.is_some();
         for &key in receivers {
-            match self.conns.send(key, frames, hard_cap) {
+            match self.conns.send(key, frames, hard_cap, urgent) {
                 Ok(()) => self.counters.deliveries += u64::from(messages),
                 Err(_) => slow.push(key),
             }
@@ -450,7 +453,7 @@ impl<Io> Shard<Io> {
 
     /// Queue `frame` for `key`; a connection over its hard cap is closed as a slow consumer.
     fn send_to(&mut self, key: ConnKey, frame: Bytes) {
-        match self.conns.send(key, &frame, self.hard_cap()) {
+        match self.conns.send(key, &frame, self.hard_cap(), true) {
             Ok(()) => self.counters.deliveries += 1,
             Err(_) => self.close(key, close_code::SLOW_CONSUMER, false),
         }

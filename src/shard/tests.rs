@@ -1021,3 +1021,38 @@ fn an_active_rooms_presence_rides_its_next_batch_and_a_quiet_rooms_goes_alone() 
     sim.advance(1_000);
     assert_eq!(presence(&sim.received(watcher)).len(), 1, "a quiet room's presence goes at the tick");
 }
+
+#[test]
+fn a_quiet_rooms_presence_is_written_after_every_waiting_event() {
+    let mut sim = Sim::new(1);
+    sim.advance(1_000);
+    let quiet = sim.open(0, "q");
+    sim.send(quiet, r#"{"op":"join","room":"quiet"}"#);
+    let busy = sim.open(0, "b");
+    sim.send(busy, r#"{"op":"join","room":"busy"}"#);
+    sim.advance(1_000);
+    let mut keys = Vec::new();
+    sim.shards[0].take_dirty(&mut keys, usize::MAX);
+    sim.received(quiet);
+    sim.received(busy);
+    let newcomer = sim.open(0, "n");
+    sim.send(newcomer, r#"{"op":"join","room":"quiet"}"#);
+    sim.advance(1_000); // the quiet room's presence goes alone: a background write
+    sim.publish("busy", 1);
+    sim.shards[0].take_dirty(&mut keys, 2);
+    assert_eq!(keys, [newcomer.1, busy.1], "replies and events first, oldest first");
+    sim.shards[0].take_dirty(&mut keys, usize::MAX);
+    assert_eq!(keys, [quiet.1], "then the presence");
+    assert_eq!(presence(&sim.received(quiet)).len(), 1);
+    assert_eq!(event_seqs(&sim.received(busy), "busy"), [1]);
+    // A background member that an event reaches meanwhile is written once, with both.
+    let late = sim.open(0, "l");
+    sim.send(late, r#"{"op":"join","room":"quiet"}"#);
+    sim.shards[0].take_dirty(&mut keys, usize::MAX);
+    sim.received(quiet);
+    sim.advance(1_000);
+    sim.publish("quiet", 1);
+    sim.shards[0].take_dirty(&mut keys, usize::MAX);
+    assert_eq!(keys.iter().filter(|&&k| k == quiet.1).count(), 1, "listed once: {keys:?}");
+    assert_eq!(ops(&sim.received(quiet)), ["presence", "event"]);
+}
