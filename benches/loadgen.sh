@@ -76,6 +76,9 @@ keys = ["joined", "connects_per_sec", "published", "expected", "delivered", "los
         "recovery_failed", "presence_per_member_per_sec", "valid"]
 print(" ".join(f"{k}={r.get(k) if not isinstance(r.get(k), float) else round(r.get(k), 2)}" for k in keys),
       "upgrade" if opens else "delivery", f"p50={l['p50_ms']:.3f} p90={l['p90_ms']:.3f} p99={l['p99_ms']:.3f} p99.9={l['p999_ms']:.3f} max={l['max_ms']:.3f}")
+a = r.get("ack_latency")
+if a:
+    print(f"  comment -> ack p50={a['p50_ms']:.3f} p90={a['p90_ms']:.3f} p99={a['p99_ms']:.3f} p99.9={a['p999_ms']:.3f} max={a['max_ms']:.3f}")
 for why in r.get("invalid_reasons", []):
     print("  invalid:", why)
 for w in r.get("warnings", []):

@@ -52,7 +52,7 @@ while True:
     time.sleep(0.5)
 time.sleep(3)  # the join phase's presence traffic passes
 print(f"{int(open_now)} connections open, {int(rooms_now)} rooms")
-for path in ["/metrics", "/api/rooms?limit=100", "/api/rooms?sort=online&limit=10", "/api/rooms/lg0"]:
+for path in ["/metrics", "/api/rooms?limit=100", "/api/rooms?sort=online&limit=10", "/api/rooms/lg-0", "/api/rooms/lg-0/presence?limit=100"]:
     walls = []
     c0, t0 = cpu(), time.monotonic()
     for _ in range(k):
