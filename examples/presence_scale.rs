@@ -61,8 +61,8 @@ fn settle(shards: &mut [Shard<()>], dirty: &mut Vec<ConnKey>, now: u64) -> (Dura
 /// (`valgrind --tool=callgrind --toggle-collect='*home_tick*'`).
 #[inline(never)]
 fn home_tick(shard: &mut Shard<()>, now: u64) {
-    // The tick lets each room's frames ride its next batch; the end of the turn sends the
-    // quiet rooms' (all of them here): both are the tick's cost.
+    // The tick sends a quiet room's frames at once (every room here is quiet) and lets an
+    // active room's ride its next batch, which the end of the turn sends: both are its cost.
     shard.tick(now);
     shard.end_turn(now);
 }

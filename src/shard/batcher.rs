@@ -160,6 +160,19 @@ impl Batcher {
         Some(Batch { frames, first_ms, messages })
     }
 
+    /// `room`'s batch now with `riders` added to it (a quiet room's presence at the tick):
+    /// whatever waits in its slot, then the riders, in one buffer.
+    #[must_use]
+    pub(crate) fn take_with(
+        &mut self,
+        room: usize,
+        riders: impl IntoIterator<Item = Bytes>,
+        now_ms: u64,
+    ) -> Option<Batch> {
+        self.slot(room).riders.extend(riders);
+        self.take(room, now_ms)
+    }
+
     /// Whether frames (sequenced or riders) wait in `room`'s slot.
     pub(crate) fn has_batch(&self, room: usize) -> bool {
         self.slots.get(room).is_some_and(|s| !s.frames.is_empty() || !s.riders.is_empty())

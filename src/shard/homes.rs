@@ -605,7 +605,7 @@ impl Homes {
     /// changed (at most one message of each per room per interval) and free rooms that have
     /// been empty and quiet for the idle time. Cost is proportional to the rooms that changed
     /// or emptied, never to all rooms. Calling it early does nothing.
-    pub(crate) fn tick(&mut self, now_ms: u64) {
+    pub(crate) fn tick(&mut self, now_ms: u64, router: &mut Router) {
         if now_ms < self.next_tick_ms {
             return;
         }
@@ -615,18 +615,17 @@ impl Homes {
         for key in announce.drain(..) {
             let Some(entry) = self.rooms.get_mut(key) else { continue };
             entry.announce_queued = false;
-            let (presence, reactions) = (entry.room.take_presence(), entry.room.take_reactions());
-            // They ride the room's next batch: an active room (a batch within the last
-            // interval) sends them with its next events, at the latest just before the next
-            // tick (so one tick's frames have left before the next tick's are made); a quiet
-            // room's go at the end of this turn.
-            let due_ms = if self.batcher.active_within(key, now_ms, self.interval_ms) {
-                now_ms + self.interval_ms - 1
-            } else {
-                now_ms
-            };
-            for frame in [presence, reactions].into_iter().flatten() {
-                self.batcher.ride(key, frame, due_ms);
+            let frames = [entry.room.take_presence(), entry.room.take_reactions()];
+            if self.batcher.active_within(key, now_ms, self.interval_ms) {
+                // An active room (a batch within the last interval): they ride its next
+                // batch, at the latest just before the next tick (so one tick's frames have
+                // left before the next tick's are made).
+                for frame in frames.into_iter().flatten() {
+                    self.batcher.ride(key, frame, now_ms + self.interval_ms - 1);
+                }
+            } else if let Some(batch) = self.batcher.take_with(key, frames.into_iter().flatten(), now_ms) {
+                // A quiet room's go now, while its entry is in cache.
+                self.send(key, &batch.frames, (batch.first_ms, batch.messages), router);
             }
         }
         self.announce = announce;

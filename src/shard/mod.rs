@@ -290,7 +290,7 @@ impl<Io> Shard<Io> {
         // What was due before this tick leaves first (a late wake), so a room's riders from
         // the last tick never share a write with this tick's.
         self.homes.end_turn(now_ms, &mut self.router);
-        self.homes.tick(now_ms);
+        self.homes.tick(now_ms, &mut self.router);
         self.drain_loopback(now_ms);
     }
 
