@@ -22,17 +22,24 @@
 //!
 //! A resumed TLS 1.3 handshake still runs an ephemeral key exchange (rustls only accepts
 //! `psk_dhe_ke`), so it keeps forward secrecy; what it saves is the certificate signature on
-//! the server and the chain verification on the client.
+//! the server and the chain verification on the client. On the server that is little: the key
+//! exchange is half of a handshake and stays (2026-12-01, this machine's core, measured by
+//! `cargo run --release --example tls_handshake_cost`: 85 us of server CPU per full TLS 1.3
+//! handshake in memory, 76 us resumed; over sockets with the upgrade and hello, `loadgen storm`,
+//! about 138 us full and 131 us resumed). Resumption pays on the client (no certificate chain
+//! to verify) more than on the server; without 0-RTT it saves no round trip.
 //!
-//! **The cheapest certificate and key exchange** (measured with `cargo run --release --example
-//! tls_handshake_cost`, figures in the team's benchmark record): the server signs once per full
-//! handshake and computes one key exchange per handshake, full or resumed.
-//! - Key exchange: X25519, which rustls' ring provider prefers and every browser offers in its
-//!   first `ClientHello` (Chrome's hybrid X25519MLKEM768 share comes with a plain X25519 one, so
-//!   no `HelloRetryRequest` round trip either). secp256r1 ECDH costs more and is only a fallback.
-//! - Certificate: ECDSA P-256 (what `gen-cert` makes, rcgen's default). Ed25519 signs a little
-//!   cheaper still, but no browser accepts an Ed25519 server certificate and no public CA issues
-//!   one, so it only fits non-browser clients; RSA-2048 signs an order of magnitude slower.
+//! **The cheapest certificate and key exchange**, from the same example (ring 0.17, thread CPU
+//! per call): the server signs once per full handshake and agrees on a key once per handshake.
+//! - Certificate: ECDSA P-256, what `gen-cert` makes (rcgen's default): 12.3 us a signature,
+//!   less than Ed25519's 16.6 us in ring, and the one every browser and public CA supports (no
+//!   browser accepts an Ed25519 server certificate). RSA-2048 is not measured here (ring cannot
+//!   generate one; `--pem` takes any pair) and is known to sign far slower than either.
+//! - Key exchange: X25519 (42 us to generate, derive the public key and agree) against
+//!   secp256r1's 39 us: ring's P-256 assembly is as fast here, but X25519 is what every client
+//!   sends its first key share for (Chrome's hybrid X25519MLKEM768 share comes with a plain
+//!   X25519 one), so preferring anything else would cost a `HelloRetryRequest` round trip and a
+//!   second share. rustls' ring provider prefers X25519; roomcast keeps its order.
 //!
 //! Memory per idle TLS connection is a budget (DESIGN.md): nothing here keeps per-connection
 //! state (tickets are stateless); what a connection holds is rustls' own, see
