@@ -837,7 +837,7 @@ pub struct ServeArgs {
     /// `wss.key`: PEM private key.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
-    /// `wss.session_tickets`: TLS 1.3 tickets per handshake, 0 = no resumption [default: 2].
+    /// `wss.session_tickets`: TLS 1.3 tickets per handshake, 0 = no resumption [default: 1].
     #[arg(long, value_name = "N")]
     pub tls_session_tickets: Option<usize>,
     /// `wss.session_cache`: TLS 1.2 sessions remembered, 0 = none [default: 4096].
@@ -1243,7 +1243,7 @@ mod tests {
     #[test]
     fn tls_resumption_is_on_by_default_and_bounded() {
         let c = Config::default();
-        assert_eq!(c.tls_resumption(), crate::tls::Resumption { tickets: 2, cache_entries: 4096 });
+        assert_eq!(c.tls_resumption(), crate::tls::Resumption { tickets: 1, cache_entries: 4096 });
         let c = flags(&["--tls-session-tickets", "0", "--tls-session-cache", "0"]).expect("off");
         assert_eq!(c.tls_resumption(), crate::tls::Resumption::OFF);
         let e = flags(&["--tls-session-tickets", "17"]).expect_err("too many");

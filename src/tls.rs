@@ -4,9 +4,13 @@
 //! **Resumption is on by default**, because a reconnect storm is where a push tier pays for
 //! TLS: every viewer of a restarted edge or a flapping network comes back at once.
 //!
-//! - TLS 1.3 tickets ([`Resumption::tickets`], `wss.session_tickets`, default 2, as rustls and
-//!   OpenSSL send): stateless, sealed with ChaCha20-Poly1305 under a key that lives only in this
-//!   process and rotates every 6 hours (rustls' ring `Ticketer`, a 12 hour ticket life). One key
+//! - TLS 1.3 tickets ([`Resumption::tickets`], `wss.session_tickets`, default 1, where rustls
+//!   and OpenSSL send 2: each ticket costs the server about 5-10 us of a ~135 us wss connect,
+//!   and a reconnect uses one and gets a fresh one, so one keeps every viewer resuming;
+//!   `benches/wss_storm.sh` 2026-12-01, server on one core: 126-135 us per full connect with 1
+//!   ticket, 138-147 with 2, 127 with none; resumed 116-118 us against 123-125). Stateless:
+//!   sealed with ChaCha20-Poly1305 under a key that lives only in this process and rotates
+//!   every 6 hours (rustls' ring `Ticketer`, a 12 hour ticket life). One key
 //!   for every worker (one `ServerConfig`, shared by `Arc`), because `SO_REUSEPORT` sends a
 //!   reconnect to any worker; rustls takes a read lock on the key per ticket sealed or opened,
 //!   only in handshakes, never on the delivery path. A ticket costs the server nothing while the
@@ -24,20 +28,22 @@
 //! `psk_dhe_ke`), so it keeps forward secrecy; what it saves is the certificate signature on
 //! the server and the chain verification on the client. On the server that is little: the key
 //! exchange is half of a handshake and stays (2026-12-01, this machine's core, measured by
-//! `cargo run --release --example tls_handshake_cost`: 85 us of server CPU per full TLS 1.3
-//! handshake in memory, 76 us resumed; over sockets with the upgrade and hello, `loadgen storm`,
-//! about 138 us full and 131 us resumed). Resumption pays on the client (no certificate chain
-//! to verify) more than on the server; without 0-RTT it saves no round trip.
+//! `cargo run --release --example tls_handshake_cost`: 80 us of server CPU per full TLS 1.3
+//! handshake in memory, 72 us resumed, with one ticket each (85 and 76 with two); over sockets
+//! with the upgrade and hello, `benches/wss_storm.sh`, 126-135 us full and 116-118 us
+//! resumed). Resumption pays on the client (no certificate chain to verify) more than on the
+//! server; without 0-RTT it saves no round trip.
 //!
 //! **The cheapest certificate and key exchange**, from the same example (ring 0.17, thread CPU
-//! per call): the server signs once per full handshake and agrees on a key once per handshake.
-//! - Certificate: ECDSA P-256, what `gen-cert` makes (rcgen's default): 12.3 us a signature,
-//!   less than Ed25519's 16.6 us in ring, and the one every browser and public CA supports (no
-//!   browser accepts an Ed25519 server certificate). RSA-2048 is not measured here (ring cannot
-//!   generate one; `--pem` takes any pair) and is known to sign far slower than either.
-//! - Key exchange: X25519 (42 us to generate, derive the public key and agree) against
-//!   secp256r1's 39 us: ring's P-256 assembly is as fast here, but X25519 is what every client
-//!   sends its first key share for (Chrome's hybrid X25519MLKEM768 share comes with a plain
+//! per call, two runs): the server signs once per full handshake and agrees on a key once per
+//! handshake.
+//! - Certificate: ECDSA P-256, what `gen-cert` makes (rcgen's default): 11.6-12.3 us a
+//!   signature, less than Ed25519's 15.7-16.6 us in ring, and the one every browser and public
+//!   CA supports (no browser accepts an Ed25519 server certificate). RSA-2048 is not measured
+//!   here (ring cannot generate one; `--pem` takes any pair) and is known to sign far slower.
+//! - Key exchange: X25519 (40-42 us to generate, derive the public key and agree) against
+//!   secp256r1's 36.5-39 us: ring's P-256 assembly is as fast here, but X25519 is what every
+//!   client sends its first key share for (Chrome's hybrid X25519MLKEM768 share comes with a plain
 //!   X25519 one), so preferring anything else would cost a `HelloRetryRequest` round trip and a
 //!   second share. rustls' ring provider prefers X25519; roomcast keeps its order.
 //!
@@ -110,7 +116,7 @@ impl Resumption {
 impl Default for Resumption {
     /// The defaults of `wss.session_tickets` and `wss.session_cache`.
     fn default() -> Self {
-        Self { tickets: 2, cache_entries: 4096 }
+        Self { tickets: 1, cache_entries: 4096 }
     }
 }
 

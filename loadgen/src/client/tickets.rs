@@ -37,7 +37,7 @@ impl TicketPool {
     /// `config` with this thread's own pool for `conns` connections as its session store.
     pub(super) fn config_for(config: &Arc<rustls::ClientConfig>, conns: usize) -> Arc<rustls::ClientConfig> {
         let mut config = (**config).clone();
-        // The server sends two tickets per handshake by default; keep room for a few more.
+        // roomcast sends one ticket per handshake by default (rustls and OpenSSL two): room for a few.
         config.resumption = rustls::client::Resumption::store(Arc::new(Self::new(4 * conns + 16)));
         Arc::new(config)
     }
