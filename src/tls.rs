@@ -5,10 +5,11 @@
 //! TLS: every viewer of a restarted edge or a flapping network comes back at once.
 //!
 //! - TLS 1.3 tickets ([`Resumption::tickets`], `wss.session_tickets`, default 1, where rustls
-//!   and OpenSSL send 2: each ticket costs the server about 5-10 us of a ~135 us wss connect,
+//!   and OpenSSL send 2: each ticket costs the server about 5 us of a ~135 us wss connect,
 //!   and a reconnect uses one and gets a fresh one, so one keeps every viewer resuming;
-//!   `benches/wss_storm.sh` 2026-12-01, server on one core: 126-135 us per full connect with 1
-//!   ticket, 138-147 with 2, 127 with none; resumed 116-118 us against 123-125). Stateless:
+//!   `benches/wss_storm.sh` 2026-12-01, server on one core, medians: 135 us per full connect
+//!   with 1 ticket (126-140, 5 runs), 138 with 2 (133-147, 5 runs); resumed 118 us (116-119)
+//!   against 125 (123-147); in memory 80 us against 85 per full handshake). Stateless:
 //!   sealed with ChaCha20-Poly1305 under a key that lives only in this process and rotates
 //!   every 6 hours (rustls' ring `Ticketer`, a 12 hour ticket life). One key
 //!   for every worker (one `ServerConfig`, shared by `Arc`), because `SO_REUSEPORT` sends a
@@ -30,7 +31,7 @@
 //! exchange is half of a handshake and stays (2026-12-01, this machine's core, measured by
 //! `cargo run --release --example tls_handshake_cost`: 80 us of server CPU per full TLS 1.3
 //! handshake in memory, 72 us resumed, with one ticket each (85 and 76 with two); over sockets
-//! with the upgrade and hello, `benches/wss_storm.sh`, 126-135 us full and 116-118 us
+//! with the upgrade and hello, `benches/wss_storm.sh`, medians 135 us full and 118 us
 //! resumed). Resumption pays on the client (no certificate chain to verify) more than on the
 //! server; without 0-RTT it saves no round trip.
 //!
