@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tls = match args.iter().position(|a| a == "--tls") {
         Some(i) => {
             let [cert, key, listen] = [1, 2, 3].map(|k| args.get(i + k).cloned().unwrap_or_default());
-            let config = roomcast::tls::server_config(cert.as_ref(), key.as_ref())?;
+            let config = roomcast::tls::server_config(cert.as_ref(), key.as_ref(), Default::default())?;
             Some((config, TcpListener::bind(&listen)?))
         }
         None => None,

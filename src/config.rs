@@ -80,6 +80,12 @@ pub struct WssConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// TLS 1.3 session tickets sent after each handshake (stateless, so they cost nothing
+    /// while the connection lives); 0 turns TLS 1.3 resumption off. See `tls`.
+    pub session_tickets: usize,
+    /// Sessions remembered for TLS 1.2 clients that resume by session id (bounded, shared by
+    /// the workers); 0: none.
+    pub session_cache: usize,
 }
 
 /// `[ingest]`: the upstream publishing socket.
@@ -316,6 +322,13 @@ pub const DEFAULT_BATCH_WINDOW_MS: u64 = 5;
 /// Longest batching window accepted: beyond this a room's messages would be visibly late.
 pub const MAX_BATCH_WINDOW_MS: u64 = 1_000;
 
+/// Most TLS 1.3 tickets one handshake may send: each costs a seal and a record, and a viewer
+/// reconnecting once needs one.
+pub const MAX_SESSION_TICKETS: usize = 16;
+
+/// Most TLS 1.2 sessions the server-side cache may hold (a few hundred bytes each).
+pub const MAX_SESSION_CACHE: usize = 1_000_000;
+
 impl Default for WsConfig {
     fn default() -> Self {
         Self {
@@ -329,7 +342,14 @@ impl Default for WsConfig {
 
 impl Default for WssConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8443)), cert: None, key: None }
+        let resumption = crate::tls::Resumption::default();
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            cert: None,
+            key: None,
+            session_tickets: resumption.tickets,
+            session_cache: resumption.cache_entries,
+        }
     }
 }
 
@@ -575,6 +595,18 @@ impl Config {
             (None, Some(_)) => return Err(invalid("wss.key", format!("needs {} as well", name("wss.cert")))),
             _ => {}
         }
+        if self.wss.session_tickets > MAX_SESSION_TICKETS {
+            return Err(invalid(
+                "wss.session_tickets",
+                format!("must be at most {MAX_SESSION_TICKETS} (got {})", self.wss.session_tickets),
+            ));
+        }
+        if self.wss.session_cache > MAX_SESSION_CACHE {
+            return Err(invalid(
+                "wss.session_cache",
+                format!("must be at most {MAX_SESSION_CACHE} sessions (got {})", self.wss.session_cache),
+            ));
+        }
         if self.workers > 256 {
             return Err(invalid("workers", format!("must be at most 256 (got {})", self.workers)));
         }
@@ -698,6 +730,11 @@ impl Config {
     pub fn tls_enabled(&self) -> bool {
         self.wss.cert.is_some() && self.wss.key.is_some()
     }
+
+    /// The TLS session resumption `[wss]` asks for.
+    pub fn tls_resumption(&self) -> crate::tls::Resumption {
+        crate::tls::Resumption { tickets: self.wss.session_tickets, cache_entries: self.wss.session_cache }
+    }
 }
 
 /// Every key that has a flag, with that flag: error messages name the flag when it set the
@@ -711,6 +748,8 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("wss.listen", "--wss-listen"),
     ("wss.cert", "--tls-cert"),
     ("wss.key", "--tls-key"),
+    ("wss.session_tickets", "--tls-session-tickets"),
+    ("wss.session_cache", "--tls-session-cache"),
     ("ingest.listen", "--ingest-listen"),
     ("ingest.unix", "--ingest-unix"),
     ("ingest.max_line", "--ingest-max-line"),
@@ -798,6 +837,12 @@ pub struct ServeArgs {
     /// `wss.key`: PEM private key.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// `wss.session_tickets`: TLS 1.3 tickets per handshake, 0 = no resumption [default: 1].
+    #[arg(long, value_name = "N")]
+    pub tls_session_tickets: Option<usize>,
+    /// `wss.session_cache`: TLS 1.2 sessions remembered, 0 = none [default: 4096].
+    #[arg(long, value_name = "SESSIONS")]
+    pub tls_session_cache: Option<usize>,
     /// `ingest.listen`: ingest TCP address, HOST:PORT [default: 127.0.0.1:7070].
     #[arg(long, value_name = "ADDR", value_parser = addr::parse)]
     pub ingest_listen: Option<SocketAddr>,
@@ -988,6 +1033,8 @@ impl ServeArgs {
         o.set("wss.listen", |c| &mut c.wss.listen, self.wss_listen);
         o.set("wss.cert", |c| &mut c.wss.cert, self.tls_cert.map(Some));
         o.set("wss.key", |c| &mut c.wss.key, self.tls_key.map(Some));
+        o.set("wss.session_tickets", |c| &mut c.wss.session_tickets, self.tls_session_tickets);
+        o.set("wss.session_cache", |c| &mut c.wss.session_cache, self.tls_session_cache);
         o.set("ingest.listen", |c| &mut c.ingest.listen, self.ingest_listen);
         o.set("ingest.unix", |c| &mut c.ingest.unix, self.ingest_unix.map(Some));
         o.set("ingest.max_line", |c| &mut c.ingest.max_line, self.ingest_max_line);
@@ -1191,6 +1238,20 @@ mod tests {
         );
         let e = flags(&["--ingest-unix", "/tmp/x.sock"]).expect_err("unix");
         assert!(e.to_string().starts_with("--ingest-unix: Unix-socket ingest is not available yet"), "{e}");
+    }
+
+    #[test]
+    fn tls_resumption_is_on_by_default_and_bounded() {
+        let c = Config::default();
+        assert_eq!(c.tls_resumption(), crate::tls::Resumption { tickets: 1, cache_entries: 4096 });
+        let c = flags(&["--tls-session-tickets", "0", "--tls-session-cache", "0"]).expect("off");
+        assert_eq!(c.tls_resumption(), crate::tls::Resumption::OFF);
+        let e = flags(&["--tls-session-tickets", "17"]).expect_err("too many");
+        assert_eq!(e.to_string(), "--tls-session-tickets: must be at most 16 (got 17)");
+        let e = Config::from_toml_str("[wss]\nsession_cache = 2000000\n")
+            .and_then(|c| c.validate().map(|()| c))
+            .expect_err("too big");
+        assert_eq!(e.to_string(), "wss.session_cache: must be at most 1000000 sessions (got 2000000)");
     }
 
     #[test]

@@ -1,8 +1,56 @@
 //! TLS setup for the `wss` listener (rustls with the `ring` provider) and self-signed
 //! certificates for tests and local use (`roomcast gen-cert`, via rcgen).
 //!
-//! Memory per idle TLS connection is a budget (DESIGN.md): session tickets are off, so a
-//! connection holds no ticket state, and nothing here keeps per-connection buffers.
+//! **Resumption is on by default**, because a reconnect storm is where a push tier pays for
+//! TLS: every viewer of a restarted edge or a flapping network comes back at once.
+//!
+//! - TLS 1.3 tickets ([`Resumption::tickets`], `wss.session_tickets`, default 1, where rustls
+//!   and OpenSSL send 2: each ticket costs the server about 5 us of a ~135 us wss connect,
+//!   and a reconnect uses one and gets a fresh one, so one keeps every viewer resuming;
+//!   `benches/wss_storm.sh` 2026-12-01, server on one core, medians: 135 us per full connect
+//!   with 1 ticket (126-140, 5 runs), 138 with 2 (133-147, 5 runs); resumed 118 us (116-119)
+//!   against 125 (123-147); in memory 80 us against 85 per full handshake). Stateless:
+//!   sealed with ChaCha20-Poly1305 under a key that lives only in this process and rotates
+//!   every 6 hours (rustls' ring `Ticketer`, a 12 hour ticket life). One key
+//!   for every worker (one `ServerConfig`, shared by `Arc`), because `SO_REUSEPORT` sends a
+//!   reconnect to any worker; rustls takes a read lock on the key per ticket sealed or opened,
+//!   only in handshakes, never on the delivery path. A ticket costs the server nothing while the
+//!   connection lives: it is written once after the handshake and forgotten. Tickets are sent
+//!   after resumed handshakes too, so a viewer that reconnects again resumes again. A restart
+//!   makes every ticket unreadable: the storm after a restart is one of full handshakes.
+//!   0-RTT early data stays off (`max_early_data_size = 0`): a replayed `join` or `comment` is
+//!   not harmless, and the upgrade needs a round trip anyway.
+//! - A bounded server-side session cache ([`Resumption::cache_entries`], `wss.session_cache`,
+//!   default 4,096 entries of a few hundred bytes: at most ~1.5 MiB) for TLS 1.2 clients that
+//!   resume by session id rather than ticket. It is rustls' `ServerSessionMemoryCache` (one
+//!   mutex, taken only in those handshakes). TLS 1.3 never uses it while tickets are on.
+//!
+//! A resumed TLS 1.3 handshake still runs an ephemeral key exchange (rustls only accepts
+//! `psk_dhe_ke`), so it keeps forward secrecy; what it saves is the certificate signature on
+//! the server and the chain verification on the client. On the server that is little: the key
+//! exchange is half of a handshake and stays (2026-12-01, this machine's core, measured by
+//! `cargo run --release --example tls_handshake_cost`: 80 us of server CPU per full TLS 1.3
+//! handshake in memory, 72 us resumed, with one ticket each (85 and 76 with two); over sockets
+//! with the upgrade and hello, `benches/wss_storm.sh`, medians 135 us full and 118 us
+//! resumed). Resumption pays on the client (no certificate chain to verify) more than on the
+//! server; without 0-RTT it saves no round trip.
+//!
+//! **The cheapest certificate and key exchange**, from the same example (ring 0.17, thread CPU
+//! per call, two runs): the server signs once per full handshake and agrees on a key once per
+//! handshake.
+//! - Certificate: ECDSA P-256, what `gen-cert` makes (rcgen's default): 11.6-12.3 us a
+//!   signature, less than Ed25519's 15.7-16.6 us in ring, and the one every browser and public
+//!   CA supports (no browser accepts an Ed25519 server certificate). RSA-2048 is not measured
+//!   here (ring cannot generate one; `--pem` takes any pair) and is known to sign far slower.
+//! - Key exchange: X25519 (40-42 us to generate, derive the public key and agree) against
+//!   secp256r1's 36.5-39 us: ring's P-256 assembly is as fast here, but X25519 is what every
+//!   client sends its first key share for (Chrome's hybrid X25519MLKEM768 share comes with a plain
+//!   X25519 one), so preferring anything else would cost a `HelloRetryRequest` round trip and a
+//!   second share. rustls' ring provider prefers X25519; roomcast keeps its order.
+//!
+//! Memory per idle TLS connection is a budget (DESIGN.md): nothing here keeps per-connection
+//! state (tickets are stateless); what a connection holds is rustls' own, see
+//! [`crate::runtime::transport`].
 //!
 //! Errors name the file and say what is wrong with it; an OS or rustls cause is the error's
 //! `source()`, never repeated in its message, so a printed chain shows each cause once.
@@ -50,9 +98,32 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// How returning clients may skip the full handshake (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumption {
+    /// TLS 1.3 tickets sent after each handshake, full or resumed (`wss.session_tickets`); also
+    /// turns on TLS 1.2 tickets. 0: no tickets, so no TLS 1.3 resumption.
+    pub tickets: usize,
+    /// Sessions remembered for TLS 1.2 clients that resume by session id
+    /// (`wss.session_cache`); 0: none.
+    pub cache_entries: usize,
+}
+
+impl Resumption {
+    /// Neither tickets nor a cache: every handshake is a full one.
+    pub const OFF: Self = Self { tickets: 0, cache_entries: 0 };
+}
+
+impl Default for Resumption {
+    /// The defaults of `wss.session_tickets` and `wss.session_cache`.
+    fn default() -> Self {
+        Self { tickets: 1, cache_entries: 4096 }
+    }
+}
+
 /// The server configuration for a PEM certificate chain and private key: TLS 1.3 and 1.2,
-/// no client authentication, no session tickets.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// no client authentication, session resumption as `resumption` says.
+pub fn server_config(cert: &Path, key: &Path, resumption: Resumption) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &read(cert)?[..])
         .collect::<Result<_, _>>()
         .map_err(|e| pem_err(cert, format!("not a valid PEM certificate file ({e})")))?;
@@ -66,7 +137,15 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)?;
-    config.send_tls13_tickets = 0;
+    config.send_tls13_tickets = resumption.tickets;
+    if resumption.tickets > 0 {
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    }
+    if resumption.cache_entries == 0 {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    } else {
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(resumption.cache_entries);
+    }
     Ok(Arc::new(config))
 }
 
@@ -102,7 +181,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join("cert.pem"), &cert_pem).expect("write");
         std::fs::write(dir.join("key.pem"), &key_pem).expect("write");
-        let server_cfg = server_config(&dir.join("cert.pem"), &dir.join("key.pem")).expect("server config");
+        let server_cfg =
+            server_config(&dir.join("cert.pem"), &dir.join("key.pem"), Resumption::default()).expect("server config");
         let _ = std::fs::remove_dir_all(&dir);
         let client_cfg = client_config_trusting(&cert_pem).expect("client config");
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
@@ -124,9 +204,64 @@ mod tests {
         assert_eq!(&got, b"ping");
     }
 
+    /// A handshake of a fresh client connection on `client_cfg` with `server_cfg`, in memory,
+    /// until both are done and the server's tickets are read; the server's view of its kind.
+    fn handshake_kind(
+        client_cfg: &Arc<rustls::ClientConfig>,
+        server_cfg: &Arc<rustls::ServerConfig>,
+    ) -> Option<rustls::HandshakeKind> {
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut client = rustls::ClientConnection::new(Arc::clone(client_cfg), name).expect("client");
+        let mut server = rustls::ServerConnection::new(Arc::clone(server_cfg)).expect("server");
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).expect("client out");
+            server.read_tls(&mut &buf[..]).expect("server in");
+            server.process_new_packets().expect("server ok");
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf).expect("server out");
+            client.read_tls(&mut &buf[..]).expect("client in");
+            client.process_new_packets().expect("client ok");
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        server.handshake_kind()
+    }
+
+    fn configs(resumption: Resumption) -> (Arc<rustls::ServerConfig>, String) {
+        let (cert_pem, key_pem) = generate_self_signed(&["localhost".into()]).expect("generate");
+        let dir =
+            std::env::temp_dir().join(format!("roomcast-tls-resume-{}-{}", std::process::id(), resumption.tickets));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("cert.pem"), &cert_pem).expect("write");
+        std::fs::write(dir.join("key.pem"), &key_pem).expect("write");
+        let server = server_config(&dir.join("cert.pem"), &dir.join("key.pem"), resumption).expect("server config");
+        let _ = std::fs::remove_dir_all(&dir);
+        (server, cert_pem)
+    }
+
+    #[test]
+    fn a_second_handshake_resumes_with_the_default_resumption() {
+        let (server, cert_pem) = configs(Resumption::default());
+        let client = client_config_trusting(&cert_pem).expect("client config");
+        assert_eq!(handshake_kind(&client, &server), Some(rustls::HandshakeKind::Full));
+        // Tickets come after resumed handshakes too: a viewer resumes again and again.
+        for _ in 0..3 {
+            assert_eq!(handshake_kind(&client, &server), Some(rustls::HandshakeKind::Resumed));
+        }
+    }
+
+    #[test]
+    fn without_tickets_every_tls13_handshake_is_full() {
+        let (server, cert_pem) = configs(Resumption::OFF);
+        let client = client_config_trusting(&cert_pem).expect("client config");
+        assert_eq!(handshake_kind(&client, &server), Some(rustls::HandshakeKind::Full));
+        assert_eq!(handshake_kind(&client, &server), Some(rustls::HandshakeKind::Full));
+    }
+
     #[test]
     fn errors_name_the_file_and_report_the_cause_once() {
-        let e = server_config(Path::new("/nonexistent/c.pem"), Path::new("/nonexistent/k.pem")).expect_err("missing");
+        let e = server_config(Path::new("/nonexistent/c.pem"), Path::new("/nonexistent/k.pem"), Resumption::OFF)
+            .expect_err("missing");
         assert_eq!(e.to_string(), "cannot read /nonexistent/c.pem");
         let cause = std::error::Error::source(&e).expect("the OS error is the source").to_string();
         assert!(cause.contains("No such file"), "{cause}");

@@ -204,6 +204,12 @@ pub struct StormArgs {
     /// Options of every scenario.
     #[command(flatten)]
     pub common: Common,
+    /// wss: measure resumed connects. Every connection opens twice: the first round (full TLS
+    /// handshakes) leaves each its session ticket, all are closed, then all reconnect and resume;
+    /// the report (rates, latencies, server CPU) is the second round's. Without it every wss
+    /// connect is a full handshake: loadgen's TLS client never resumes unless asked.
+    #[arg(long)]
+    pub tls_resume: bool,
 }
 
 /// `churn`'s options.
@@ -297,6 +303,8 @@ pub struct Settings {
     pub drain: f64,
     /// Churn: shortest and longest stay, ms.
     pub stay_ms: Option<(u64, u64)>,
+    /// Storm over wss: connect twice and measure the resumed second round (`--tls-resume`).
+    pub tls_resume: bool,
 }
 
 impl Scenario {
@@ -304,6 +312,7 @@ impl Scenario {
     pub fn settings(self) -> Settings {
         let rooms = |r: RoomArgs| (r.rooms.max(1), r.room_prefix);
         let none = DrainArgs { settle: 0.0, drain: 0.0 };
+        let tls_resume = matches!(&self, Self::Storm(a) if a.tls_resume);
         let (kind, common, (rooms, room_prefix), publish, comments, hold_seconds, drain, stay_ms) = match self {
             Self::Fanout(a) => (Kind::Fanout, a.common, rooms(a.rooms), Some(a.publish), None, 0.0, a.drain, None),
             Self::Comments(a) => {
@@ -328,6 +337,7 @@ impl Scenario {
             settle: drain.settle,
             drain: drain.drain,
             stay_ms,
+            tls_resume,
         }
     }
 }

@@ -40,7 +40,12 @@ pub fn target(s: &Settings) -> anyhow::Result<Target> {
             Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
             None => bail!("wss needs --ca CERT.pem (the server's certificate or its CA)"),
         };
-        Some(roomcast::tls::client_config_trusting(&pem)?)
+        let mut config = (*roomcast::tls::client_config_trusting(&pem)?).clone();
+        // A storm of full handshakes must not turn into resumed ones behind the run's back
+        // (the server sends tickets by default): resumption is off unless `--tls-resume` gives
+        // each thread its own ticket store.
+        config.resumption = rustls::client::Resumption::disabled();
+        Some(Arc::new(config))
     } else {
         None
     };
@@ -129,6 +134,7 @@ fn thread_plan(
         churn,
         thread_index: me.index * threads + t,
         app_ping_every,
+        tls_resume: s.tls_resume,
     }
 }
 

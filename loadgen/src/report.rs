@@ -113,6 +113,13 @@ pub struct Report {
     pub server_cpu_seconds: Option<f64>,
     /// Deliveries per server CPU-second: the efficiency figure compared with the write floor.
     pub deliveries_per_server_cpu_sec: Option<f64>,
+    /// Storm: server CPU seconds (user + system) while the measured connections opened
+    /// (--server-pid; with --tls-resume the second, resumed round).
+    pub connect_server_cpu_seconds: Option<f64>,
+    /// Storm: connections upgraded per server CPU-second.
+    pub connects_per_server_cpu_sec: Option<f64>,
+    /// Connections whose TLS handshake resumed an earlier session.
+    pub tls_resumed: u64,
     /// CPU seconds the load generator itself used over the same period (its own cost).
     pub loadgen_cpu_seconds: f64,
     /// Client processes whose measurements were merged into this report (`--procs`).
@@ -151,6 +158,12 @@ impl Report {
         if self.scenario == "storm" || self.scenario == "idle" {
             let _ = writeln!(t, "connect ms      {}", percentiles(&self.connect_latency));
             let _ = writeln!(t, "upgrade ms      {}", percentiles(&self.upgrade_latency));
+        }
+        if let (Some(cpu), Some(eff)) = (self.connect_server_cpu_seconds, self.connects_per_server_cpu_sec) {
+            let _ = writeln!(t, "server CPU      {cpu:.2} s while connecting: {eff:.0} connects per server CPU-second");
+        }
+        if self.url.starts_with("wss://") {
+            let _ = writeln!(t, "TLS resumed     {} of {} connects", self.tls_resumed, self.connected);
         }
         if let Some((before, after)) = self.server_rss_kib {
             let _ = writeln!(

@@ -25,13 +25,18 @@ use std::time::{Duration, Instant};
 struct Baseline {
     rss_kib: Option<u64>,
     connections: Option<u64>,
+    sockets: Option<u64>,
 }
 
 impl Baseline {
     /// Sample server `pid` now (nothing without one).
     fn sample(pid: Option<u32>) -> Self {
         let Some(pid) = pid else { return Self::default() };
-        Self { rss_kib: server::rss_kib(pid), connections: server::established_connections(pid) }
+        Self {
+            rss_kib: server::rss_kib(pid),
+            connections: server::established_connections(pid),
+            sockets: server::socket_fds(pid),
+        }
     }
 }
 
@@ -46,6 +51,10 @@ struct Sent {
 /// Run the scenario and return its judged report (the output files are written too).
 pub fn run(s: &Settings) -> anyhow::Result<Report> {
     let target = clients::target(s)?;
+    if s.tls_resume {
+        anyhow::ensure!(target.tls.is_some(), "--tls-resume needs a wss:// --url");
+        anyhow::ensure!(s.common.procs <= 1, "--tls-resume runs in one loadgen process (--procs 1)");
+    }
     let started = Instant::now();
     let baseline = Baseline::sample(s.common.server_pid);
     let limits = net::Limits::raise_and_read();
@@ -55,16 +64,21 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
     let mut clients = Clients::start(s, &target)?;
     let shared = clients.shared();
     let mut progress = Progress::new(s.kind, &shared, started);
+    let mut opening = Opening::start(s);
     open_all(s, &clients, &shared, &mut progress)?;
+    if s.tls_resume {
+        opening = resume_round(s, &clients, &shared, &mut progress, &baseline)?;
+    }
     let mut report = Report {
         scenario: s.kind.name().into(),
         url: s.common.url.clone(),
         conns: s.common.conns as u64,
         rooms: if s.kind.joins() { s.rooms as u64 } else { 0 },
-        connect_seconds: started.elapsed().as_secs_f64(),
+        connect_seconds: opening.started.elapsed().as_secs_f64(),
         server_conns_before: baseline.connections,
         ..Report::default()
     };
+    opening.record(s, &mut report);
     if s.settle > 0.0 {
         wait_until(&mut progress, Duration::from_secs_f64(s.settle), || false);
     }
@@ -81,6 +95,7 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
         sender: sent.sender,
         acked: shared.acks.load(Ordering::Relaxed),
         connect_timeout: s.common.connect_timeout,
+        tls_resume: s.tls_resume,
     };
     report.judge(verdict::reasons(&report, &cx));
     write_outputs(s, &report, &totals)?;
@@ -98,6 +113,61 @@ fn open_all(s: &Settings, clients: &Clients, shared: &Shared, progress: &mut Pro
     };
     wait_until(progress, Duration::from_secs_f64(s.common.connect_timeout), ready);
     clients.check()
+}
+
+/// The measured opening of the connections (the second round with `--tls-resume`): when it
+/// began and the server's CPU then.
+struct Opening {
+    started: Instant,
+    server_cpu_before: Option<f64>,
+}
+
+impl Opening {
+    /// The opening begins now.
+    fn start(s: &Settings) -> Self {
+        Self { started: Instant::now(), server_cpu_before: s.common.server_pid.and_then(server::cpu_seconds) }
+    }
+
+    /// `storm`: the server CPU the opening took (every connection is up, or settled, now).
+    fn record(&self, s: &Settings, report: &mut Report) {
+        if s.kind != Kind::Storm {
+            return;
+        }
+        if let (Some(pid), Some(before)) = (s.common.server_pid, self.server_cpu_before) {
+            report.connect_server_cpu_seconds = server::cpu_seconds(pid).map(|after| after - before);
+        }
+    }
+}
+
+/// `storm --tls-resume`: close every connection of the first round and wait until the server
+/// has let them go (with `--server-pid`: until it holds no more sockets than before the run, so
+/// their closes are not counted in the second round's CPU), then reopen them all, resuming
+/// their TLS sessions, and wait until they are up. Returns the second round's opening.
+fn resume_round(
+    s: &Settings,
+    clients: &Clients,
+    shared: &Shared,
+    progress: &mut Progress<'_>,
+    baseline: &Baseline,
+) -> anyhow::Result<Opening> {
+    let first = shared.connected.load(Ordering::Relaxed);
+    let timeout = Duration::from_secs_f64(s.common.connect_timeout);
+    shared.close_round.store(true, Ordering::Relaxed);
+    wait_until(progress, timeout, || shared.held.load(Ordering::Relaxed) >= first || clients.check().is_err());
+    clients.check()?;
+    if let (Some(pid), Some(before)) = (s.common.server_pid, baseline.sockets) {
+        let released = wait_until(progress, timeout, || server::socket_fds(pid).is_none_or(|n| n <= before));
+        if !released {
+            eprintln!("loadgen: warning: the server still held the first round's sockets after {timeout:?}");
+        }
+    }
+    // The second round counts afresh: connected and resumed are its own.
+    shared.connected.store(0, Ordering::Relaxed);
+    shared.tls_resumed.store(0, Ordering::Relaxed);
+    let opening = Opening::start(s);
+    shared.reopen_round.store(true, Ordering::Relaxed);
+    open_all(s, clients, shared, progress)?;
+    Ok(opening)
 }
 
 /// The measured period: deliveries, time and CPU when it began.
@@ -281,6 +351,9 @@ fn record_totals(s: &Settings, report: &mut Report, totals: &Totals, shared: &Sh
         report.connect_seconds = totals.connect_time.as_secs_f64();
     }
     report.connects_per_sec = report.connected as f64 / report.connect_seconds.max(1e-6);
+    report.tls_resumed = load(&shared.tls_resumed);
+    report.connects_per_server_cpu_sec =
+        report.connect_server_cpu_seconds.map(|cpu| report.connected as f64 / cpu.max(0.01));
     report.latency = Percentiles::of(&totals.latency);
     report.connect_latency = Percentiles::of(&totals.connect_latency);
     report.upgrade_latency = Percentiles::of(&totals.upgrade_latency);

@@ -45,6 +45,19 @@ pub fn established_connections(pid: u32) -> Option<u64> {
     Some(count)
 }
 
+/// Socket descriptors process `pid` holds, in any state (a connection it has not yet let go of
+/// counts until it closes the descriptor).
+pub fn socket_fds(pid: u32) -> Option<u64> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        let Ok(link) = entry.and_then(|e| std::fs::read_link(e.path())) else { continue };
+        if link.to_string_lossy().starts_with("socket:[") {
+            count += 1;
+        }
+    }
+    Some(count)
+}
+
 /// TCP state `01` in `/proc/net/tcp` (include/net/tcp_states.h: `TCP_ESTABLISHED = 1`).
 const TCP_ESTABLISHED: &str = "01";
 
@@ -85,5 +98,6 @@ mod tests {
         let _client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let _server = listener.accept().expect("accept");
         assert_eq!(established_connections(me), Some(before + 2), "both ends are this process's");
+        assert!(socket_fds(me).is_some_and(|n| n >= 3), "the listener and both ends are sockets");
     }
 }

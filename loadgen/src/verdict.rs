@@ -24,6 +24,8 @@ pub struct Context {
     pub acked: u64,
     /// `--connect-timeout`, seconds.
     pub connect_timeout: f64,
+    /// `storm --tls-resume`: every measured connect must have resumed.
+    pub tls_resume: bool,
 }
 
 /// Every reason the run is invalid, in the order a reader should fix them.
@@ -39,6 +41,13 @@ pub fn reasons(r: &Report, cx: &Context) -> Vec<String> {
         out.push(format!(
             "only {} of {} connections were up within --connect-timeout {} s",
             up, r.conns, cx.connect_timeout
+        ));
+    }
+    if cx.tls_resume && r.tls_resumed < r.connected {
+        out.push(format!(
+            "only {} of {} reconnects resumed their TLS session (does the server send session tickets? \
+             roomcast: wss.session_tickets)",
+            r.tls_resumed, r.connected
         ));
     }
     if r.closed_by_server > 0 {
@@ -84,7 +93,7 @@ mod tests {
     use std::time::Duration;
 
     fn context(kind: Kind) -> Context {
-        Context { kind, lateness: None, sender: "publisher", acked: 0, connect_timeout: 120.0 }
+        Context { kind, lateness: None, sender: "publisher", acked: 0, connect_timeout: 120.0, tls_resume: false }
     }
 
     #[test]
@@ -111,6 +120,17 @@ mod tests {
     fn a_storm_against_nothing_is_invalid() {
         let r = Report { conns: 100, failed: 100, ..Report::default() };
         assert_eq!(reasons(&r, &context(Kind::Storm)), ["100 of 100 connections failed"]);
+    }
+
+    #[test]
+    fn a_resumed_storm_whose_handshakes_were_full_is_invalid() {
+        let r = Report { conns: 10, connected: 10, tls_resumed: 7, ..Report::default() };
+        let cx = Context { tls_resume: true, ..context(Kind::Storm) };
+        let why = reasons(&r, &cx);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].starts_with("only 7 of 10 reconnects resumed their TLS session"), "{why:?}");
+        let r = Report { tls_resumed: 10, ..r };
+        assert!(reasons(&r, &cx).is_empty());
     }
 
     #[test]

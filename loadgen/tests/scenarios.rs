@@ -35,6 +35,8 @@ struct Server {
     guard: Guard,
     ws: String,
     ingest: String,
+    /// The wss address, when the server was started with a certificate.
+    wss: Option<String>,
 }
 
 impl Server {
@@ -82,7 +84,8 @@ fn start(extra: &[&str]) -> Server {
             .unwrap_or_else(|| panic!("no {name}= in the ready line {line:?}"))
             .to_owned()
     };
-    Server { ws: field("ws"), ingest: field("ingest"), guard }
+    let wss = Some(field("wss")).filter(|w| w != "off");
+    Server { ws: field("ws"), ingest: field("ingest"), wss, guard }
 }
 
 /// A file name no other test (or test process) uses.
@@ -273,6 +276,51 @@ fn idle_and_storm_hold_and_count_connections() {
     let chart = std::fs::read_to_string(&svg).expect("svg written");
     assert_eq!(chart.matches("<polyline").count(), 2, "connect and upgrade lines");
     let _ = (std::fs::remove_file(svg), std::fs::remove_file(hgrm));
+}
+
+/// A wss storm of `conns` (with `extra` flags) against `server`, whose certificate is `cert`;
+/// returns its JSON report, which must be valid.
+fn wss_storm(server: &Server, cert: &str, conns: &str, extra: &[&str]) -> Value {
+    let port = server.wss.as_deref().and_then(|a| a.rsplit(':').next()).expect("the server serves wss");
+    let url = format!("wss://localhost:{port}/ws");
+    let json = unique_path("wss-storm", "json");
+    let json_arg = json.to_string_lossy().into_owned();
+    let pid = server.pid();
+    let mut args =
+        vec!["storm", "--url", &url, "--ca", cert, "--conns", conns, "--server-pid", &pid, "--json", &json_arg];
+    args.extend(extra);
+    let run = run_loadgen(&args);
+    assert!(run.status.success(), "loadgen {args:?} failed ({}): {}\n{}", run.status, run.last_line(), run.stderr);
+    assert_eq!(run.last_line(), "valid           true");
+    let text = std::fs::read_to_string(&json).expect("report written");
+    let _ = std::fs::remove_file(json);
+    serde_json::from_str(&text).expect("json")
+}
+
+#[test]
+fn a_wss_storm_is_full_handshakes_unless_asked_to_resume_and_then_every_reconnect_resumes() {
+    let dir = unique_path("tls", "d");
+    let made = Command::new(roomcast_bin()).arg("gen-cert").arg("--out").arg(&dir).output().expect("gen-cert runs");
+    assert!(made.status.success(), "gen-cert: {}", String::from_utf8_lossy(&made.stderr));
+    let (cert, key) = (dir.join("cert.pem").display().to_string(), dir.join("key.pem").display().to_string());
+    // The server sends session tickets by default.
+    let server = start(&["--wss-listen", "127.0.0.1:0", "--tls-cert", &cert, "--tls-key", &key, "--accept-rate", "0"]);
+    let full = wss_storm(&server, &cert, "100", &[]);
+    assert_eq!((full["connected"].as_u64(), full["tls_resumed"].as_u64()), (Some(100), Some(0)), "{full}");
+    assert!(full["connect_server_cpu_seconds"].as_f64().is_some(), "the server's CPU while connecting: {full}");
+    let resumed = wss_storm(&server, &cert, "100", &["--tls-resume"]);
+    assert_eq!((resumed["connected"].as_u64(), resumed["tls_resumed"].as_u64()), (Some(100), Some(100)), "{resumed}");
+    assert_eq!(resumed["upgrade_latency"]["count"], 100, "only the resumed round is measured");
+    assert_eq!(resumed["failed"].as_u64(), Some(0));
+    // Against a server that sends no tickets the resumed round cannot resume, and says so.
+    let no_tickets =
+        start(&["--wss-listen", "127.0.0.1:0", "--tls-cert", &cert, "--tls-key", &key, "--tls-session-tickets", "0"]);
+    let port = no_tickets.wss.as_deref().and_then(|a| a.rsplit(':').next()).expect("wss").to_owned();
+    let url = format!("wss://localhost:{port}/ws");
+    let run = run_loadgen(&["storm", "--url", &url, "--ca", &cert, "--conns", "20", "--tls-resume"]);
+    assert_eq!(run.status.code(), Some(2), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.last_line().contains("only 0 of 20 reconnects resumed their TLS session"), "{}", run.last_line());
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -110,7 +110,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     );
 
     let tls = match (&config.wss.cert, &config.wss.key) {
-        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key, config.tls_resumption())?),
         _ => None,
     };
 

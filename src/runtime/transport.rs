@@ -8,6 +8,29 @@
 //! TLS follows rustls' buffered API as in its `tlsserver-mio` example: `read_tls`,
 //! `process_new_packets` (on error, what is pending, the alert, is still written), drain
 //! `reader()`; write through `writer()` and `write_tls` while `wants_write()`.
+//!
+//! **What an idle wss connection costs, and why the buffered API stays (for now).** With
+//! rustls 0.23.46 an idle `ServerConnection` holds about 7.5 KiB: 1,168 B inline (boxed here),
+//! the record-layer keys of both directions, small queues, and a 4 KiB read buffer its deframer
+//! keeps even when nothing is pending (`DeframerVecBuffer::prepare_read` resizes it to
+//! `READ_SIZE` on every read). That buffer is half the cost and the one thing between roomcast
+//! and uWS's ~5.6 KB (4 KiB is the aim). rustls 0.23's `rustls::unbuffered` API
+//! (`UnbufferedServerConnection`) would remove it: the caller owns the bytes, so a worker would
+//! decrypt in place in its one scratch buffer and keep per connection only a partial record
+//! (almost always none), and seal straight into the socket's write. Weighed against that:
+//! upstream's main branch removed the unbuffered API in 2026 for a replacement, so a transport
+//! built on it is a rewrite again at the next major version, and it moves the state machine
+//! (handshake flights, `WriteTraffic` vs `TransmitTlsData`, close_notify, key updates, the
+//! alert on error) from rustls into this file, where a mistake is a security bug rather than a
+//! slow path. The buffered API is the one upstream keeps, its `tlsserver-mio` shape is what the
+//! rest of the shell mirrors, and the saving is memory, not CPU (~4 KiB x 100,000 viewers =
+//! 400 MiB per box). So roomcast stays on it and keeps all of TLS behind [`Transport`]: when the
+//! replacement API lands in a release, this file is the only one that changes, and the aim is
+//! the plain transport's idle figure plus the record-layer keys. Nothing in this file may keep
+//! a per-connection buffer of its own in the meantime.
+//!
+//! Resumption (tickets, the session cache) is configured in [`crate::tls`]; it adds nothing
+//! here: a resumed connection is the same `ServerConnection` with the same idle cost.
 
 use crate::session::outbound::Outbound;
 use mio::net::TcpStream;

@@ -102,7 +102,7 @@ impl Conn {
                     Err(()) => return true,
                     Ok(None) => continue,
                     Ok(Some(mut rest)) => {
-                        tally.upgraded(self.viewer.opened_at);
+                        tally.upgraded(self.viewer.opened_at, self.stream.resumed());
                         self.viewer.on_upgraded(room);
                         self.feed(&mut rest, tally)
                     }

@@ -10,7 +10,8 @@
 //! One job per part: [`stream`] moves bytes (plain or TLS), [`conn`] moves them between a
 //! socket and its [`viewer`] (the protocol state of one viewer), [`tally`] keeps the thread's
 //! measurements, [`dialer`] decides what to open next, and [`churn`], [`commenter`] and
-//! [`pinger`] (opt-in application pings) are the scenarios' timetables. [`run_thread`] is the event loop that ties them.
+//! [`pinger`] (opt-in application pings) are the scenarios' timetables, and [`tickets`] keeps a
+//! thread's TLS session tickets for `storm --tls-resume`. [`run_thread`] is the event loop that ties them.
 //! A client thread must never block except in `poll`, and never panic on what a server sends.
 
 mod churn;
@@ -20,6 +21,7 @@ mod dialer;
 mod pinger;
 mod stream;
 mod tally;
+mod tickets;
 mod viewer;
 
 use crate::accounting::SeqCheck;
@@ -110,6 +112,14 @@ pub struct Shared {
     pub presence: AtomicU64,
     /// Churn: stop disconnecting (publishing is over; let every stream catch up).
     pub quiesce: AtomicBool,
+    /// Connections whose TLS handshake resumed an earlier session.
+    pub tls_resumed: AtomicU64,
+    /// `storm --tls-resume`: close every upgraded connection and hold it for the second round.
+    pub close_round: AtomicBool,
+    /// Connections closed and held for the second round.
+    pub held: AtomicU64,
+    /// `storm --tls-resume`: reopen the held connections (they resume their TLS sessions).
+    pub reopen_round: AtomicBool,
     /// Set to end the run.
     pub stop: AtomicBool,
     /// Latency so far, merged by the threads about once a second, for the progress line.
@@ -175,6 +185,18 @@ pub struct ThreadPlan {
     /// Send `{"op":"ping"}` from each ready connection this often (for a server that does not
     /// ping silent connections itself); `None`: send nothing unasked but pongs.
     pub app_ping_every: Option<Duration>,
+    /// `storm --tls-resume`: keep the thread's TLS session tickets and open every connection a
+    /// second time when the scenario says so (see [`Round`]).
+    pub tls_resume: bool,
+}
+
+/// Where a thread is in `storm --tls-resume`: opening the first round (full handshakes), holding
+/// its closed connections, or reopening them (resumed handshakes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    First,
+    Held,
+    Second,
 }
 
 /// Longest wait in `poll` when nothing is due.
@@ -211,6 +233,12 @@ struct ClientThread<'a> {
     pinger: Option<Pinger>,
     /// Streams of connections that ended: their room and check.
     done: Vec<(String, SeqCheck)>,
+    /// The TLS configuration its connections use (with its own ticket store for
+    /// `--tls-resume`).
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// `--tls-resume`: the round, and the plans of connections closed for the second one.
+    round: Round,
+    held: Vec<usize>,
 }
 
 impl<'a> ClientThread<'a> {
@@ -227,6 +255,12 @@ impl<'a> ClientThread<'a> {
             commenter: plan.comments.clone().map(Commenter::new),
             pinger: plan.app_ping_every.map(Pinger::new),
             done: Vec::new(),
+            tls: match &plan.target.tls {
+                Some(config) if plan.tls_resume => Some(tickets::TicketPool::config_for(config, plan.plans.len())),
+                other => other.clone(),
+            },
+            round: Round::First,
+            held: Vec::new(),
         })
     }
 
@@ -250,7 +284,7 @@ impl<'a> ClientThread<'a> {
     fn open(&mut self, next: Pending, from: Option<IpAddr>) -> io::Result<bool> {
         let target = &self.plan.target;
         let Ok(sock) = crate::net::connect(target.addr, from) else { return Ok(false) };
-        let stream = Stream::new(sock, target.tls.as_ref(), &target.host)?;
+        let stream = Stream::new(sock, self.tls.as_ref(), &target.host)?;
         let mut conn = Conn::new(stream, Viewer::new(next.plan, next.resume));
         let entry = self.conns.vacant_entry();
         self.poll.registry().register(conn.socket(), Token(entry.key()), Interest::READABLE | Interest::WRITABLE)?;
@@ -338,7 +372,38 @@ impl<'a> ClientThread<'a> {
         if let Some(pinger) = &mut self.pinger {
             pinger.tick(&mut self.conns);
         }
+        if self.plan.tls_resume {
+            self.next_round();
+        }
         self.tally.hand_over_progress();
+    }
+
+    /// `storm --tls-resume`: close every upgraded connection when the scenario asks (holding its
+    /// plan; its session tickets stay in the thread's store), then reopen them all when it asks
+    /// again, measuring connects afresh.
+    fn next_round(&mut self) {
+        let shared = self.tally.shared;
+        match self.round {
+            Round::First if shared.close_round.load(Ordering::Relaxed) => {
+                let ready: Vec<usize> =
+                    self.conns.iter().filter(|(_, c)| c.viewer.phase == Phase::Ready).map(|(key, _)| key).collect();
+                for key in ready {
+                    let Some(mut conn) = self.conns.try_remove(key) else { continue };
+                    let _ = self.poll.registry().deregister(conn.socket());
+                    self.held.push(conn.viewer.plan);
+                }
+                shared.held.fetch_add(self.held.len() as u64, Ordering::Relaxed);
+                self.round = Round::Held;
+            }
+            Round::Held if shared.reopen_round.load(Ordering::Relaxed) => {
+                self.tally.restart_connects();
+                for plan in self.held.drain(..) {
+                    self.dialer.requeue(Pending { plan, resume: None });
+                }
+                self.round = Round::Second;
+            }
+            _ => {}
+        }
     }
 
     /// Churn: drop a ready connection and queue it to reopen where it left off.

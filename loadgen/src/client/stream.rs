@@ -26,6 +26,12 @@ impl Stream {
         Ok(Self::Tls(Box::new((sock, tls))))
     }
 
+    /// Whether this is a TLS connection whose handshake resumed an earlier session (so the
+    /// server did not sign anything).
+    pub(super) fn resumed(&self) -> bool {
+        matches!(self, Self::Tls(t) if t.1.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+    }
+
     /// The socket, to register with the poller and ask whether it connected.
     pub(super) fn socket(&mut self) -> &mut TcpStream {
         match self {

@@ -63,11 +63,24 @@ impl<'a> Tally<'a> {
         let _ = self.connect_latency.record(micros(opened_at.elapsed()));
     }
 
-    /// A connection whose connect started at `opened_at` got its `101`.
-    pub(super) fn upgraded(&mut self, opened_at: Instant) {
+    /// A connection whose connect started at `opened_at` got its `101` (`resumed`: over a TLS
+    /// session resumed from an earlier connection).
+    pub(super) fn upgraded(&mut self, opened_at: Instant, resumed: bool) {
         let _ = self.upgrade_latency.record(micros(opened_at.elapsed()));
+        if resumed {
+            self.shared.tls_resumed.fetch_add(1, Ordering::Relaxed);
+        }
         self.shared.connected.fetch_add(1, Ordering::Relaxed);
         self.connect_time = self.started.elapsed();
+    }
+
+    /// `storm --tls-resume`: the second round begins; its connects are measured from now, and
+    /// the first round's connect and upgrade latencies are forgotten.
+    pub(super) fn restart_connects(&mut self) {
+        self.connect_latency.reset();
+        self.upgrade_latency.reset();
+        self.started = Instant::now();
+        self.connect_time = Duration::ZERO;
     }
 
     /// A new seq arrived; `stamp` is its intended send time (ns since the Unix epoch) if it

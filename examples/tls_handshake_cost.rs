@@ -1,0 +1,241 @@
+//! The server's CPU per TLS 1.3 handshake, without sockets: the floor under a wss connect.
+//!
+//! A rustls client and server (roomcast's own server configuration, `roomcast::tls`) shake
+//! hands in memory, in one thread; only the server's calls are timed (`read_tls`,
+//! `process_new_packets`, `write_tls`), in this thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`,
+//! so other processes on a shared machine do not inflate it), so the figure is what one server
+//! core spends on the handshake itself, before any upgrade, hello or socket work. The
+//! primitives underneath (ring's signatures and key agreements) are timed alone as well. It compares the certificate
+//! (ECDSA P-256 as `gen-cert` makes it, Ed25519; any other PEM pair with `--pem CERT KEY`, e.g.
+//! an RSA-2048 one from `openssl req -x509 -newkey rsa:2048 -nodes ...`), the key exchange the
+//! client offers (X25519, secp256r1) and full against resumed handshakes (a session ticket from
+//! the previous one).
+//!
+//! ```sh
+//! cargo run --release --example tls_handshake_cost [-- --rounds 2000] [-- --pem cert.pem key.pem]
+//! ```
+//!
+//! It prints one line per case: microseconds of server CPU per handshake (the median of five
+//! batches) and handshakes per server core-second, then one line per primitive.
+
+use rustls::crypto::{ring as provider, CryptoProvider, SupportedKxGroup};
+use rustls::pki_types::ServerName;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Batches per case; the median is printed.
+const BATCHES: usize = 5;
+
+/// CPU time this thread has used.
+#[allow(unsafe_code)]
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one `timespec` through a pointer to a valid, live, owned one.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is readable");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A certificate and key on disk, with a name for the table.
+struct Identity {
+    name: String,
+    cert: PathBuf,
+    key: PathBuf,
+    cert_pem: String,
+}
+
+fn generated(
+    name: &str,
+    alg: &'static rcgen::SignatureAlgorithm,
+    dir: &Path,
+) -> Result<Identity, Box<dyn std::error::Error>> {
+    let key = rcgen::KeyPair::generate_for(alg)?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key)?;
+    let (cert_path, key_path) = (dir.join(format!("{name}-cert.pem")), dir.join(format!("{name}-key.pem")));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok(Identity { name: name.to_owned(), cert: cert_path, key: key_path, cert_pem: cert.pem() })
+}
+
+/// A client trusting `identity`, offering only `kx`, resuming or not.
+fn client(identity: &Identity, kx: &'static dyn SupportedKxGroup, resume: bool) -> Arc<rustls::ClientConfig> {
+    let provider = CryptoProvider { kx_groups: vec![kx], ..provider::default_provider() };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut identity.cert_pem.as_bytes()).flatten() {
+        let _ = roots.add(cert);
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Arc::new(config)
+}
+
+/// One handshake in memory; returns the server's time in it and whether it resumed.
+fn handshake(client_cfg: &Arc<rustls::ClientConfig>, server_cfg: &Arc<rustls::ServerConfig>) -> (Duration, bool) {
+    let name = ServerName::try_from("localhost").expect("a valid name");
+    let mut client = rustls::ClientConnection::new(Arc::clone(client_cfg), name).expect("client");
+    let mut server_time = Duration::ZERO;
+    let started = thread_cpu();
+    let mut server = rustls::ServerConnection::new(Arc::clone(server_cfg)).expect("server");
+    server_time += thread_cpu() - started;
+    let mut to_server = Vec::new();
+    let mut to_client = Vec::new();
+    // Until the client has read the server's tickets: they are part of the server's cost.
+    for _ in 0..6 {
+        to_server.clear();
+        while client.wants_write() {
+            client.write_tls(&mut to_server).expect("client out");
+        }
+        let started = thread_cpu();
+        let mut input = &to_server[..];
+        while !input.is_empty() {
+            server.read_tls(&mut input).expect("server in");
+            server.process_new_packets().expect("server handshake");
+        }
+        to_client.clear();
+        while server.wants_write() {
+            server.write_tls(&mut to_client).expect("server out");
+        }
+        server_time += thread_cpu() - started;
+        let mut input = &to_client[..];
+        while !input.is_empty() {
+            client.read_tls(&mut input).expect("client in");
+            client.process_new_packets().expect("client handshake");
+        }
+        if !client.is_handshaking() && !server.is_handshaking() && to_client.is_empty() && !client.wants_write() {
+            break;
+        }
+    }
+    (server_time, server.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+}
+
+/// Median server microseconds per handshake over [`BATCHES`] batches of `rounds`.
+fn measure(
+    client_cfg: &Arc<rustls::ClientConfig>,
+    server_cfg: &Arc<rustls::ServerConfig>,
+    rounds: usize,
+    resume: bool,
+) -> f64 {
+    // A first handshake leaves the ticket the resumed case starts from (and warms caches).
+    let _ = handshake(client_cfg, server_cfg);
+    let mut batches: Vec<f64> = (0..BATCHES)
+        .map(|_| {
+            let mut total = Duration::ZERO;
+            for _ in 0..rounds {
+                let (t, resumed) = handshake(client_cfg, server_cfg);
+                assert_eq!(resumed, resume, "the handshake resumed as the case says");
+                total += t;
+            }
+            total.as_secs_f64() * 1e6 / rounds as f64
+        })
+        .collect();
+    batches.sort_by(f64::total_cmp);
+    batches[BATCHES / 2]
+}
+
+/// Median microseconds of this thread's CPU per call of `op`, over [`BATCHES`] batches.
+fn per_call(rounds: usize, mut op: impl FnMut()) -> f64 {
+    let mut batches: Vec<f64> = (0..BATCHES)
+        .map(|_| {
+            let started = thread_cpu();
+            for _ in 0..rounds {
+                op();
+            }
+            (thread_cpu() - started).as_secs_f64() * 1e6 / rounds as f64
+        })
+        .collect();
+    batches.sort_by(f64::total_cmp);
+    batches[BATCHES / 2]
+}
+
+/// What a handshake is made of, alone: the server's signature (full handshakes only) and its
+/// half of the key agreement (every handshake, resumed too).
+fn primitives(rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
+    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, ECDH_P256, X25519};
+    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let message = [7u8; 130]; // about what TLS 1.3 signs: 64 spaces, a context string, a hash
+    let p256 = EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P256_SHA256_ASN1_SIGNING,
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).map_err(|_| "p256 key")?.as_ref(),
+        &rng,
+    )
+    .map_err(|_| "p256 key")?;
+    let ed = Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "ed25519 key")?.as_ref())
+        .map_err(|_| "ed25519 key")?;
+    let sign_p256 = per_call(rounds, || {
+        let _ = p256.sign(&rng, &message);
+    });
+    let sign_ed = per_call(rounds, || {
+        let _ = ed.sign(&message);
+    });
+    println!("sign         ecdsa-p256          {sign_p256:>7.1} us");
+    println!("sign         ed25519             {sign_ed:>7.1} us");
+    for (name, alg) in [("x25519", &X25519), ("secp256r1", &ECDH_P256)] {
+        // The peer's share, made once: the server generates its own and agrees, per handshake.
+        let peer =
+            EphemeralPrivateKey::generate(alg, &rng).map_err(|_| "key")?.compute_public_key().map_err(|_| "key")?;
+        let peer = peer.as_ref().to_vec();
+        let us = per_call(rounds, || {
+            let Ok(mine) = EphemeralPrivateKey::generate(alg, &rng) else { return };
+            let _ = mine.compute_public_key();
+            let _ = agree_ephemeral(mine, &ring::agreement::UnparsedPublicKey::new(alg, &peer), |k| k.len());
+        });
+        println!("key exchange {name:<19} {us:>7.1} us (generate, public key, agree)");
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rounds = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(1000);
+    let dir = std::env::temp_dir().join(format!("roomcast-tls-cost-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut identities = vec![
+        generated("ecdsa-p256", &rcgen::PKCS_ECDSA_P256_SHA256, &dir)?,
+        generated("ed25519", &rcgen::PKCS_ED25519, &dir)?,
+    ];
+    if let Some(i) = args.iter().position(|a| a == "--pem") {
+        let (cert, key) = (args.get(i + 1).ok_or("--pem CERT KEY")?, args.get(i + 2).ok_or("--pem CERT KEY")?);
+        identities.push(Identity {
+            name: Path::new(cert).file_stem().map_or("pem".into(), |s| s.to_string_lossy().into_owned()),
+            cert: cert.into(),
+            key: key.into(),
+            cert_pem: std::fs::read_to_string(cert)?,
+        });
+    }
+    let kx_groups: [(&str, &'static dyn SupportedKxGroup); 2] =
+        [("x25519", provider::kx_group::X25519), ("secp256r1", provider::kx_group::SECP256R1)];
+    println!("server CPU per TLS 1.3 handshake, in memory, median of {BATCHES} batches of {rounds}");
+    for identity in &identities {
+        let server_cfg =
+            roomcast::tls::server_config(&identity.cert, &identity.key, roomcast::tls::Resumption::default())?;
+        for (kx_name, kx) in kx_groups {
+            for resume in [false, true] {
+                let us = measure(&client(identity, kx, resume), &server_cfg, rounds, resume);
+                println!(
+                    "{:<12} {:<10} {:<8} {us:>7.1} us  {:>7.0} handshakes per server core-second",
+                    identity.name,
+                    kx_name,
+                    if resume { "resumed" } else { "full" },
+                    1e6 / us
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("server CPU per primitive (ring), median of {BATCHES} batches of {rounds}");
+    primitives(rounds)
+}
