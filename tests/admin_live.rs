@@ -14,7 +14,7 @@ mod support;
 
 use live_support::{
     admin, close_normally, get, get_json, next_ms_after, place, post, post_ok, room_homed_at, scrape, viewer_on,
-    wall_ms, SilentViewer, Witness,
+    wall_ms, Witness,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -608,7 +608,9 @@ fn leaves_and_comments_are_counted_per_room_by_reason() {
 #[test]
 fn a_heartbeat_expiry_is_counted_as_one() {
     let server = Server::start(&["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "300"]);
-    let (mut frozen, joined) = SilentViewer::join(&server, "frozen", "vigil");
+    // Joins, then answers nothing, not even pings: a frozen client.
+    let mut frozen = server.deaf_viewer("frozen");
+    let joined = frozen.join("vigil");
     assert_eq!(joined["online"], 1);
     let (code, pings) = frozen.close_code();
     assert_eq!(code, Some(1001), "closed as gone away");

@@ -1,7 +1,7 @@
 //! Helpers for the admin-port tests against a real `roomcast serve` (started by
 //! `support::Server`, every port 0): the admin address from the ready line, viewers placed on
 //! a chosen worker, room names homed on a chosen worker, `/metrics` parsed by the
-//! `prometheus-parse` crate, and a viewer that joins a room and then answers nothing.
+//! `prometheus-parse` crate.
 //!
 //! Needs `mod support;` and `mod admin_support;` in the test crate (the HTTP client and the
 //! `/admin/stream` client are `admin_support`'s). Every wait is bounded by [`WAIT`].
@@ -11,8 +11,7 @@
 use crate::admin_support::{self, Reply};
 use crate::support::{Server, Viewer, WAIT};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
 
@@ -196,122 +195,6 @@ impl Scrape {
     /// Whether the text declares `name` with `# TYPE name kind`.
     pub fn declares(&self, name: &str, kind: &str) -> bool {
         self.text.lines().any(|l| l == format!("# TYPE {name} {kind}"))
-    }
-}
-
-/// A viewer that joins one room right after its upgrade and then never writes again, not
-/// even a pong: a frozen client, as the server's heartbeat sees it. Frames are read raw
-/// (RFC 6455 5.2: unmasked from a server); its one frame is masked (5.3).
-pub struct SilentViewer {
-    sock: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl SilentViewer {
-    /// Upgrade as `user`, send `join room`, and read until `joined` (pings on the way are
-    /// not answered). Returns the viewer and its `joined`.
-    pub fn join(server: &Server, user: &str, room: &str) -> (Self, Value) {
-        let mut sock = TcpStream::connect(&server.ws).expect("connect");
-        sock.set_read_timeout(Some(WAIT)).expect("read timeout");
-        let request = format!(
-            "GET /ws?user={user} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            server.ws
-        );
-        sock.write_all(request.as_bytes()).expect("send the upgrade");
-        let mut v = Self { sock, buf: Vec::new() };
-        let head = v.read_until(b"\r\n\r\n");
-        assert!(head.starts_with(b"HTTP/1.1 101"), "upgrade refused: {}", String::from_utf8_lossy(&head));
-        v.send_text(&json!({"op": "join", "room": room}).to_string());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            assert!(Instant::now() < deadline, "no joined within {WAIT:?}");
-            match v.frame() {
-                Some((0x1, payload)) => {
-                    let m: Value = serde_json::from_slice(&payload).expect("JSON text");
-                    if m["op"] == "joined" {
-                        return (v, m);
-                    }
-                }
-                Some(_) => {}
-                None => panic!("closed before joined"),
-            }
-        }
-    }
-
-    fn send_text(&mut self, text: &str) {
-        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-        let payload = text.as_bytes();
-        let mut frame = vec![0x81];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&u16::try_from(n).expect("a short frame").to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.sock.write_all(&frame).expect("send a frame");
-    }
-
-    fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(at) = self.buf.windows(end.len()).position(|w| w == end) {
-                return self.buf.drain(..at + end.len()).collect();
-            }
-            assert!(Instant::now() < deadline, "nothing ended with {end:?} within {WAIT:?}");
-            assert!(self.fill() > 0, "closed while reading");
-        }
-    }
-
-    fn fill(&mut self) -> usize {
-        let mut chunk = [0u8; 4096];
-        let n = self.sock.read(&mut chunk).expect("read from the server");
-        self.buf.extend_from_slice(&chunk[..n]);
-        n
-    }
-
-    /// The next server frame: opcode and payload, or `None` at end of stream.
-    fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if self.buf.len() >= 2 {
-                let (opcode, len7) = (self.buf[0] & 0x0F, usize::from(self.buf[1] & 0x7F));
-                let (header, len) = match len7 {
-                    126 if self.buf.len() >= 4 => (4, usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]]))),
-                    127 if self.buf.len() >= 10 => {
-                        let mut n = [0u8; 8];
-                        n.copy_from_slice(&self.buf[2..10]);
-                        (10, usize::try_from(u64::from_be_bytes(n)).expect("frame length fits"))
-                    }
-                    126 | 127 => (usize::MAX, 0),
-                    n => (2, n),
-                };
-                if header != usize::MAX && self.buf.len() >= header + len {
-                    let payload = self.buf[header..header + len].to_vec();
-                    self.buf.drain(..header + len);
-                    return Some((opcode, payload));
-                }
-            }
-            if self.fill() == 0 {
-                return None;
-            }
-        }
-    }
-
-    /// Read, answering nothing, until the server's close frame; its code and the pings seen.
-    pub fn close_code(&mut self) -> (Option<u16>, usize) {
-        let deadline = Instant::now() + WAIT;
-        let mut pings = 0;
-        loop {
-            assert!(Instant::now() < deadline, "no close frame within {WAIT:?}");
-            match self.frame() {
-                Some((0x8, payload)) => return (payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])), pings),
-                Some((0x9, _)) => pings += 1,
-                Some(_) => {}
-                None => return (None, pings),
-            }
-        }
     }
 }
 

@@ -481,6 +481,31 @@ pub struct DeafViewer {
 }
 
 impl DeafViewer {
+    /// Send `join room` (its one frame, masked as RFC 6455 5.3 asks of a client) and read
+    /// until `joined` (pings on the way are not answered); the `joined`.
+    pub fn join(&mut self, room: &str) -> Value {
+        let text = serde_json::json!({"op": "join", "room": room}).to_string();
+        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).expect("a join fits a short frame")];
+        frame.extend_from_slice(&mask);
+        frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.sock.write_all(&frame).expect("send the join");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "no joined within {WAIT:?}");
+            match self.frame() {
+                Some((0x1, payload)) => {
+                    let m: Value = serde_json::from_slice(&payload).expect("JSON text");
+                    if m["op"] == "joined" {
+                        return m;
+                    }
+                }
+                Some(_) => {}
+                None => panic!("closed before joined"),
+            }
+        }
+    }
+
     /// Read until `end` appears; everything up to and including it.
     fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
         let deadline = Instant::now() + WAIT;
