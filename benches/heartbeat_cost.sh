@@ -10,26 +10,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${N:-19000}; hold=${HOLD:-60}
-[ -n "${NO_BUILD:-}" ] || cargo build --release --workspace -q
-bin=${SERVER_BIN:-./target/release/roomcast}
-loadgen=${LOADGEN_BIN:-./target/release/loadgen}
-out=$(mktemp -d)
-pid=; lg=
-cleanup() {
-  [ -n "$lg" ] && kill "$lg" 2>/dev/null; [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
-  wait 2>/dev/null; rm -rf "$out"
-}
-trap cleanup EXIT
-sink_flags=()
-"$bin" serve --help | grep -q -- --sink-dir && sink_flags=(--sink-dir "$out/data")
-coproc SERVER { exec "$bin" serve --ws-listen 127.0.0.1:0 --ingest-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-    "${sink_flags[@]}" "$@" 2>"$out/server.log"; }
-pid=$SERVER_PID
-read -r -t 30 ready <&"${SERVER[0]}"
-field() { grep -o "$1=[^ ]*" <<<"$ready" | cut -d= -f2; }
+# shellcheck source=benches/serve.sh
+. benches/serve.sh
+start_server "$@"
 # shellcheck disable=SC2086 # LOADGEN_FLAGS is a list of flags
 "$loadgen" idle --url "ws://$(field ws)/ws" --conns "$conns" --rooms 100 --duration $((hold + 120)) \
-    ${LOADGEN_FLAGS:-} >"$out/idle.out" 2>&1 & lg=$!
+    ${LOADGEN_FLAGS:-} >"$out/idle.out" 2>&1 & lg=$!; also_kill+=("$lg")
 # utime + stime in clock ticks (fields 14 and 15 of /proc/PID/stat; after the ")" of the name
 # they are the 12th and 13th).
 cpu() { python3 -c "f = open('/proc/$1/stat').read().rsplit(')', 1)[1].split(); print(int(f[11]) + int(f[12]))"; }

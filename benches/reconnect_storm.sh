@@ -10,21 +10,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stayers=${STAYERS:-1000}; storm=${STORM:-18000}; rate=${RATE:-100}; duration=${DURATION:-20}; at=${STORM_AT:-5}
-[ -n "${NO_BUILD:-}" ] || cargo build --release --workspace -q
-bin=${SERVER_BIN:-./target/release/roomcast}
-loadgen=${LOADGEN_BIN:-./target/release/loadgen}
-out=$(mktemp -d)
-pid=
-cleanup() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$out"; }
-trap cleanup EXIT
-coproc SERVER { exec "$bin" serve --ws-listen 127.0.0.1:0 --ingest-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-    --sink-dir "$out/data" "$@" 2>"$out/server.log"; }
-pid=$SERVER_PID
-read -r -t 30 ready <&"${SERVER[0]}"
-field() { grep -o "$1=[^ ]*" <<<"$ready" | cut -d= -f2; }
+# shellcheck source=benches/serve.sh
+. benches/serve.sh
+start_server "$@"
 url="ws://$(field ws)/ws"
 "$loadgen" fanout --url "$url" --ingest "$(field ingest)" --conns "$stayers" --rooms 10 --rate "$rate" \
-    --duration "$duration" --server-pid "$pid" --json "$out/fanout.json" >/dev/null 2>&1 & fan=$!
+    --duration "$duration" --server-pid "$pid" --json "$out/fanout.json" >/dev/null 2>&1 & fan=$!; also_kill+=("$fan")
 # The stayers connect in well under a second; the storm starts once publishing has.
 sleep "$at"
 "$loadgen" storm --url "$url" --conns "$storm" --json "$out/storm.json" --connect-timeout 120 >/dev/null 2>&1 || true

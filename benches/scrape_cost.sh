@@ -8,23 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-19000}; rooms=${2:-10000}; k=${3:-200}
-[ -n "${NO_BUILD:-}" ] || cargo build --release --workspace -q
-bin=${SERVER_BIN:-./target/release/roomcast}
-loadgen=${LOADGEN_BIN:-./target/release/loadgen}
-out=$(mktemp -d)
-pid=; lg=
-cleanup() {
-  [ -n "$lg" ] && kill "$lg" 2>/dev/null; [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
-  wait 2>/dev/null; rm -rf "$out"
-}
-trap cleanup EXIT
-coproc SERVER { exec "$bin" serve --ws-listen 127.0.0.1:0 --ingest-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-    --sink-dir "$out/data" --accept-rate 0 2>"$out/server.log"; }
-pid=$SERVER_PID
-read -r -t 30 ready <&"${SERVER[0]}"
-field() { grep -o "$1=[^ ]*" <<<"$ready" | cut -d= -f2; }
+# shellcheck source=benches/serve.sh
+. benches/serve.sh
+start_server --accept-rate 0
 admin=$(field admin)
-"$loadgen" idle --url "ws://$(field ws)/ws" --conns "$conns" --rooms "$rooms" --duration 600 >/dev/null 2>&1 & lg=$!
+"$loadgen" idle --url "ws://$(field ws)/ws" --conns "$conns" --rooms "$rooms" --duration 600 >/dev/null 2>&1 & lg=$!; also_kill+=("$lg")
 python3 - "$admin" "$conns" "$k" "$pid" <<'PY'
 import socket, statistics, sys, time
 admin, conns, k, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

@@ -11,22 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 readers=${READERS:-1900}; stalled=${STALLED:-100}; rate=${RATE:-500}; duration=${DURATION:-20}
-[ -n "${NO_BUILD:-}" ] || cargo build --release --workspace -q
-bin=${SERVER_BIN:-./target/release/roomcast}
-loadgen=${LOADGEN_BIN:-./target/release/loadgen}
-out=$(mktemp -d)
-pid=
-cleanup() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$out"; }
-trap cleanup EXIT
-coproc SERVER { exec "$bin" serve --ws-listen 127.0.0.1:0 --ingest-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-    --sink-dir "$out/data" "$@" 2>"$out/server.log"; }
-pid=$SERVER_PID
-read -r -t 30 ready <&"${SERVER[0]}"
-field() { grep -o "$1=[^ ]*" <<<"$ready" | cut -d= -f2; }
-python3 benches/stalled_viewers.py "$(field ws)" "$stalled" lg-0 "$out/stalled.ready" & stall=$!
+# shellcheck source=benches/serve.sh
+. benches/serve.sh
+start_server "$@"
+python3 benches/stalled_viewers.py "$(field ws)" "$stalled" lg-0 "$out/stalled.ready" & stall=$!; also_kill+=("$stall")
 # The stalled viewers are in before the readers start (the script makes the file then).
 until [ -e "$out/stalled.ready" ]; do kill -0 "$stall" || exit 1; sleep 0.1; done
-python3 - "$(field admin)" "$pid" "$stalled" "$out/samples" <<'PY' & sampler=$!
+python3 - "$(field admin)" "$pid" "$stalled" "$out/samples" <<'PY' & sampler=$!; also_kill+=("$sampler")
 import socket, sys, time
 admin, pid, stalled, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 host, port = admin.rsplit(":", 1)

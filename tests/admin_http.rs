@@ -4,7 +4,7 @@
 
 mod admin_support;
 
-use admin_support::{get, member, post, request, start, stream, FakeRoom, Step};
+use admin_support::{get, member, post, request, start, stream, urlencode, FakeRoom, Step};
 use roomcast::admin::{AdminSettings, Caller, Health, UpstreamOp};
 use roomcast::ids::WorkerId;
 use roomcast::metrics::{IngestOp, IngestOutcome, ListenerKind, Metrics, Source, WorkerLoad};
@@ -144,18 +144,6 @@ fn rooms_are_listed_in_stable_pages() {
     {
         assert_eq!(get(addr, &format!("/api/rooms?{bad}"), None).error(400), "bad_request", "{bad}");
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[test]

@@ -12,6 +12,8 @@ mod admin_support;
 mod live_support;
 mod support;
 
+use admin_support::urlencode;
+
 use live_support::{
     admin, close_normally, get, get_json, next_ms_after, place, post, post_ok, room_homed_at, scrape, viewer_on,
     wall_ms, Witness,
@@ -27,18 +29,6 @@ fn witnesses(placed: Vec<Vec<(support::Viewer, Value)>>) -> Vec<Witness> {
 
 fn detail(server: &Server, room: &str) -> Value {
     get_json(server, &format!("/api/rooms/{}", urlencode(room)))
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// What the API says of a room against what each of its members (`members`, indices into

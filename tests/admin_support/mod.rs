@@ -546,3 +546,16 @@ impl Stream {
         }
     }
 }
+
+/// `s` percent-encoded for a URL path segment or query value (RFC 3986 unreserved kept).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
