@@ -17,7 +17,7 @@
 //! Failures: any IO error drops the connection; sequence requests are then answered
 //! `unavailable` at once (the workers also refuse new ones while the status says down), and
 //! snapshots and presence reports wait (bounded) for the connection to come back, after a
-//! backoff with jitter (100 ms doubling to 5 s). A request whose pipeline failed may still have
+//! backoff with jitter (100 ms doubling to 2 s). A request whose pipeline failed may still have
 //! run in Redis; its publisher heard `unavailable` and a retry may publish it twice.
 //!
 //! The `redis` crate's synchronous connection, on this thread of its own, as the Redis sink
@@ -99,7 +99,7 @@ impl Backoff {
 
     /// An attempt failed: wait longer before the next.
     pub(super) fn failed(&mut self) {
-        self.delay_ms = (self.delay_ms * 2).clamp(100, 5_000);
+        self.delay_ms = (self.delay_ms * 2).clamp(100, 2_000);
         let jitter = fastrand::u64(0..=self.delay_ms / 2);
         self.next = Instant::now() + Duration::from_millis(self.delay_ms / 2 + jitter);
     }

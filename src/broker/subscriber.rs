@@ -73,15 +73,18 @@ impl Subscriber {
     /// Follow rooms until the homes are gone.
     pub(super) fn run(mut self) {
         let mut backoff = Backoff::new();
+        let mut failing = false;
         loop {
-            match self.session() {
+            match self.session(&mut failing) {
                 Ok(()) => return,
+                Err(e) if failing => tracing::debug!(error = %e, "cluster: the subscription connection is still down"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cluster: the subscription connection failed; reconnecting");
+                    tracing::warn!(error = %e, "cluster: the subscription connection failed; reconnecting with backoff");
                     self.status.reconnected();
-                    backoff.failed();
+                    failing = true;
                 }
             }
+            backoff.failed();
             // While Redis is away, keep track of what to follow.
             loop {
                 let wait = backoff.wait();
@@ -143,13 +146,16 @@ impl Subscriber {
 
     /// One connection's life: subscribe to everything followed, then serve messages and
     /// requests. `Ok` when the homes are gone.
-    fn session(&mut self) -> redis::RedisResult<()> {
+    fn session(&mut self, failing: &mut bool) -> redis::RedisResult<()> {
         let mut con = connect(&self.client, self.timeout)?;
         let mut pubsub = con.as_pubsub();
         let all: Vec<String> =
             self.rooms.iter().chain(self.private.keys()).map(|room| scripts::channel(room)).collect();
         for chunk in all.chunks(SUBSCRIBE_CHUNK) {
             pubsub.subscribe(chunk)?;
+        }
+        if std::mem::take(failing) {
+            tracing::info!(rooms = all.len(), "cluster: subscribed again; every followed room catches up from its snapshot");
         }
         // Whatever was missed while away: every followed room reads its snapshot again.
         for room in &self.rooms {

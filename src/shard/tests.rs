@@ -1056,3 +1056,211 @@ fn a_quiet_rooms_presence_is_written_after_every_waiting_event() {
     assert_eq!(keys.iter().filter(|&&k| k == quiet.1).count(), 1, "listed once: {keys:?}");
     assert_eq!(ops(&sim.received(quiet)), ["presence", "event"]);
 }
+
+mod cluster {
+    //! The homes of a cluster node (`cluster.rs`, `homes/follow.rs`) against a fake broker that
+    //! sequences like the Redis script: joins wait for the room's snapshot, the cluster's order
+    //! reaches the members once each, a gap is filled from a new snapshot, a lost history
+    //! closes the members with 1012, acks follow their events, refusals answer `unavailable`.
+
+    use super::*;
+    use crate::shard::cluster::{Broadcast, BrokerPort, PresenceChange, SequenceRequest, Snapshot, Then};
+    use std::sync::{Arc, Mutex};
+
+    /// What the homes asked of the fake broker.
+    #[derive(Debug, Default)]
+    struct Asked {
+        sequence: Vec<SequenceRequest>,
+        follow: Vec<String>,
+        presence: Vec<(String, Vec<PresenceChange>)>,
+        down: bool,
+    }
+
+    #[derive(Debug)]
+    struct FakeBroker(Arc<Mutex<Asked>>);
+
+    impl BrokerPort for FakeBroker {
+        fn sequence(&mut self, request: SequenceRequest) -> Result<(), Then> {
+            let mut asked = self.0.lock().expect("lock");
+            if asked.down {
+                return Err(request.then);
+            }
+            asked.sequence.push(request);
+            Ok(())
+        }
+        fn follow(&mut self, room: &RoomName) {
+            self.0.lock().expect("lock").follow.push(room.to_string());
+        }
+        fn unfollow(&mut self, _: &RoomName) {}
+        fn presence(&mut self, room: &RoomName, changes: Vec<PresenceChange>, _: Vec<(Box<str>, u64)>) {
+            self.0.lock().expect("lock").presence.push((room.to_string(), changes));
+        }
+        fn private(&mut self, _: &Arc<str>, _: bool) {}
+    }
+
+    const ROOM: &str = "live";
+
+    fn cluster_sim() -> (Sim, Arc<Mutex<Asked>>) {
+        let mut sim = Sim::new(2);
+        let asked = Arc::new(Mutex::new(Asked::default()));
+        for s in &mut sim.shards {
+            s.set_broker(Box::new(FakeBroker(Arc::clone(&asked))));
+        }
+        (sim, asked)
+    }
+
+    fn message(seq: u64, epoch: &str) -> Broadcast {
+        // Published at the simulation's start (history keeps messages by age).
+        let ts_ms = 1_000_000;
+        let json =
+            crate::shard::cluster::Template::event(ROOM, "gift", &format!("{{\"n\":{seq}}}"), ts_ms).fill(seq, 0, epoch);
+        Broadcast { seq, epoch: epoch.into(), state: None, ts_ms, frame: frame::text_frame_with(|o| o.extend(json)) }
+    }
+
+    fn home(sim: &mut Sim, mail: Mail) {
+        let home = usize::from(home_of(ROOM, 2).0);
+        sim.shards[home].handle_mail(mail, sim.now);
+        sim.settle();
+    }
+
+    fn snapshot(sim: &mut Sim, epoch: &str, seqs: std::ops::RangeInclusive<u64>) {
+        let history: Vec<Broadcast> = seqs.clone().map(|s| message(s, epoch)).collect();
+        let snapshot = Snapshot { epoch: epoch.into(), seq: *seqs.end(), version: 0, state: None, history };
+        home(sim, Mail::Synced { room: name(ROOM), snapshot: Box::new(snapshot) });
+    }
+
+    fn broadcast(sim: &mut Sim, seq: u64, epoch: &str) {
+        home(sim, Mail::Broadcast { room: name(ROOM), message: message(seq, epoch) });
+    }
+
+    fn seqs(got: &[Value]) -> Vec<u64> {
+        got.iter().filter(|m| m["op"] == "event").filter_map(|m| m["seq"].as_u64()).collect()
+    }
+
+    #[test]
+    fn a_join_waits_for_the_snapshot_then_the_clusters_order_arrives_once() {
+        let (mut sim, asked) = cluster_sim();
+        let v = sim.open(0, "ann");
+        sim.received(v);
+        sim.send(v, r#"{"op":"join","room":"live"}"#);
+        assert!(sim.received(v).is_empty(), "no joined before the room is in step");
+        assert_eq!(asked.lock().expect("lock").follow, ["live"]);
+        // A broadcast that races the snapshot is kept, and one the snapshot holds is dropped.
+        broadcast(&mut sim, 6, "e1");
+        broadcast(&mut sim, 5, "e1");
+        snapshot(&mut sim, "e1", 3..=5);
+        broadcast(&mut sim, 6, "e1");
+        broadcast(&mut sim, 7, "e1");
+        let got = sim.received(v);
+        let joined = got.iter().find(|m| m["op"] == "joined").expect("joined");
+        assert_eq!((joined["seq"].as_u64(), joined["epoch"].as_str()), (Some(5), Some("e1")));
+        assert_eq!(seqs(&got), [6, 7], "every seq after joined, once, in order");
+        // Recovery from the cluster's history on this node.
+        let w = sim.open(1, "bob");
+        sim.received(w);
+        sim.send(w, r#"{"op":"join","room":"live","since":4,"epoch":"e1"}"#);
+        let got = sim.received(w);
+        assert_eq!(seqs(&got), [5, 6, 7]);
+        assert_eq!(got.iter().find(|m| m["op"] == "joined").map(|j| j["recovered"].as_bool()), Some(Some(true)));
+    }
+
+    #[test]
+    fn a_gap_is_filled_from_a_new_snapshot() {
+        let (mut sim, asked) = cluster_sim();
+        let v = sim.open(0, "ann");
+        sim.send(v, r#"{"op":"join","room":"live"}"#);
+        snapshot(&mut sim, "e1", 1..=2);
+        sim.received(v);
+        broadcast(&mut sim, 4, "e1");
+        assert!(seqs(&sim.received(v)).is_empty(), "3 is missing: nothing out of order");
+        assert_eq!(asked.lock().expect("lock").follow.len(), 2, "a new snapshot was asked for");
+        broadcast(&mut sim, 5, "e1");
+        snapshot(&mut sim, "e1", 1..=4);
+        assert_eq!(seqs(&sim.received(v)), [3, 4, 5]);
+    }
+
+    #[test]
+    fn a_history_the_cluster_lost_closes_the_members_with_1012() {
+        let (mut sim, _) = cluster_sim();
+        let v = sim.open(0, "ann");
+        sim.send(v, r#"{"op":"join","room":"live"}"#);
+        snapshot(&mut sim, "e1", 1..=2);
+        sim.received(v);
+        broadcast(&mut sim, 1, "e2");
+        snapshot(&mut sim, "e2", 1..=1);
+        let got = sim.received(v);
+        assert!(seqs(&got).is_empty(), "nothing of the new epoch on the old connection: {got:?}");
+        assert_eq!(got.last().map(|m| m["close"].clone()), Some(serde_json::json!(1012)));
+    }
+
+    #[test]
+    fn publishes_go_to_the_cluster_and_answer_unavailable_when_it_is_down() {
+        let (mut sim, asked) = cluster_sim();
+        sim.publish(ROOM, 1);
+        let request = asked.lock().expect("lock").sequence.pop().expect("sent to the cluster");
+        let filled: Value = serde_json::from_slice(&request.template.fill(9, 0, "e")).expect("JSON");
+        assert_eq!((filled["seq"].as_u64(), filled["data"]["i"].as_u64()), (Some(9), Some(0)));
+        assert!(sim.replies.is_empty(), "the broker answers a sequenced publish itself");
+        asked.lock().expect("lock").down = true;
+        sim.publish(ROOM, 1);
+        assert!(
+            matches!(sim.replies.as_slice(), [IngestReply::Refused { code: ErrorCode::Unavailable, .. }]),
+            "{:?}",
+            sim.replies
+        );
+    }
+
+    #[test]
+    fn a_comments_ack_follows_its_event_whichever_arrives_first() {
+        let (mut sim, asked) = cluster_sim();
+        let v = sim.open(0, "ann");
+        sim.send(v, r#"{"op":"join","room":"live"}"#);
+        snapshot(&mut sim, "e1", 1..=1);
+        sim.received(v);
+        sim.send(v, r#"{"op":"comment","room":"live","text":"hi","ref":7}"#);
+        let request = asked.lock().expect("lock").sequence.pop().expect("the comment went to the cluster");
+        let filled: Value = serde_json::from_slice(&request.template.fill(2, 0, "e1")).expect("JSON");
+        assert_eq!(filled["data"]["id"], "e1-2");
+        // The answer comes before the broadcast: the ack waits for the event.
+        home(&mut sim, Mail::Sequenced { room: name(ROOM), outcome: Ok((2, "e1".into())), then: request.then });
+        assert!(sim.received(v).is_empty(), "no ack before the event");
+        let frame = frame::text_frame_with(|o| o.extend(filled.to_string().into_bytes()));
+        let message = Broadcast { seq: 2, epoch: "e1".into(), state: None, ts_ms: 1, frame };
+        home(&mut sim, Mail::Broadcast { room: name(ROOM), message });
+        let ops: Vec<String> = sim.received(v).iter().map(|m| m["op"].as_str().unwrap_or("").to_owned()).collect();
+        assert_eq!(ops, ["event", "ack"]);
+    }
+
+    #[test]
+    fn presence_goes_to_the_cluster_and_comes_back_as_the_clusters() {
+        let (mut sim, asked) = cluster_sim();
+        let v = sim.open(0, "ann");
+        sim.send(v, r#"{"op":"join","room":"live"}"#);
+        snapshot(&mut sim, "e1", 1..=1);
+        sim.received(v);
+        sim.now += 2_000;
+        for s in &mut sim.shards {
+            s.tick(sim.now);
+        }
+        sim.settle();
+        let reported = asked.lock().expect("lock").presence.clone();
+        assert_eq!(reported.len(), 1);
+        assert_eq!((reported[0].1[0].user.as_ref(), reported[0].1[0].online), ("ann", true));
+        assert!(sim.received(v).iter().all(|m| m["op"] != "presence"), "the room announces the cluster's view only");
+        let report = crate::shard::cluster::ClusterPresence {
+            online: 3,
+            joined: vec![(Arc::from("ann"), Arc::from("ann")), (Arc::from("zed"), Arc::from("Zed"))],
+            ..Default::default()
+        };
+        home(&mut sim, Mail::ClusterPresence { room: name(ROOM), report: Box::new(report) });
+        sim.now += 2_000;
+        for s in &mut sim.shards {
+            s.tick(sim.now);
+        }
+        sim.settle();
+        let got = sim.received(v);
+        let presence = got.iter().find(|m| m["op"] == "presence").expect("presence");
+        assert_eq!(presence["online"], 3);
+        assert_eq!(presence["joined"].as_array().map(Vec::len), Some(2));
+    }
+}

@@ -233,8 +233,8 @@ impl Homes {
 
     /// A followed room's snapshot: the room starts from it (first time), fills what its
     /// members missed (same epoch), or, when the cluster lost what the members have seen,
-    /// closes them with 1012 and starts over. Then the broadcasts that waited and the joins
-    /// that waited go through.
+    /// closes them with 1012 and starts over. Then the joins that waited (at the snapshot's
+    /// seq) and the broadcasts that waited go through.
     pub(crate) fn synced(&mut self, name: &RoomName, snapshot: &Snapshot, now_ms: u64, router: &mut Router) {
         let Some(&key) = self.keys.get(&**name) else { return };
         let entry = &mut self.rooms[key];
@@ -264,14 +264,15 @@ impl Homes {
                 self.take(key, message.clone(), now_ms, router);
             }
         }
-        for message in buffered {
-            self.broadcast(name, message, now_ms, router);
-        }
-        self.release_after_seq(key, now_ms, router);
+        // The joins that waited start at the snapshot; what raced it follows as events.
         let joins = std::mem::take(&mut self.rooms[key].pending_joins);
         for join in joins {
             self.join(name.clone(), join, now_ms, router);
         }
+        for message in buffered {
+            self.broadcast(name, message, now_ms, router);
+        }
+        self.release_after_seq(key, now_ms, router);
     }
 
     /// The cluster's presence report of `name`: announced at the next tick.
