@@ -720,12 +720,8 @@ impl Config {
             }
         }
         // A Redis URL may carry a password (`redis://user:pass@host/`).
-        if let Some(url) = &mut copy.cluster.redis_url {
-            if let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) {
-                if at > scheme {
-                    url.replace_range(scheme + 3..at, "<redacted>");
-                }
-            }
+        for url in copy.cluster.redis_url.iter_mut().chain(&mut copy.cluster.redis_shards) {
+            *url = crate::broker::redacted(url);
         }
         copy
     }
@@ -813,6 +809,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("auth.cache_size", "--auth-cache-size"),
     ("testing.echo_path", "--testing-echo-path"),
     ("cluster.redis_url", "--cluster-redis-url"),
+    ("cluster.redis_shards", "--cluster-redis-shard"),
     ("cluster.node_id", "--node-id"),
     ("cluster.node_ttl_ms", "--node-ttl-ms"),
     ("cluster.timeout_ms", "--cluster-timeout-ms"),
@@ -1012,6 +1009,9 @@ pub struct ServeArgs {
     /// `cluster.redis_url`: share rooms with other nodes through this Redis [default: off].
     #[arg(long, value_name = "URL")]
     pub cluster_redis_url: Option<String>,
+    /// `cluster.redis_shards`: another Redis to spread rooms over (repeatable) [default: none].
+    #[arg(long = "cluster-redis-shard", value_name = "URL")]
+    pub cluster_redis_shards: Vec<String>,
     /// `cluster.node_id`: this node's id in the cluster [default: n-<random>].
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
@@ -1125,6 +1125,8 @@ impl ServeArgs {
         o.set("auth.cache_size", |c| &mut c.auth.cache_size, self.auth_cache_size);
         o.set("testing.echo_path", |c| &mut c.testing.echo_path, self.testing_echo_path.map(Some));
         o.set("cluster.redis_url", |c| &mut c.cluster.redis_url, self.cluster_redis_url.map(Some));
+        let shards = (!self.cluster_redis_shards.is_empty()).then_some(self.cluster_redis_shards);
+        o.set("cluster.redis_shards", |c| &mut c.cluster.redis_shards, shards);
         o.set("cluster.node_id", |c| &mut c.cluster.node_id, self.node_id.map(Some));
         o.set("cluster.node_ttl_ms", |c| &mut c.cluster.node_ttl_ms, self.node_ttl_ms);
         o.set("cluster.timeout_ms", |c| &mut c.cluster.timeout_ms, self.cluster_timeout_ms);
@@ -1219,6 +1221,7 @@ mod tests {
         full.sink.spool.dir = Some("spool".into());
         full.cluster.redis_url = Some("redis://127.0.0.1:6379/".into());
         full.cluster.node_id = Some("n-1".into());
+        full.cluster.redis_shards = vec!["redis://127.0.0.1:6380/".into()];
         let mut all = Vec::new();
         key_paths(&toml::Table::try_from(&full).expect("config serializes"), "", &mut all);
         listed.sort();

@@ -12,6 +12,10 @@ pub struct ClusterConfig {
     /// The Redis that sequences and carries the rooms of every node (`redis://host:port/db`);
     /// unset: a single node.
     pub redis_url: Option<String>,
+    /// More Redis servers to spread the rooms over (with `redis_url` the first): each room
+    /// lives on one, chosen by a hash of its name, so every node must list the same servers in
+    /// the same order. Empty: all rooms on `redis_url`.
+    pub redis_shards: Vec<String>,
     /// This node's id in the cluster (presence, `/api/cluster`, logs); unset: `n-` and 8
     /// random hex digits, new at every start (a restarted node is a new node: what the old
     /// one held is removed by the others when its heartbeat expires).
@@ -29,14 +33,21 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { redis_url: None, node_id: None, node_ttl_ms: 3_000, timeout_ms: 1_000, room_ttl_ms: 86_400_000 }
+        Self {
+            redis_url: None,
+            redis_shards: Vec::new(),
+            node_id: None,
+            node_ttl_ms: 3_000,
+            timeout_ms: 1_000,
+            room_ttl_ms: 86_400_000,
+        }
     }
 }
 
 impl ClusterConfig {
-    /// Whether this node is part of a cluster.
-    pub fn enabled(&self) -> bool {
-        self.redis_url.is_some()
+    /// Every Redis the rooms are spread over, `redis_url` first (empty: a single node).
+    pub fn redis_urls(&self) -> Vec<&str> {
+        self.redis_url.iter().chain(&self.redis_shards).map(String::as_str).collect()
     }
 
     /// The node id: the configured one, or a fresh random one.
@@ -46,12 +57,13 @@ impl ClusterConfig {
 
     /// Check the settings; the error is `(key, message)`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if let Some(url) = &self.redis_url {
-            if let Err(e) = ::redis::Client::open(url.as_str()) {
-                return Err((
-                    "cluster.redis_url",
-                    format!("is not a usable Redis URL ({e}): e.g. redis://127.0.0.1:6379/"),
-                ));
+        if self.redis_url.is_none() && !self.redis_shards.is_empty() {
+            return Err(("cluster.redis_shards", "needs cluster.redis_url (the first server)".to_owned()));
+        }
+        let keys = std::iter::once("cluster.redis_url").chain(std::iter::repeat("cluster.redis_shards"));
+        for (key, url) in keys.zip(self.redis_urls()) {
+            if let Err(e) = ::redis::Client::open(url) {
+                return Err((key, format!("{url:?} is not a usable Redis URL ({e}): e.g. redis://127.0.0.1:6379/")));
             }
         }
         if let Some(id) = &self.node_id {

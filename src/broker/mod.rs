@@ -74,7 +74,7 @@ const MAX_WAITING: usize = 65_536;
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// `cluster.redis_url` is not a Redis URL.
+    /// A `cluster.redis_url` (or shard) is not a Redis URL.
     #[error("cluster.redis_url is not usable")]
     Url(#[source] redis::RedisError),
     /// A broker thread could not be started.
@@ -91,12 +91,62 @@ pub enum Broker {
     Redis(RedisBroker),
 }
 
-/// The running Redis broker: its channels and status.
+/// The running Redis broker: one command thread and one subscriber per Redis server.
 #[derive(Debug)]
 pub struct RedisBroker {
+    shards: Vec<ShardLink>,
+    status: Arc<ClusterStatus>,
+}
+
+/// The channels to one Redis server's threads.
+#[derive(Debug, Clone)]
+struct ShardLink {
     commands: Sender<Command>,
     subscriber: Sender<Control>,
     status: Arc<BrokerStatus>,
+}
+
+/// Every shard's status, as the admin port reads it.
+#[derive(Debug)]
+pub struct ClusterStatus {
+    shards: Vec<Arc<BrokerStatus>>,
+}
+
+impl ClusterStatus {
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        self.shards.first().map_or("", |s| s.node())
+    }
+
+    /// The report of `/api/cluster`: Redis is up when every server answers; the nodes are
+    /// those of the first server (every node heartbeats to all); counters are summed.
+    pub fn report(&self) -> ClusterReport {
+        let mut reports = self.shards.iter().map(|s| s.report());
+        let Some(mut report) = reports.next() else {
+            return BrokerStatus::new(String::new()).report();
+        };
+        for other in reports {
+            if other.redis != "up" {
+                report.redis = other.redis;
+            }
+            report.lag_ms = report.lag_ms.max(other.lag_ms);
+            report.subscribed_rooms += other.subscribed_rooms;
+            report.publishes_ok += other.publishes_ok;
+            report.publishes_unavailable += other.publishes_unavailable;
+            report.messages += other.messages;
+            report.reconnects += other.reconnects;
+            report.commands += other.commands;
+        }
+        report.shards = self.shards.len();
+        report
+    }
+}
+
+/// The Redis server of `room` among `shards`: FNV-1a of the name, the same on every node and
+/// every build (the standard library's hasher promises neither).
+pub fn shard_of(room: &str, shards: usize) -> usize {
+    let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    (hash % shards.max(1) as u64) as usize
 }
 
 impl Broker {
@@ -105,57 +155,60 @@ impl Broker {
     /// themselves.
     pub fn start(config: &crate::config::Config, workers: usize, mesh: &Arc<Mesh>) -> Result<Self, BrokerError> {
         let cluster = &config.cluster;
-        let Some(url) = &cluster.redis_url else { return Ok(Self::InProcess) };
-        let client = redis::Client::open(url.as_str()).map_err(BrokerError::Url)?;
+        let urls = cluster.redis_urls();
+        if urls.is_empty() {
+            return Ok(Self::InProcess);
+        }
         let node = cluster.node_id();
-        let status = Arc::new(BrokerStatus::new(node.clone()));
         let timeout = Duration::from_millis(cluster.timeout_ms);
-        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-        let (control_tx, control_rx) = crossbeam_channel::unbounded();
-        let settings = commands::Settings {
-            node: node.clone(),
-            workers,
-            history_size: config.history.size,
-            large_room: config.presence.large_room,
-            node_ttl_ms: cluster.node_ttl_ms,
-            room_ttl_ms: cluster.room_ttl_ms,
-            timeout,
-        };
-        let thread =
-            commands::Commands::new(client.clone(), commands_rx, Arc::clone(mesh), Arc::clone(&status), settings);
-        std::thread::Builder::new()
-            .name("roomcast-broker".into())
-            .spawn(move || thread.run())
-            .map_err(BrokerError::Spawn)?;
-        let sub = subscriber::Subscriber::new(
-            client,
-            control_rx,
-            (commands_tx.clone(), Arc::clone(mesh), Arc::clone(&status)),
-            workers,
-            timeout,
-        );
-        std::thread::Builder::new()
-            .name("roomcast-broker-sub".into())
-            .spawn(move || sub.run())
-            .map_err(BrokerError::Spawn)?;
-        tracing::info!(node = %node, redis = %redacted(url), "cluster: this node shares its rooms through Redis");
-        Ok(Self::Redis(RedisBroker { commands: commands_tx, subscriber: control_tx, status }))
+        let mut shards = Vec::with_capacity(urls.len());
+        for (i, url) in urls.iter().enumerate() {
+            let client = redis::Client::open(*url).map_err(BrokerError::Url)?;
+            let status = Arc::new(BrokerStatus::new(node.clone()));
+            let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+            let (control_tx, control_rx) = crossbeam_channel::unbounded();
+            let settings = commands::Settings {
+                node: node.clone(),
+                workers,
+                history_size: config.history.size,
+                large_room: config.presence.large_room,
+                node_ttl_ms: cluster.node_ttl_ms,
+                room_ttl_ms: cluster.room_ttl_ms,
+                timeout,
+            };
+            let thread =
+                commands::Commands::new(client.clone(), commands_rx, Arc::clone(mesh), Arc::clone(&status), settings);
+            let name =
+                |what: &str| if urls.len() == 1 { format!("roomcast-{what}") } else { format!("roomcast-{what}{i}") };
+            std::thread::Builder::new().name(name("broker")).spawn(move || thread.run()).map_err(BrokerError::Spawn)?;
+            let sub = subscriber::Subscriber::new(
+                client,
+                control_rx,
+                (commands_tx.clone(), Arc::clone(mesh), Arc::clone(&status)),
+                workers,
+                timeout,
+            );
+            std::thread::Builder::new()
+                .name(name("broker-sub"))
+                .spawn(move || sub.run())
+                .map_err(BrokerError::Spawn)?;
+            tracing::info!(node = %node, redis = %redacted(url), shard = i, "cluster: this node shares its rooms through Redis");
+            shards.push(ShardLink { commands: commands_tx, subscriber: control_tx, status });
+        }
+        let status = Arc::new(ClusterStatus { shards: shards.iter().map(|s| Arc::clone(&s.status)).collect() });
+        Ok(Self::Redis(RedisBroker { shards, status }))
     }
 
     /// The port a worker's homes use (`None`: a single node).
     pub fn port(&self) -> Option<Box<dyn BrokerPort>> {
         match self {
             Self::InProcess => None,
-            Self::Redis(b) => Some(Box::new(RedisPort {
-                commands: b.commands.clone(),
-                subscriber: b.subscriber.clone(),
-                status: Arc::clone(&b.status),
-            })),
+            Self::Redis(b) => Some(Box::new(RedisPort { shards: b.shards.clone() })),
         }
     }
 
     /// The status the admin port shows (`None`: a single node).
-    pub fn status(&self) -> Option<Arc<BrokerStatus>> {
+    pub fn status(&self) -> Option<Arc<ClusterStatus>> {
         match self {
             Self::InProcess => None,
             Self::Redis(b) => Some(Arc::clone(&b.status)),
@@ -163,8 +216,8 @@ impl Broker {
     }
 }
 
-/// `url` without its password, for logs.
-fn redacted(url: &str) -> String {
+/// `url` without its password, for logs and `check-config`.
+pub fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}<redacted>{}", &url[..scheme + 3], &url[at..]),
         _ => url.to_owned(),
@@ -174,20 +227,26 @@ fn redacted(url: &str) -> String {
 /// A worker's end of the broker. See the module doc.
 #[derive(Debug)]
 pub struct RedisPort {
-    commands: Sender<Command>,
-    subscriber: Sender<Control>,
-    status: Arc<BrokerStatus>,
+    shards: Vec<ShardLink>,
+}
+
+impl RedisPort {
+    fn shard(&self, room: &str) -> &ShardLink {
+        &self.shards[shard_of(room, self.shards.len())]
+    }
 }
 
 impl BrokerPort for RedisPort {
     fn sequence(&mut self, request: SequenceRequest) -> Result<(), Then> {
-        if !self.status.is_up() || self.status.waiting.load(Relaxed) >= MAX_WAITING {
-            self.status.published(false);
+        let shard = self.shard(&request.room);
+        let status = &shard.status;
+        if !status.is_up() || status.waiting.load(Relaxed) >= MAX_WAITING {
+            status.published(false);
             return Err(request.then);
         }
-        self.status.waiting.fetch_add(1, Relaxed);
-        self.commands.send(Command::Sequence(request)).map_err(|e| {
-            self.status.waiting.fetch_sub(1, Relaxed);
+        status.waiting.fetch_add(1, Relaxed);
+        shard.commands.send(Command::Sequence(request)).map_err(|e| {
+            status.waiting.fetch_sub(1, Relaxed);
             match e.into_inner() {
                 Command::Sequence(request) => request.then,
                 _ => Then::Nothing,
@@ -196,19 +255,20 @@ impl BrokerPort for RedisPort {
     }
 
     fn follow(&mut self, room: &RoomName) {
-        let _ = self.subscriber.send(Control::Follow(room.clone()));
+        let _ = self.shard(room).subscriber.send(Control::Follow(room.clone()));
     }
 
     fn unfollow(&mut self, room: &RoomName) {
-        let _ = self.subscriber.send(Control::Unfollow(room.clone()));
+        let _ = self.shard(room).subscriber.send(Control::Unfollow(room.clone()));
     }
 
     fn presence(&mut self, room: &RoomName, changes: Vec<PresenceChange>, reactions: Vec<(Box<str>, u64)>) {
-        let _ = self.commands.send(Command::Presence { room: room.clone(), changes, reactions });
+        let _ = self.shard(room).commands.send(Command::Presence { room: room.clone(), changes, reactions });
     }
 
     fn private(&mut self, user: &Arc<str>, open: bool) {
-        let _ = self.subscriber.send(Control::Private(Arc::clone(user), open));
+        let room = RoomName::private(user);
+        let _ = self.shard(&room).subscriber.send(Control::Private(Arc::clone(user), open));
     }
 }
 
@@ -218,5 +278,17 @@ mod tests {
     fn passwords_stay_out_of_the_logs() {
         assert_eq!(super::redacted("redis://:s3cret@db:6379/0"), "redis://<redacted>@db:6379/0");
         assert_eq!(super::redacted("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+    }
+
+    #[test]
+    fn rooms_spread_over_the_shards_the_same_way_everywhere() {
+        // Fixed values: every node and every build must agree.
+        assert_eq!(super::shard_of("live", 1), 0);
+        let spread: Vec<usize> = (0..1000).map(|i| super::shard_of(&format!("room-{i}"), 3)).collect();
+        for shard in 0..3 {
+            let n = spread.iter().filter(|s| **s == shard).count();
+            assert!((250..420).contains(&n), "shard {shard} has {n} of 1000 rooms");
+        }
+        assert_eq!(super::shard_of("room-1", 3), super::shard_of("room-1", 3));
     }
 }

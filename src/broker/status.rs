@@ -48,6 +48,8 @@ pub struct ClusterReport {
     pub messages: u64,
     /// Connections to Redis opened again after a failure.
     pub reconnects: u64,
+    /// Redis servers the rooms are spread over.
+    pub shards: usize,
     /// Redis commands (script calls included) sent.
     pub commands: u64,
 }
@@ -126,6 +128,7 @@ impl BrokerStatus {
             publishes_unavailable: self.publishes_unavailable.load(Relaxed),
             messages: self.messages.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
+            shards: 1,
             commands: self.commands.load(Relaxed),
         }
     }

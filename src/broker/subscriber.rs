@@ -155,7 +155,10 @@ impl Subscriber {
             pubsub.subscribe(chunk)?;
         }
         if std::mem::take(failing) {
-            tracing::info!(rooms = all.len(), "cluster: subscribed again; every followed room catches up from its snapshot");
+            tracing::info!(
+                rooms = all.len(),
+                "cluster: subscribed again; every followed room catches up from its snapshot"
+            );
         }
         // Whatever was missed while away: every followed room reads its snapshot again.
         for room in &self.rooms {

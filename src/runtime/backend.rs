@@ -55,7 +55,7 @@ pub struct MeshBackend {
     mesh: Arc<Mesh>,
     health: Arc<HealthState>,
     sinks: Option<SinkHandle>,
-    cluster: Option<Arc<crate::broker::BrokerStatus>>,
+    cluster: Option<Arc<crate::broker::ClusterStatus>>,
 }
 
 impl MeshBackend {
@@ -65,7 +65,7 @@ impl MeshBackend {
     }
 
     /// Report the cluster broker's status too (a cluster node).
-    pub fn with_cluster(mut self, cluster: Option<Arc<crate::broker::BrokerStatus>>) -> Self {
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::broker::ClusterStatus>>) -> Self {
         self.cluster = cluster;
         self
     }

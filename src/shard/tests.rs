@@ -1112,8 +1112,8 @@ mod cluster {
     fn message(seq: u64, epoch: &str) -> Broadcast {
         // Published at the simulation's start (history keeps messages by age).
         let ts_ms = 1_000_000;
-        let json =
-            crate::shard::cluster::Template::event(ROOM, "gift", &format!("{{\"n\":{seq}}}"), ts_ms).fill(seq, 0, epoch);
+        let json = crate::shard::cluster::Template::event(ROOM, "gift", &format!("{{\"n\":{seq}}}"), ts_ms)
+            .fill(seq, 0, epoch);
         Broadcast { seq, epoch: epoch.into(), state: None, ts_ms, frame: frame::text_frame_with(|o| o.extend(json)) }
     }
 
