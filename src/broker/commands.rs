@@ -231,7 +231,7 @@ impl Commands {
     }
 
     fn fail(&mut self, e: &redis::RedisError) {
-        if self.status.is_up() || self.con.is_some() {
+        if !self.status.is_down() || self.con.is_some() {
             tracing::warn!(node = %self.cfg.node, error = %e, "cluster: Redis failed; publishes answer unavailable until it is back");
             self.status.reconnected();
         } else {

@@ -240,7 +240,7 @@ impl BrokerPort for RedisPort {
     fn sequence(&mut self, request: SequenceRequest) -> Result<(), Then> {
         let shard = self.shard(&request.room);
         let status = &shard.status;
-        if !status.is_up() || status.waiting.load(Relaxed) >= MAX_WAITING {
+        if status.is_down() || status.waiting.load(Relaxed) >= MAX_WAITING {
             status.published(false);
             return Err(request.then);
         }

@@ -5,14 +5,22 @@
 //! behind a mutex no worker touches.
 
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
+
+/// Not connected yet: requests go to the broker, which connects first.
+const CONNECTING: u8 = 0;
+/// Redis answered the last call.
+const UP: u8 = 1;
+/// The last call failed: requests are refused until Redis answers again.
+const DOWN: u8 = 2;
 
 /// See the module doc.
 #[derive(Debug)]
 pub struct BrokerStatus {
     node: String,
-    up: AtomicBool,
+    /// [`CONNECTING`], [`UP`] or [`DOWN`].
+    redis: AtomicU8,
     /// Sequence requests handed to the broker and not answered yet.
     pub(super) waiting: AtomicUsize,
     publishes_ok: AtomicU64,
@@ -32,7 +40,7 @@ pub struct ClusterReport {
     pub node: String,
     /// `redis` in a cluster.
     pub mode: &'static str,
-    /// `up` while Redis answers, else `down`.
+    /// `up` while Redis answers, `down` after a failure, `connecting` before the first call.
     pub redis: &'static str,
     /// Live nodes (heartbeat not expired), this one included, sorted.
     pub nodes: Vec<String>,
@@ -60,7 +68,7 @@ impl BrokerStatus {
         Self {
             nodes: Mutex::new(vec![node.clone()]),
             node,
-            up: AtomicBool::new(false),
+            redis: AtomicU8::new(CONNECTING),
             waiting: AtomicUsize::new(0),
             publishes_ok: AtomicU64::new(0),
             publishes_unavailable: AtomicU64::new(0),
@@ -79,11 +87,17 @@ impl BrokerStatus {
 
     /// Whether Redis answered the last call.
     pub fn is_up(&self) -> bool {
-        self.up.load(Relaxed)
+        self.redis.load(Relaxed) == UP
+    }
+
+    /// Whether the last call failed (before the first connection, Redis is not known down:
+    /// a request then waits for the first attempt rather than being refused).
+    pub fn is_down(&self) -> bool {
+        self.redis.load(Relaxed) == DOWN
     }
 
     pub(super) fn set_up(&self, up: bool) {
-        self.up.store(up, Relaxed);
+        self.redis.store(if up { UP } else { DOWN }, Relaxed);
     }
 
     pub(super) fn published(&self, ok: bool) {
@@ -120,7 +134,11 @@ impl BrokerStatus {
         ClusterReport {
             node: self.node.clone(),
             mode: "redis",
-            redis: if self.is_up() { "up" } else { "down" },
+            redis: match self.redis.load(Relaxed) {
+                UP => "up",
+                DOWN => "down",
+                _ => "connecting",
+            },
             nodes: self.nodes.lock().map(|n| n.clone()).unwrap_or_default(),
             lag_ms: self.lag_ms.load(Relaxed),
             subscribed_rooms: self.followed.load(Relaxed),

@@ -11,9 +11,10 @@
 //! The `redis` crate's synchronous pub/sub is used on this thread of its own: reads wait with a
 //! short timeout ([`POLL`]) so that follow requests are taken between messages (a pub/sub
 //! connection cannot be written from another thread while it is read). If the connection
-//! fails, the thread reconnects with backoff, subscribes to everything again and asks for a
-//! snapshot of every followed room: the homes fill what they missed from the rooms' history
-//! streams, or close their members with 1012 if the history is gone (a new epoch).
+//! fails, the thread reconnects with backoff, subscribes to everything again and tells every
+//! followed room's home to catch up (`Mail::Resync`): the home buffers, asks for a snapshot and
+//! fills what it missed from the room's history stream, or closes its members with 1012 if the
+//! history is gone (a new epoch, or trimmed past what they saw).
 
 use super::commands::{connect, Backoff, Command};
 use super::envelope::{self, Envelope};
@@ -160,15 +161,31 @@ impl Subscriber {
                 "cluster: subscribed again; every followed room catches up from its snapshot"
             );
         }
-        // Whatever was missed while away: every followed room reads its snapshot again.
+        // Whatever was missed while away: every followed room catches up. Its home first
+        // buffers what this subscription brings and asks for a snapshot (through
+        // `Control::Follow`), so the snapshot is read after the home stopped applying.
+        let mut resync: Vec<Vec<Mail>> = (0..self.workers).map(|_| Vec::new()).collect();
         for room in &self.rooms {
-            let _ = self.commands.send(Command::Snapshot(room.clone()));
+            if let Some(out) = resync.get_mut(usize::from(home_of(room, self.workers).0)) {
+                out.push(Mail::Resync { room: room.clone() });
+            }
+        }
+        for (mailbox, mail) in self.mesh.workers.iter().zip(resync) {
+            if !mail.is_empty() {
+                mailbox.send_mail(mail);
+            }
         }
         pubsub.set_read_timeout(Some(POLL))?;
         loop {
             loop {
                 match self.rx.try_recv() {
-                    Ok(control) => self.control(&mut pubsub, control)?,
+                    Ok(control) => {
+                        // Redis's answer to a (un)subscribe may wait behind a burst of messages:
+                        // give it the full call timeout, not the poll's.
+                        pubsub.set_read_timeout(Some(self.timeout))?;
+                        self.control(&mut pubsub, control)?;
+                        pubsub.set_read_timeout(Some(POLL))?;
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return Ok(()),
                 }

@@ -237,6 +237,12 @@ pub enum Mail {
         /// The report.
         report: Box<super::cluster::ClusterPresence>,
     },
+    /// The room's subscription was taken again after a failure: catch up from a snapshot
+    /// (from the broker, to the room's home).
+    Resync {
+        /// The room.
+        room: RoomName,
+    },
     /// The cluster lost this node's presence (its heartbeat expired, or Redis lost its data):
     /// every home reports its viewers again (from the broker, to every worker).
     PresenceResync,

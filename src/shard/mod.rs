@@ -404,6 +404,7 @@ impl<Io> Shard<Io> {
             }
             Mail::ClusterPresence { room, report } => self.homes.cluster_presence(&room, &report),
             Mail::PresenceResync => self.homes.presence_resync(),
+            Mail::Resync { room } => self.homes.resync(&room),
             Mail::Reset { room } => self.reset_room(&room),
             Mail::Deliver { room, frames, sequenced_ms, messages } => {
                 self.deliver(&room, &frames, (sequenced_ms, messages), now_ms)

@@ -245,11 +245,18 @@ impl Homes {
         };
         entry.follow = Follow::Live;
         let last = entry.room.seq().0;
-        let fills = snapshot.seq >= last
-            && (snapshot.seq == last || snapshot.history.first().is_some_and(|m| m.seq <= last + 1));
-        if !entry.synced || !entry.room.epoch_is(&snapshot.epoch) || !fills {
+        let same_epoch = entry.room.epoch_is(&snapshot.epoch);
+        if entry.synced && same_epoch && snapshot.seq <= last {
+            // Nothing newer than what the members have: an old answer (a second request
+            // raced this one); the buffered broadcasts carry on from `last`.
+        } else if entry.synced && same_epoch && snapshot.history.first().is_some_and(|m| m.seq <= last + 1) {
+            for message in snapshot.history.iter().filter(|m| m.seq > last) {
+                self.take(key, message.clone(), now_ms, router);
+            }
+        } else {
             if entry.synced {
-                // What the members saw is no longer the cluster's history: they rejoin.
+                // What the members saw is no longer the cluster's history (a new epoch, or
+                // trimmed past what they missed): they rejoin.
                 self.flush(key, now_ms, router);
                 let entry = &self.rooms[key];
                 for worker in entry.room.subscribers() {
@@ -259,10 +266,6 @@ impl Homes {
             let entry = &mut self.rooms[key];
             entry.room.adopt(snapshot, now_ms);
             entry.synced = true;
-        } else {
-            for message in snapshot.history.iter().filter(|m| m.seq > last) {
-                self.take(key, message.clone(), now_ms, router);
-            }
         }
         // The joins that waited start at the snapshot; what raced it follows as events.
         let joins = std::mem::take(&mut self.rooms[key].pending_joins);
@@ -273,6 +276,19 @@ impl Homes {
             self.broadcast(name, message, now_ms, router);
         }
         self.release_after_seq(key, now_ms, router);
+    }
+
+    /// The room's subscription was lost and taken again: buffer what arrives and catch up from
+    /// a new snapshot (a room not in step yet already waits for one).
+    pub(crate) fn resync(&mut self, name: &RoomName) {
+        let Some(&key) = self.keys.get(&**name) else { return };
+        let entry = &mut self.rooms[key];
+        if matches!(entry.follow, Follow::Live) {
+            entry.follow = Follow::Syncing(Vec::new());
+        }
+        if let Some(broker) = self.broker.as_mut() {
+            broker.follow(name);
+        }
     }
 
     /// The cluster's presence report of `name`: announced at the next tick.
