@@ -422,3 +422,38 @@ fn redis_restarted_mid_run_refuses_publishes_then_resumes_losing_nothing_acked()
         assert_acked_seen(&name, &view, &acked);
     }
 }
+
+// ---------------------------------------------------------------- 7. subscriptions dropped
+
+/// Redis drops every node's subscription connection (`CLIENT KILL TYPE pubsub`) five times
+/// during a flood of 10,000 publishes on A, with the history bound far above it: nothing is
+/// lost in Redis, so the viewers on B and C stay connected (no 1012: the cluster's history
+/// holds all they missed while their node resubscribed) and see every event gap-free.
+#[test]
+fn a_dropped_subscription_is_caught_up_from_history_without_closing_anyone() {
+    const TOTAL: usize = 10_000;
+    const KILLS: usize = 5;
+    let room = "resubscribe";
+    let cluster = Cluster::start(&["--history-size", "20000"]);
+    let watches: Vec<Watch> = [1, 2].into_iter().map(|i| cluster.watch(i, "fan", room)).collect();
+    let mut up = cluster.node(0).upstream();
+    let mut redis = cluster.redis.connection();
+    let acked = std::thread::scope(|s| {
+        let flood = s.spawn(move || publish_ingest(&mut up, room, "flood-a", 0, TOTAL, 20));
+        for k in 1..=KILLS {
+            // Each round waits for the viewers to get further: their nodes subscribed again.
+            let at = k * TOTAL / (KILLS + 2);
+            for w in &watches {
+                drop(w.wait_events(at));
+            }
+            let killed: u64 =
+                redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut redis).expect("CLIENT KILL");
+            assert!(killed >= 1, "B and C hold subscription connections");
+        }
+        flood.join().expect("the publisher on A")
+    });
+    assert_seqs_are_one_to(&acked, TOTAL as u64);
+    for (name, view) in gap_free_views(&watches, room, TOTAL) {
+        assert_acked_seen(&name, &view, &acked);
+    }
+}
