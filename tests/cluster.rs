@@ -9,7 +9,8 @@
 //! exactly what it missed; `kill -9` of a node costs the other nodes' viewers nothing, its users
 //! leave presence and its viewers recover elsewhere; Redis killed and restarted mid-run: the
 //! outage's publishes are refused with `unavailable`, service comes back by itself and nothing
-//! acked is lost.
+//! acked is lost; Redis dropping the nodes' subscription connections mid-flood closes no viewer
+//! (the history holds what they missed) and costs them no event.
 //!
 //! Nothing here waits on a clock for a fact it can observe: the tests wait for frames (bounded
 //! by [`CLUSTER_WAIT`]), and where there is no frame to wait for (Redis coming back) they retry
