@@ -447,6 +447,22 @@ fn a_dropped_subscription_is_caught_up_from_history_without_closing_anyone() {
             for w in &watches {
                 drop(w.wait_events(at));
             }
+            // The viewers may have got this far from the last catch-up while their nodes are
+            // still between connections: wait until both follow the room again (there is no
+            // event for that: poll, bounded).
+            let deadline = Instant::now() + CLUSTER_WAIT;
+            loop {
+                let (_, followers): (String, u64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(format!("rc:{{{room}}}:c"))
+                    .query(&mut redis)
+                    .expect("PUBSUB NUMSUB");
+                if followers == 2 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "B and C did not subscribe again within {CLUSTER_WAIT:?}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let killed: u64 =
                 redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut redis).expect("CLIENT KILL");
             assert!(killed >= 1, "B and C hold subscription connections");
