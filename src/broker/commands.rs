@@ -61,6 +61,9 @@ pub(super) enum Command {
     },
     /// Read a room's snapshot for its home (after the subscriber subscribed).
     Snapshot(RoomName),
+    /// The node is stopping: take its viewers out of presence now (rather than when its
+    /// heartbeat expires), then answer.
+    Leave(crossbeam_channel::Sender<()>),
 }
 
 /// The command thread's settings.
@@ -187,17 +190,23 @@ impl Commands {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             batch.extend(self.rx.try_iter().take(MAX_PIPELINE - batch.len().min(MAX_PIPELINE)));
+            let leaving = batch.iter().position(|c| matches!(c, Command::Leave(_))).map(|at| batch.split_off(at));
             self.ensure_connected();
             if self.con.is_none() {
                 self.hold(&mut batch);
-                continue;
-            }
-            let mut all: Vec<Command> = self.waiting.drain(..).collect();
-            all.append(&mut batch);
-            for chunk in chunks(all) {
-                if let Err(left) = self.send(chunk) {
-                    self.hold(&mut left.into_iter().collect());
+            } else {
+                let mut all: Vec<Command> = self.waiting.drain(..).collect();
+                all.append(&mut batch);
+                for chunk in chunks(all) {
+                    if let Err(left) = self.send(chunk) {
+                        self.hold(&mut left.into_iter().collect());
+                    }
                 }
+            }
+            if let Some(Command::Leave(done)) = leaving.and_then(|rest| rest.into_iter().next()) {
+                self.leave();
+                let _ = done.send(());
+                return;
             }
             if self.con.is_some() && Instant::now() >= self.next_heartbeat {
                 self.heartbeat();
@@ -354,6 +363,7 @@ impl Commands {
                     c.arg(if change.online { "1" } else { "0" }).arg(&*change.user).arg(&*change.name);
                 }
             }
+            Command::Leave(_) => {}
             Command::Snapshot(room) => {
                 pipe.cmd("EVALSHA")
                     .arg(self.scripts.snapshot.get_hash())
@@ -361,6 +371,23 @@ impl Commands {
                     .arg(scripts::meta(room))
                     .arg(scripts::stream(room))
                     .arg(self.cfg.room_ttl_ms);
+            }
+        }
+    }
+
+    /// Leave the cluster: this node's viewers leave every room's presence at once (the reaping
+    /// the others would do when its heartbeat expires) and its heartbeat goes.
+    fn leave(&mut self) {
+        let Some(con) = self.con.as_mut() else { return };
+        let node = self.cfg.node.clone();
+        let left = self.scripts.reap.prepare_invoke().arg(&node).arg(self.cfg.large_room).invoke::<i64>(con);
+        let gone = redis::cmd("DEL").arg(scripts::heartbeat(&node)).query::<i64>(con);
+        match (left, gone) {
+            (Ok(rooms), Ok(_)) => {
+                tracing::info!(node = %node, rooms, "cluster: left; this node's viewers left presence")
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(node = %node, error = %e, "cluster: could not leave cleanly; the others remove this node when its heartbeat expires")
             }
         }
     }
@@ -484,6 +511,7 @@ impl Answers {
                     tracing::warn!(room = %room, error = %e, "cluster: a presence report was refused");
                 }
             }
+            Command::Leave(_) => {}
         }
     }
 

@@ -207,6 +207,24 @@ impl Broker {
         }
     }
 
+    /// The node stops: its viewers leave the cluster's presence now, not when its heartbeat
+    /// expires. Waits at most `timeout` per Redis server.
+    pub fn leave(&self, timeout: Duration) {
+        let Self::Redis(b) = self else { return };
+        let waits: Vec<_> = b
+            .shards
+            .iter()
+            .map(|shard| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let _ = shard.commands.send(Command::Leave(tx));
+                rx
+            })
+            .collect();
+        for rx in waits {
+            let _ = rx.recv_timeout(timeout);
+        }
+    }
+
     /// The status the admin port shows (`None`: a single node).
     pub fn status(&self) -> Option<Arc<ClusterStatus>> {
         match self {

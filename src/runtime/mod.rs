@@ -253,6 +253,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
         let _ = t.join();
     }
     let _ = ingest_thread.join();
+    // The viewers are gone: the cluster hears it now rather than when the heartbeat expires.
+    broker.leave(std::time::Duration::from_millis(config.cluster.timeout_ms));
     // The workers submit nothing more: the sinks write what they hold and stop.
     let sink_metrics = sinks.shutdown();
     tracing::info!(?sink_metrics, "sinks stopped");
