@@ -10,7 +10,8 @@
 //! leave presence and its viewers recover elsewhere; Redis killed and restarted mid-run: the
 //! outage's publishes are refused with `unavailable`, service comes back by itself and nothing
 //! acked is lost; Redis dropping the nodes' subscription connections mid-flood closes no viewer
-//! (the history holds what they missed) and costs them no event.
+//! (the history holds what they missed) and costs them no event; only nodes with members follow
+//! a room, and a private room `user:<id>` reaches that user's connections on every node.
 //!
 //! Nothing here waits on a clock for a fact it can observe: the tests wait for frames (bounded
 //! by [`CLUSTER_WAIT`]), and where there is no frame to wait for (Redis coming back) they retry
@@ -473,4 +474,54 @@ fn a_dropped_subscription_is_caught_up_from_history_without_closing_anyone() {
     for (name, view) in gap_free_views(&watches, room, TOTAL) {
         assert_acked_seen(&name, &view, &acked);
     }
+}
+
+// ---------------------------------------------------------------- 8. traffic only where needed
+
+/// The number of nodes subscribed to `room`'s channel.
+fn followers(redis: &mut redis::Connection, room: &str) -> u64 {
+    let (_, n): (String, u64) =
+        redis::cmd("PUBSUB").arg("NUMSUB").arg(format!("rc:{{{room}}}:c")).query(redis).expect("PUBSUB NUMSUB");
+    n
+}
+
+/// Poll (there is no event for a subscription) until `room` has `n` followers.
+fn wait_followers(redis: &mut redis::Connection, room: &str, n: u64) {
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    while followers(redis, room) != n {
+        assert!(Instant::now() < deadline, "{room} did not get {n} following nodes within {CLUSTER_WAIT:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A room is followed only by the nodes with members in it (and dropped when the last leaves),
+/// and a user's private room `user:<id>` reaches that user's connections on every node and
+/// nobody else's.
+#[test]
+fn only_the_nodes_that_need_a_room_receive_it_and_private_rooms_reach_their_users_nodes() {
+    let cluster = Cluster::start(&["--room-idle-ms", "0"]);
+    let mut redis = cluster.redis.connection();
+    // A room with a member on B only: only B follows it, until the member leaves.
+    let (mut bob, _) = cluster.join(1, "bob", "only-b");
+    assert_eq!(followers(&mut redis, "only-b"), 1, "a joined room is followed once joined");
+    bob.send_json(json!({"op": "leave", "room": "only-b"}));
+    assert_eq!(bob.until_op("left")["room"], "only-b");
+    wait_followers(&mut redis, "only-b", 0);
+    // ann on B and C: her private room is followed by those two nodes only.
+    let mut anns: Vec<_> = [1, 2].into_iter().map(|i| cluster.node(i).viewer("ann")).collect();
+    wait_followers(&mut redis, "user:ann", 2);
+    let mut up = cluster.node(0).upstream();
+    let acked = publish_ingest(&mut up, "user:ann", "private", 0, 20, 20);
+    for (ann, node) in anns.iter_mut().zip(["b", "c"]) {
+        let events: Vec<Value> = (0..20).map(|_| ann.next_msg()).collect();
+        let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+        assert_eq!(seqs, acked.iter().map(|a| a.seq).collect::<Vec<_>>(), "ann@{node} got her events in order");
+        assert!(events.iter().all(|e| e["room"] == "user:ann"), "ann@{node}: {events:?}");
+    }
+    // bob (on B too) got none of them: the next thing he sees is his own room's event.
+    let (_, joined) = join(&mut bob, "only-b", None);
+    assert!(joined["seq"].is_u64(), "joined without a seq: {joined}");
+    publish_ingest(&mut up, "only-b", "marker", 0, 1, 1);
+    let next = bob.next_msg();
+    assert_eq!((next["op"].as_str(), next["room"].as_str()), (Some("event"), Some("only-b")), "bob saw {next}");
 }
