@@ -11,7 +11,8 @@
 //! outage's publishes are refused with `unavailable`, service comes back by itself and nothing
 //! acked is lost; Redis dropping the nodes' subscription connections mid-flood closes no viewer
 //! (the history holds what they missed) and costs them no event; only nodes with members follow
-//! a room, and a private room `user:<id>` reaches that user's connections on every node.
+//! a room, and a private room `user:<id>` reaches that user's connections on every node; rooms
+//! spread over two Redis servers keep one order each.
 //!
 //! Nothing here waits on a clock for a fact it can observe: the tests wait for frames (bounded
 //! by [`CLUSTER_WAIT`]), and where there is no frame to wait for (Redis coming back) they retry
@@ -524,4 +525,36 @@ fn only_the_nodes_that_need_a_room_receive_it_and_private_rooms_reach_their_user
     publish_ingest(&mut up, "only-b", "marker", 0, 1, 1);
     let next = bob.next_msg();
     assert_eq!((next["op"].as_str(), next["room"].as_str()), (Some("event"), Some("only-b")), "bob saw {next}");
+}
+
+// ---------------------------------------------------------------- 9. rooms over two Redis
+
+/// With a second Redis (`--cluster-redis-shard`) the rooms are spread over both, each room
+/// sequenced by one of them: every viewer still sees its room gap-free and in one order.
+#[test]
+fn rooms_spread_over_two_redis_servers_keep_one_order_each() {
+    const ROOMS: usize = 12;
+    const EVENTS: usize = 30;
+    let dir = tempfile::tempdir().expect("a temp dir for the second redis");
+    let second = sink_support::RedisServer::start(dir.path(), &["--save", ""]);
+    let shard = format!("{}/", second.url());
+    let cluster = Cluster::start(&["--cluster-redis-shard", shard.as_str()]);
+    let rooms: Vec<String> = (0..ROOMS).map(|r| format!("spread-{r}")).collect();
+    let watches: Vec<(usize, Watch)> =
+        rooms.iter().enumerate().map(|(r, room)| (r, cluster.watch(r % 3, &format!("v{r}"), room))).collect();
+    let mut up = cluster.node(0).upstream();
+    let acked: Vec<Vec<Acked>> = rooms.iter().map(|room| publish_ingest(&mut up, room, room, 0, EVENTS, 10)).collect();
+    for (r, watch) in &watches {
+        assert_seqs_are_one_to(&acked[*r], EVENTS as u64);
+        let seen = watch.wait_events(EVENTS);
+        let view = gap_free(&watch.name, &rooms[*r], &seen.events, 1);
+        assert_acked_seen(&watch.name, &view, &acked[*r]);
+    }
+    let rooms_on = |redis: &mut redis::Connection| -> usize {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("rc:{spread-*}:m").query(redis).expect("KEYS");
+        keys.len()
+    };
+    let (first, other) = (rooms_on(&mut cluster.redis.connection()), rooms_on(&mut second.connection()));
+    assert_eq!(first + other, ROOMS, "each room lives on one server");
+    assert!(first > 0 && other > 0, "both servers hold rooms ({first} and {other})");
 }
