@@ -11,6 +11,9 @@
 //! the members is the shard's business (its batching window). This module never talks to
 //! other workers itself, never reads a clock (`now_ms` is a parameter) and knows nothing of
 //! the shard's lists.
+//!
+//! In a cluster the numbering moves to the cluster's sequencer: the room then follows the
+//! cluster's order and presence instead of making its own (`cluster.rs`).
 
 mod cluster;
 pub mod history;

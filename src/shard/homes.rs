@@ -23,6 +23,11 @@
 //! right after its frames: a steady flow of comments is released in steps, never starved. A
 //! newcomer joins at the last seq the members were sent and receives the held frames with
 //! them.
+//!
+//! In a cluster (`homes/follow.rs`), the homes hand every message to the cluster's sequencer
+//! instead of numbering it, follow the rooms this node has members in, and fan out what the
+//! cluster broadcasts through the same batches; presence goes to the cluster at the tick and
+//! comes back as the cluster's.
 
 mod follow;
 
@@ -242,7 +247,6 @@ impl Homes {
 
     /// An upstream event in `name`: sequenced here, or by the cluster (the reply then comes
     /// from the broker).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn publish(
         &mut self,
         name: &RoomName,
