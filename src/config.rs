@@ -50,6 +50,8 @@ pub struct Config {
     pub testing: TestingConfig,
     /// Durable sinks for comments, tombstones and presence records.
     pub sink: crate::sink::SinkConfig,
+    /// Sharing rooms with other nodes through Redis (off: a single node).
+    pub cluster: crate::broker::ClusterConfig,
 }
 
 /// `[ws]`: the plain viewer listener.
@@ -683,6 +685,9 @@ impl Config {
         if let Err(e) = self.sink.validate() {
             return Err(invalid(e.key, e.message));
         }
+        if let Err((key, message)) = self.cluster.validate() {
+            return Err(invalid(key, message));
+        }
         if self.ingest.max_line < 1024 {
             return Err(invalid(
                 "ingest.max_line",
@@ -712,6 +717,14 @@ impl Config {
         if let Some(secret) = &mut copy.auth.hmac_secret {
             if !secret.starts_with('@') {
                 *secret = "<redacted>".to_owned();
+            }
+        }
+        // A Redis URL may carry a password (`redis://user:pass@host/`).
+        if let Some(url) = &mut copy.cluster.redis_url {
+            if let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) {
+                if at > scheme {
+                    url.replace_range(scheme + 3..at, "<redacted>");
+                }
             }
         }
         copy
@@ -799,6 +812,11 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("auth.leeway_s", "--auth-leeway-s"),
     ("auth.cache_size", "--auth-cache-size"),
     ("testing.echo_path", "--testing-echo-path"),
+    ("cluster.redis_url", "--cluster-redis-url"),
+    ("cluster.node_id", "--node-id"),
+    ("cluster.node_ttl_ms", "--node-ttl-ms"),
+    ("cluster.timeout_ms", "--cluster-timeout-ms"),
+    ("cluster.room_ttl_ms", "--cluster-room-ttl-ms"),
 ];
 
 /// The flag of `key`, if it has one.
@@ -991,6 +1009,21 @@ pub struct ServeArgs {
     /// `testing.echo_path`: a WebSocket echo endpoint for conformance tests [default: off].
     #[arg(long, value_name = "PATH")]
     pub testing_echo_path: Option<String>,
+    /// `cluster.redis_url`: share rooms with other nodes through this Redis [default: off].
+    #[arg(long, value_name = "URL")]
+    pub cluster_redis_url: Option<String>,
+    /// `cluster.node_id`: this node's id in the cluster [default: n-<random>].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// `cluster.node_ttl_ms`: a node silent this long is removed from presence [default: 3000].
+    #[arg(long, value_name = "MS")]
+    pub node_ttl_ms: Option<u64>,
+    /// `cluster.timeout_ms`: longest wait for one Redis call [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub cluster_timeout_ms: Option<u64>,
+    /// `cluster.room_ttl_ms`: a room's history lives this long in Redis after its last use [default: 86400000].
+    #[arg(long, value_name = "MS")]
+    pub cluster_room_ttl_ms: Option<u64>,
 }
 
 fn parse_per_user_policy(text: &str) -> Result<PerUserPolicy, String> {
@@ -1091,6 +1124,11 @@ impl ServeArgs {
         o.set("auth.leeway_s", |c| &mut c.auth.leeway_s, self.auth_leeway_s);
         o.set("auth.cache_size", |c| &mut c.auth.cache_size, self.auth_cache_size);
         o.set("testing.echo_path", |c| &mut c.testing.echo_path, self.testing_echo_path.map(Some));
+        o.set("cluster.redis_url", |c| &mut c.cluster.redis_url, self.cluster_redis_url.map(Some));
+        o.set("cluster.node_id", |c| &mut c.cluster.node_id, self.node_id.map(Some));
+        o.set("cluster.node_ttl_ms", |c| &mut c.cluster.node_ttl_ms, self.node_ttl_ms);
+        o.set("cluster.timeout_ms", |c| &mut c.cluster.timeout_ms, self.cluster_timeout_ms);
+        o.set("cluster.room_ttl_ms", |c| &mut c.cluster.room_ttl_ms, self.cluster_room_ttl_ms);
         let by_flag = o.by_flag;
         let name = |key: &'static str| match flag_of(key) {
             Some(flag) if by_flag.contains(&key) => flag.to_owned(),
@@ -1179,6 +1217,8 @@ mod tests {
             ..Default::default()
         });
         full.sink.spool.dir = Some("spool".into());
+        full.cluster.redis_url = Some("redis://127.0.0.1:6379/".into());
+        full.cluster.node_id = Some("n-1".into());
         let mut all = Vec::new();
         key_paths(&toml::Table::try_from(&full).expect("config serializes"), "", &mut all);
         listed.sort();

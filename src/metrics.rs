@@ -453,12 +453,14 @@ pub struct Metrics {
     /// The durable sinks and their spool, when the process runs them (read from the sinks'
     /// own counters, not the workers').
     pub sinks: Option<crate::sink::SinkMetrics>,
+    /// The cluster broker, when the node is part of a cluster.
+    pub cluster: Option<crate::broker::ClusterReport>,
 }
 
 impl Metrics {
     /// One worker's answer to a scrape.
     pub fn of_worker(counters: Counters, load: WorkerLoad) -> Self {
-        Self { totals: counters, workers: vec![load], sinks: None }
+        Self { totals: counters, workers: vec![load], sinks: None, cluster: None }
     }
 
     /// Add another answer: totals are summed, loads of the same worker merged, the others
@@ -467,6 +469,9 @@ impl Metrics {
         self.totals.merge(&other.totals);
         if self.sinks.is_none() {
             self.sinks.clone_from(&other.sinks);
+        }
+        if self.cluster.is_none() {
+            self.cluster.clone_from(&other.cluster);
         }
         for load in &other.workers {
             match self.workers.binary_search_by_key(&load.worker, |l| l.worker) {

@@ -184,6 +184,12 @@ pub trait Backend: Send + Sync + 'static {
     /// offers it every item until the offer says [`Offer::Closed`] (the dashboard went away)
     /// or the room closes (send [`FeedItem::Closed`], then drop the sender).
     fn tap(&self, room: &str, deadline: Instant) -> Result<Tap, BackendError>;
+
+    /// The cluster broker's status (`None`: a single node). Read from the broker's own
+    /// counters, never asked of the workers.
+    fn cluster(&self) -> Option<crate::broker::ClusterReport> {
+        None
+    }
 }
 
 /// A bounded feed queue: the sender goes to the room's home, the [`Tap`] to the dashboard.

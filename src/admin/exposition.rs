@@ -163,11 +163,55 @@ impl Collector for Scrape {
             MetricType::Gauge,
             workers.iter().map(|w| ([("worker", w.worker.to_string())], ConstGauge::new(w.mailbox_depth))),
         )?;
+        if let Some(cluster) = &self.0.cluster {
+            encode_cluster(e, cluster)?;
+        }
         match &self.0.sinks {
             Some(sinks) => encode_sinks(e, sinks),
             None => Ok(()),
         }
     }
+}
+
+/// The cluster broker of a cluster node (none on a single node).
+fn encode_cluster(e: &mut DescriptorEncoder<'_>, c: &crate::broker::ClusterReport) -> fmt::Result {
+    family(
+        e,
+        "cluster_node_info",
+        "This node's id in its cluster (value 1).",
+        MetricType::Gauge,
+        [([("node", c.node.clone())], ConstGauge::new(1))],
+    )?;
+    gauge(
+        e,
+        "broker_up",
+        "1 while Redis answers the broker, 0 while publishes answer unavailable.",
+        u64::from(c.redis == "up"),
+    )?;
+    gauge(
+        e,
+        "cluster_nodes",
+        "Live nodes in the cluster (heartbeat not expired), this one included.",
+        c.nodes.len() as u64,
+    )?;
+    family(
+        e,
+        "broker_publishes",
+        "Messages this node sent to be sequenced, by outcome (ok, unavailable).",
+        MetricType::Counter,
+        [("ok", c.publishes_ok), ("unavailable", c.publishes_unavailable)]
+            .map(|(outcome, n)| ([("outcome", outcome)], ConstCounter::new(n))),
+    )?;
+    counter(e, "broker_messages", "Messages received from the room channels this node follows.", c.messages)?;
+    ConstGauge::new(c.lag_ms as f64 / 1e3).encode(e.encode_descriptor(
+        "broker_lag_seconds",
+        "Publish-to-receipt time of the latest message received from the cluster.",
+        None,
+        MetricType::Gauge,
+    )?)?;
+    gauge(e, "broker_followed_rooms", "Room channels this node is subscribed to.", c.subscribed_rooms)?;
+    counter(e, "broker_reconnects", "Broker connections to Redis that failed and were opened again.", c.reconnects)?;
+    counter(e, "broker_commands", "Redis calls the broker made (pipelined script calls included).", c.commands)
 }
 
 /// The durable sinks: one series per sink (label `sink`: `file`, `redis`, `webhook`) and the

@@ -39,6 +39,7 @@ pub(super) fn router(state: AppState) -> Router {
         .route("/api/rooms/{room}", get(room))
         .route("/api/rooms/{room}/presence", get(presence))
         .route("/api/sinks", get(sinks))
+        .route("/api/cluster", get(cluster))
         .route(auth::STREAM_PATH, get(stream::upgrade))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state.settings), auth::require));
     let mut open = Router::new().route("/healthz", get(healthz)).route("/admin", get(dashboard));
@@ -183,6 +184,16 @@ async fn sinks(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = state.ask(|b, deadline| b.counters(deadline)).await?;
     let sinks = metrics.sinks.ok_or_else(|| ApiError::NotFound("this process runs no sinks".into()))?;
     Ok(Json(sinks).into_response())
+}
+
+/// The node's place in its cluster: its id, the live nodes, whether Redis answers, the broker
+/// lag and counters. A single node says so.
+async fn cluster(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let report = state.ask(|b, _| Ok(b.cluster())).await?;
+    Ok(Json(match report {
+        Some(report) => serde_json::to_value(report).unwrap_or(Value::Null),
+        None => json!({"mode": "single", "node": null, "nodes": [], "redis": "off"}),
+    }))
 }
 
 /// The page holds no data, so it is served to anyone; without the admin token (when one is

@@ -37,6 +37,27 @@ impl History {
         self.entries.push_back((seq, ts_ms, frame));
     }
 
+    /// [`History::push`] of a message that may not follow the last one held (a room that
+    /// follows the cluster after a gap): the ring is emptied first when it would not, so it
+    /// always holds consecutive seqs.
+    pub fn push_after_gap(&mut self, seq: u64, ts_ms: u64, frame: Bytes) {
+        if self.entries.back().is_some_and(|(last, _, _)| *last + 1 != seq) {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.push(seq, ts_ms, frame);
+    }
+
+    /// The most messages the ring holds.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The oldest message's greatest age.
+    pub fn max_age_ms(&self) -> u64 {
+        self.max_age_ms
+    }
+
     fn pop_front(&mut self) {
         if let Some((_, _, frame)) = self.entries.pop_front() {
             self.bytes -= frame.len();

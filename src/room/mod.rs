@@ -12,6 +12,7 @@
 //! other workers itself, never reads a clock (`now_ms` is a parameter) and knows nothing of
 //! the shard's lists.
 
+mod cluster;
 pub mod history;
 pub mod presence;
 
@@ -95,6 +96,8 @@ pub struct HomeRoom {
     large_room: usize,
     /// `online` as last announced, so a join undone within the interval announces nothing.
     announced_online: u64,
+    /// The room's view of the cluster when it is shared with other nodes (`cluster.rs`).
+    cluster: Option<Box<cluster::ClusterView>>,
 }
 
 /// A message to sequence in a room. See [`HomeRoom::sequence`].
@@ -158,12 +161,13 @@ impl HomeRoom {
             reactions: Vec::new(),
             large_room: limits.large_room,
             announced_online: 0,
+            cluster: None,
         }
     }
 
     /// Whether presence or reactions changed since they were last announced.
     pub fn has_announcement(&self) -> bool {
-        self.presence.is_some() || !self.reactions.is_empty()
+        self.presence.is_some() || !self.reactions.is_empty() || self.cluster.as_ref().is_some_and(|c| c.has_report())
     }
 
     /// The room's name.
@@ -192,9 +196,11 @@ impl HomeRoom {
         format!("{:x}", self.epoch)
     }
 
-    /// Distinct viewers with at least one connection in the room.
+    /// Distinct viewers with at least one connection in the room (on any node, for a room
+    /// shared with other nodes: as the cluster last reported it, and at least this node's).
     pub fn online(&self) -> u64 {
-        self.viewers.len() as u64
+        let here = self.viewers.len() as u64;
+        self.cluster.as_ref().map_or(here, |c| c.online.max(here))
     }
 
     /// Whether the room is private (`user:<id>`): never in presence.
@@ -313,6 +319,11 @@ impl HomeRoom {
         });
         viewer.conns += 1;
         if viewer.conns == 1 {
+            if let Some(cluster) = &mut self.cluster {
+                // Reported to the cluster at the tick; presence frames come back from it.
+                cluster.changed(user, name);
+                return;
+            }
             let large = self.large_room;
             let delta = self.presence.get_or_insert_with(Box::default);
             if delta.left.remove(user) {
@@ -337,7 +348,9 @@ impl HomeRoom {
         if v.conns > 0 {
             return;
         }
-        if self.viewers.remove(user).is_none() {
+        let Some(gone) = self.viewers.remove(user) else { return };
+        if let Some(cluster) = &mut self.cluster {
+            cluster.changed(&Arc::from(user), &gone.name);
             return;
         }
         let large = self.large_room;
@@ -353,11 +366,12 @@ impl HomeRoom {
 
     /// Count a reaction for this interval.
     pub fn react(&mut self, kind: &str) {
-        if let Some(entry) = self.reactions.iter_mut().find(|(k, _)| &**k == kind) {
-            entry.1 += 1;
-        } else if self.reactions.len() < MAX_REACTION_KINDS {
-            self.reactions.push((kind.into(), 1));
+        if let Some(cluster) = &mut self.cluster {
+            // Summed over the nodes: this node's counts go to the cluster at the tick.
+            cluster::count(&mut cluster.reactions, kind, 1);
+            return;
         }
+        cluster::count(&mut self.reactions, kind, 1);
     }
 
     /// The coalesced `presence` message for the interval that ends now, if anything changed.

@@ -55,12 +55,19 @@ pub struct MeshBackend {
     mesh: Arc<Mesh>,
     health: Arc<HealthState>,
     sinks: Option<SinkHandle>,
+    cluster: Option<Arc<crate::broker::BrokerStatus>>,
 }
 
 impl MeshBackend {
     /// A backend asking the workers of `mesh` (and `sinks` for their counters).
     pub fn new(mesh: Arc<Mesh>, health: Arc<HealthState>, sinks: Option<SinkHandle>) -> Self {
-        Self { mesh, health, sinks }
+        Self { mesh, health, sinks, cluster: None }
+    }
+
+    /// Report the cluster broker's status too (a cluster node).
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::broker::BrokerStatus>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     fn workers(&self) -> usize {
@@ -199,7 +206,12 @@ impl Backend for MeshBackend {
         let counts = ingest.recv_deadline(deadline).map_err(|_| BackendError::Timeout)?;
         metrics.totals.ingest.merge(&counts);
         metrics.sinks = self.sinks.as_ref().map(SinkHandle::metrics);
+        metrics.cluster = self.cluster();
         Ok(metrics)
+    }
+
+    fn cluster(&self) -> Option<crate::broker::ClusterReport> {
+        self.cluster.as_ref().map(|s| s.report())
     }
 
     fn tap(&self, room: &str, deadline: Instant) -> Result<Tap, BackendError> {

@@ -35,6 +35,9 @@ pub enum RunError {
     /// The durable sinks could not start (a data or spool directory, a bad setting).
     #[error("durable sinks")]
     Sink(#[from] crate::sink::SinkError),
+    /// The cluster broker could not start.
+    #[error("cluster broker")]
+    Broker(#[from] crate::broker::BrokerError),
     /// The auth keys could not be read.
     #[error("auth keys")]
     Keys(#[source] crate::auth::KeyError),
@@ -57,7 +60,7 @@ impl RunError {
     /// for a configuration error; 1 for anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Listen(_) | Self::Tls(_) | Self::Sink(_) | Self::Keys(_) => 2,
+            Self::Listen(_) | Self::Tls(_) | Self::Sink(_) | Self::Keys(_) | Self::Broker(_) => 2,
             Self::Io { .. } => 1,
         }
     }
@@ -145,6 +148,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let mesh = Arc::new(Mesh { workers: worker_boxes, ingest: ingest_box });
 
     let sinks = crate::sink::start(&config.sink, Arc::new(mesh::MeshNotify(Arc::clone(&mesh))))?;
+    let broker = Arc::new(crate::broker::Broker::start(&config, workers, &mesh)?);
     let epoch_seed = clock_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let l = &config.limits;
     // max_connections = 0 is "as many as the open-files limit lets the process hold".
@@ -163,6 +167,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         accept_rate: l.accept_rate,
         drain_ms: l.drain_ms,
         socket_unsent_bytes: l.socket_unsent_bytes as u32,
+        broker: Arc::clone(&broker),
     };
     let verifier = config.auth.verifier().map_err(RunError::Keys)?.map(Arc::new);
     match &verifier {
@@ -214,7 +219,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .map_err(io_err("spawn ingest"))?;
 
     let health = Arc::new(HealthState::default());
-    let backend = Arc::new(MeshBackend::new(Arc::clone(&mesh), Arc::clone(&health), Some(sinks.handle())));
+    let backend = Arc::new(
+        MeshBackend::new(Arc::clone(&mesh), Arc::clone(&health), Some(sinks.handle())).with_cluster(broker.status()),
+    );
     let admin = crate::admin::spawn(admin_listener, backend, crate::admin::AdminSettings::from_config(&config))
         .map_err(io_err("admin port"))?;
 
@@ -227,7 +234,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
         tracing::info!(admin = %admin_addr, "the admin port has no token: keep it on loopback (admin.token)");
     }
     let mut stdout = io::stdout().lock();
-    let _ = writeln!(stdout, "roomcast ready ws={ws_addr} wss={wss_text} ingest={ingest_addr} admin={admin_addr}");
+    // A cluster node also names itself (tests and scripts tell the nodes apart by it).
+    let node = broker.status().map(|s| format!(" node={}", s.node())).unwrap_or_default();
+    let _ =
+        writeln!(stdout, "roomcast ready ws={ws_addr} wss={wss_text} ingest={ingest_addr} admin={admin_addr}{node}");
     let _ = stdout.flush();
     drop(stdout);
 

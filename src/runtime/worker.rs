@@ -78,6 +78,8 @@ pub struct WorkerSettings {
     pub drain_ms: u64,
     /// `TCP_NOTSENT_LOWAT` of accepted sockets (`limits.socket_unsent_bytes`; 0: not set).
     pub socket_unsent_bytes: u32,
+    /// What sequences the rooms: the homes (a single node) or the cluster's broker.
+    pub broker: Arc<crate::broker::Broker>,
 }
 
 /// A worker's end of the durable sinks, as the core's [`SinkPort`]: the sinks' bounded queue,
@@ -155,6 +157,9 @@ impl Worker {
         let mut shard = Shard::new(id, shard_cfg);
         if let Some(handle) = settings.sink.clone() {
             shard.set_sink(Box::new(HomeSink { handle, origin: id.0 }));
+        }
+        if let Some(port) = settings.broker.port() {
+            shard.set_broker(port);
         }
         Ok(Self {
             id,

@@ -24,8 +24,11 @@
 //! newcomer joins at the last seq the members were sent and receives the held frames with
 //! them.
 
+mod follow;
+
 use super::ask::FeedSink;
 use super::batcher::{Batch, Batcher};
+use super::cluster::{BrokerPort, Follow, Template, Then};
 use super::durable::{Durability, Release, SinkPort};
 use super::mail::{IngestReply, Mail, Origin, ReplyTo, Router};
 use super::ShardConfig;
@@ -63,6 +66,15 @@ struct HomeEntry {
     held: VecDeque<(u64, Seq, Bytes)>,
     /// What goes out right after the held frames of its ticket (acks, ingest replies).
     held_releases: VecDeque<(u64, Release)>,
+    /// In a cluster: whether and how the room follows the cluster's order (`cluster.rs`).
+    follow: Follow,
+    /// In a cluster: the room took a snapshot at least once (its epoch is the cluster's).
+    synced: bool,
+    /// In a cluster: joins waiting for the room's first snapshot.
+    pending_joins: Vec<JoinRequest>,
+    /// In a cluster: what waits for a seq to reach the members (this node's acks and
+    /// replies), with the sinks' ticket it also waits for: (seq, release, ticket).
+    after_seq: VecDeque<(u64, Release, Option<u64>)>,
 }
 
 impl HomeEntry {
@@ -117,6 +129,8 @@ pub(crate) struct Homes {
     durability: Durability,
     /// Rooms that wait for durability (their keys).
     gated: Vec<usize>,
+    /// The cluster's sequencer (`None`: a single node, the homes sequence).
+    broker: Option<Box<dyn BrokerPort>>,
 }
 
 impl Homes {
@@ -140,7 +154,13 @@ impl Homes {
             counters: Counters::default(),
             durability: Durability::new(None),
             gated: Vec::new(),
+            broker: None,
         }
+    }
+
+    /// Share the rooms with other nodes through `port`: from now on the cluster sequences.
+    pub(crate) fn set_broker(&mut self, port: Box<dyn BrokerPort>) {
+        self.broker = Some(port);
     }
 
     /// Hand comments, tombstones and presence to durable sinks through `port`.
@@ -187,6 +207,10 @@ impl Homes {
             gate: None,
             held: VecDeque::new(),
             held_releases: VecDeque::new(),
+            follow: Follow::Off,
+            synced: false,
+            pending_joins: Vec::new(),
+            after_seq: VecDeque::new(),
         });
         self.keys.insert(name.clone(), key);
         // A room starts without members: if none come it is an eviction candidate.
@@ -213,6 +237,50 @@ impl Homes {
     fn flush(&mut self, key: usize, now_ms: u64, router: &mut Router) {
         if let Some(batch) = self.batcher.take(key, now_ms) {
             self.send(key, &batch.frames, (batch.first_ms, batch.messages), router);
+        }
+    }
+
+    /// An upstream event in `name`: sequenced here, or by the cluster (the reply then comes
+    /// from the broker).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn publish(
+        &mut self,
+        name: &RoomName,
+        (kind, data): (&str, &str),
+        source: Source,
+        reply: Option<ReplyTo>,
+        now_ms: u64,
+        router: &mut Router,
+    ) {
+        if self.broker.is_some() {
+            let template = Template::event(name, kind, data, now_ms);
+            let then = reply.map_or(Then::Nothing, Then::Ingest);
+            return self.send_to_cluster(name, (template, None), (source, then), now_ms, router);
+        }
+        let seq = self.sequence(name, Message::Event { kind, data }, source, now_ms, router).seq;
+        if let Some(to) = reply {
+            router.reply(IngestReply::Published { to, seq });
+        }
+    }
+
+    /// An upstream state replacement in `name`, like [`Homes::publish`].
+    pub(crate) fn set_state(
+        &mut self,
+        name: &RoomName,
+        state: Box<str>,
+        source: Source,
+        reply: Option<ReplyTo>,
+        now_ms: u64,
+        router: &mut Router,
+    ) {
+        if self.broker.is_some() {
+            let template = Template::state(name, &state);
+            let then = reply.map_or(Then::Nothing, Then::Ingest);
+            return self.send_to_cluster(name, (template, Some(state)), (source, then), now_ms, router);
+        }
+        let recorded = self.sequence(name, Message::State(state), source, now_ms, router);
+        if let Some(to) = reply {
+            router.reply(IngestReply::State { to, seq: recorded.seq, version: recorded.version });
         }
     }
 
@@ -248,6 +316,9 @@ impl Homes {
     /// in the order the ack mode asks for (module doc). Refused by the sinks, it is not
     /// sequenced and the commenter hears `unavailable`.
     pub(crate) fn comment(&mut self, name: &RoomName, comment: CommentRequest<'_>, now_ms: u64, router: &mut Router) {
+        if self.broker.is_some() {
+            return self.comment_to_cluster(name, comment, now_ms, router);
+        }
         let key = self.key(name, now_ms);
         let room = &self.rooms[key].room;
         let seq = room.next_seq();
@@ -264,14 +335,9 @@ impl Homes {
         let wait = match self.durability.submit(record) {
             Ok(wait) => wait,
             Err(refusal) => {
-                self.rejected(name, comment.user, ErrorCode::Unavailable);
                 let message =
                     format!("the comment could not be stored ({refusal}); nothing was sent: try again shortly");
-                let error = |out: &mut Vec<u8>| {
-                    server_msg::error(out, comment.reference, Some(name), ErrorCode::Unavailable, &message)
-                };
-                router.post(from.worker, Mail::ToConn { to: from, frame: frame::text_frame_with(error) });
-                return;
+                return self.refuse_comment(name, (from, comment.user, comment.reference), &message, router);
             }
         };
         if let Some(ticket) = wait {
@@ -291,6 +357,19 @@ impl Homes {
         }
     }
 
+    /// A comment that was not sequenced: the commenter hears `unavailable`, the room counts it.
+    fn refuse_comment(
+        &mut self,
+        name: &RoomName,
+        (from, user, reference): (Origin, &str, Option<&Ref>),
+        message: &str,
+        router: &mut Router,
+    ) {
+        self.rejected(name, user, ErrorCode::Unavailable);
+        let error = |out: &mut Vec<u8>| server_msg::error(out, reference, Some(name), ErrorCode::Unavailable, message);
+        router.post(from.worker, Mail::ToConn { to: from, frame: frame::text_frame_with(error) });
+    }
+
     /// Moderation takes comment `id` back: a `comment_deleted` event to the room in seq order
     /// and a tombstone to the sinks; the upstream's reply carries the event's seq.
     pub(crate) fn delete_comment(
@@ -301,6 +380,11 @@ impl Homes {
         now_ms: u64,
         router: &mut Router,
     ) {
+        if self.broker.is_some() {
+            let template = Template::comment_deleted(name, id, now_ms);
+            let then = Then::Delete { id: id.into(), reply };
+            return self.send_to_cluster(name, (template, None), (Source::Ingest, then), now_ms, router);
+        }
         let refuse = |router: &mut Router, code: ErrorCode, message: String| {
             if let Some(to) = reply {
                 router.reply(IngestReply::Refused { to, code, message });
@@ -414,6 +498,7 @@ impl Homes {
     /// first, then the home's answer goes back to the member's worker on the same mailbox.
     pub(crate) fn join(&mut self, name: RoomName, join: JoinRequest, now_ms: u64, router: &mut Router) {
         let key = self.key(&name, now_ms);
+        let Some(join) = self.when_in_step(key, &name, join) else { return };
         self.flush(key, now_ms, router);
         let since = join.since.as_ref().map(|(s, e)| (*s, &**e));
         let viewer = (&join.user, &join.name);
@@ -518,6 +603,11 @@ impl Homes {
 
     fn remove(&mut self, key: usize) -> Option<HomeEntry> {
         let entry = self.rooms.try_remove(key)?;
+        if let (Some(broker), false) = (self.broker.as_mut(), matches!(entry.follow, Follow::Off)) {
+            if !entry.room.is_private() {
+                broker.unfollow(entry.room.name());
+            }
+        }
         self.keys.remove(&**entry.room.name());
         self.batcher.forget(key);
         self.announce.retain(|k| *k != key);
@@ -615,6 +705,14 @@ impl Homes {
         for key in announce.drain(..) {
             let Some(entry) = self.rooms.get_mut(key) else { continue };
             entry.announce_queued = false;
+            if let (Some(broker), true) = (self.broker.as_mut(), entry.room.is_clustered()) {
+                // This node's share goes to the cluster; what the room announces is the
+                // cluster's report (`Homes::cluster_presence`).
+                let (changes, reactions) = entry.room.take_report();
+                if !changes.is_empty() || !reactions.is_empty() {
+                    broker.presence(entry.room.name(), changes, reactions);
+                }
+            }
             let frames = [entry.room.take_presence(), entry.room.take_reactions()];
             if self.batcher.active_within(key, now_ms, self.interval_ms) {
                 // An active room (a batch within the last interval): they ride its next
@@ -636,7 +734,7 @@ impl Homes {
             if !entry.room.is_empty() {
                 continue;
             }
-            let waiting = entry.gate.is_some() || !entry.held.is_empty();
+            let waiting = entry.gate.is_some() || !entry.held.is_empty() || !entry.pending_joins.is_empty();
             if entry.room.last_active_ms() + self.idle_ms <= now_ms && !self.batcher.has_batch(key) && !waiting {
                 if let Some(mut entry) = self.remove(key) {
                     entry.feed(|| Some(FeedItem::Closed));

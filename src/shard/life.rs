@@ -363,7 +363,10 @@ impl<Io> Shard<Io> {
         // (that would cost a home room and a round trip per connection): a message to one is
         // sequenced at its home and sent to every worker, and each delivers it to the user's
         // local connections. No `joined` is sent; the client did not ask.
-        self.members.add_connection(&user, key);
+        if self.members.add_connection(&user, key) {
+            // In a cluster the node follows the user's private room while it holds any.
+            self.homes.private(&user, true);
+        }
     }
 
     /// The connection's next deadline: `next` (its heartbeat), or its token's expiry when that
@@ -506,8 +509,10 @@ impl<Io> Shard<Io> {
         if let (Some(admission), Some(identity)) = (&self.cfg.admission, conn.session.identity()) {
             admission.release_user(identity.user(), Origin { worker: self.id, key, conn: conn.session.id() });
         }
-        if conn.session.identity().is_some() {
-            self.members.remove_connection(conn.session.user(), key);
+        if let Some(identity) = conn.session.identity() {
+            if self.members.remove_connection(identity.user(), key) {
+                self.homes.private(identity.user(), false);
+            }
         }
         Some(conn)
     }

@@ -207,6 +207,45 @@ pub enum Mail {
         /// The encoded frame.
         frame: Bytes,
     },
+    /// A message the cluster sequenced (from the broker, to the room's home on this node).
+    Broadcast {
+        /// The room.
+        room: RoomName,
+        /// The message.
+        message: super::cluster::Broadcast,
+    },
+    /// A followed room's snapshot (from the broker, to the room's home).
+    Synced {
+        /// The room.
+        room: RoomName,
+        /// The cluster's copy of the room.
+        snapshot: Box<super::cluster::Snapshot>,
+    },
+    /// The cluster's answer to a comment or a delete this home sent (from the broker).
+    Sequenced {
+        /// The room.
+        room: RoomName,
+        /// The seq and epoch the message got, or why not.
+        outcome: Result<(u64, Box<str>), super::cluster::Unavailable>,
+        /// What waits for the answer.
+        then: super::cluster::Then,
+    },
+    /// Cluster presence of a room (from the broker, to the room's home).
+    ClusterPresence {
+        /// The room.
+        room: RoomName,
+        /// The report.
+        report: Box<super::cluster::ClusterPresence>,
+    },
+    /// The cluster lost this node's presence (its heartbeat expired, or Redis lost its data):
+    /// every home reports its viewers again (from the broker, to every worker).
+    PresenceResync,
+    /// The cluster lost the room's history: close its members here with 1012 so they rejoin
+    /// (from the home, to each worker with members).
+    Reset {
+        /// The room.
+        room: RoomName,
+    },
 }
 
 /// A home's answer to an ingest command.

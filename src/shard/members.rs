@@ -58,23 +58,30 @@ impl Members {
         members.unwrap_or(&[])
     }
 
-    /// `key` is a connection of `user` (it joins the user's private room).
-    pub(crate) fn add_connection(&mut self, user: &Arc<str>, key: ConnKey) {
+    /// `key` is a connection of `user` (it joins the user's private room); true when it is
+    /// the user's first here.
+    pub(crate) fn add_connection(&mut self, user: &Arc<str>, key: ConnKey) -> bool {
         match self.private.get_mut(&**user) {
-            Some(members) => members.push(key),
+            Some(members) => {
+                members.push(key);
+                false
+            }
             None => {
                 self.private.insert(Arc::clone(user), PrivateMembers::One(key));
+                true
             }
         }
     }
 
-    /// `key`, a connection of `user`, is gone.
-    pub(crate) fn remove_connection(&mut self, user: &str, key: ConnKey) {
+    /// `key`, a connection of `user`, is gone; true when it was the user's last here.
+    pub(crate) fn remove_connection(&mut self, user: &str, key: ConnKey) -> bool {
         if let Some(members) = self.private.get_mut(user) {
             if members.remove(key) {
                 self.private.remove(user);
+                return true;
             }
         }
+        false
     }
 
     /// The user's connections on this worker.

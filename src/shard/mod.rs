@@ -46,6 +46,7 @@
 
 pub mod ask;
 mod batcher;
+pub mod cluster;
 mod conns;
 pub mod durable;
 mod homes;
@@ -60,8 +61,8 @@ pub use mail::home_of;
 
 use crate::config::Config;
 use crate::ids::{ConnKey, RoomName, WorkerId};
-use crate::metrics::{Counters, Source};
-use crate::room::{HomeRoom, Message, RoomLimits};
+use crate::metrics::Counters;
+use crate::room::{HomeRoom, RoomLimits};
 use crate::session::outbound::Outbound;
 use crate::wire::frame::{self, close_code};
 use crate::wire::{server_msg, ErrorCode, Ref};
@@ -269,6 +270,12 @@ impl<Io> Shard<Io> {
         self.drain_loopback(now_ms);
     }
 
+    /// Share this worker's rooms with other nodes through the cluster broker `port` (without
+    /// one, a single node: the homes sequence). Call before any input.
+    pub fn set_broker(&mut self, port: Box<dyn cluster::BrokerPort>) {
+        self.homes.set_broker(port);
+    }
+
     /// Hand this worker's comments, tombstones and presence records to durable sinks through
     /// `port` (without one, nothing is written and nothing waits). Call before any input.
     pub fn set_sink(&mut self, port: Box<dyn durable::SinkPort>) {
@@ -385,17 +392,19 @@ impl<Io> Shard<Io> {
                 self.homes.delete_comment(&room, &id, reply, now_ms, &mut self.router)
             }
             Mail::Publish { room, kind, data, source, reply } => {
-                let seq = self.sequence(&room, Message::Event { kind: &kind, data: &data }, source, now_ms).seq;
-                if let Some(to) = reply {
-                    self.router.reply(IngestReply::Published { to, seq });
-                }
+                self.homes.publish(&room, (&kind, &data), source, reply, now_ms, &mut self.router)
             }
             Mail::SetState { room, state, source, reply } => {
-                let recorded = self.sequence(&room, Message::State(state), source, now_ms);
-                if let Some(to) = reply {
-                    self.router.reply(IngestReply::State { to, seq: recorded.seq, version: recorded.version });
-                }
+                self.homes.set_state(&room, state, source, reply, now_ms, &mut self.router)
             }
+            Mail::Broadcast { room, message } => self.homes.broadcast(&room, message, now_ms, &mut self.router),
+            Mail::Synced { room, snapshot } => self.homes.synced(&room, &snapshot, now_ms, &mut self.router),
+            Mail::Sequenced { room, outcome, then } => {
+                self.homes.sequenced(&room, outcome, then, now_ms, &mut self.router)
+            }
+            Mail::ClusterPresence { room, report } => self.homes.cluster_presence(&room, &report),
+            Mail::PresenceResync => self.homes.presence_resync(),
+            Mail::Reset { room } => self.reset_room(&room),
             Mail::Deliver { room, frames, sequenced_ms, messages } => {
                 self.deliver(&room, &frames, (sequenced_ms, messages), now_ms)
             }
@@ -414,15 +423,15 @@ impl<Io> Shard<Io> {
         }
     }
 
-    /// Sequence a message in a room homed here.
-    fn sequence(
-        &mut self,
-        room: &RoomName,
-        message: Message<'_>,
-        source: Source,
-        now_ms: u64,
-    ) -> crate::room::Recorded {
-        self.homes.sequence(room, message, source, now_ms, &mut self.router)
+    /// The cluster lost the history of `room`: its members here are closed with 1012 (service
+    /// restart) and rejoin; their `since` then recovers nothing and they reload, as PROTOCOL.md
+    /// asks of a member that cannot be given a gap-free order.
+    fn reset_room(&mut self, room: &RoomName) {
+        let members = self.members.receivers(room).to_vec();
+        tracing::info!(room = %room, members = members.len(), "the cluster lost the room's history: closing its members here with 1012");
+        for key in members {
+            self.close(key, close_code::SERVICE_RESTART, false);
+        }
     }
 
     // --- frames to connections ---

@@ -35,6 +35,8 @@ pub mod close_code {
     pub const TOO_LARGE: u16 = 1009;
     /// Internal error.
     pub const INTERNAL: u16 = 1011;
+    /// Service restart: reconnect after a delay (the cluster lost a room's history).
+    pub const SERVICE_RESTART: u16 = 1012;
     /// Token expired and not refreshed.
     pub const TOKEN_EXPIRED: u16 = 4001;
     /// Rate limit exceeded repeatedly.

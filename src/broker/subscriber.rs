@@ -1,0 +1,231 @@
+//! The broker's subscriber thread: the node's one pub/sub connection to Redis, subscribed to
+//! the channel of every room this node follows (and of every user with a connection here, for
+//! private rooms), and nothing else: a room with no members here costs this node nothing.
+//!
+//! A home asks to follow a room when its first member joins; the thread subscribes, waits for
+//! Redis to confirm, and only then asks the command thread for the room's snapshot, so every
+//! message after the snapshot reaches this connection (the home drops what the snapshot
+//! already holds). Each message is decoded and wrapped in its WebSocket frame here, once per
+//! node, and mailed to the room's home worker.
+//!
+//! The `redis` crate's synchronous pub/sub is used on this thread of its own: reads wait with a
+//! short timeout ([`POLL`]) so that follow requests are taken between messages (a pub/sub
+//! connection cannot be written from another thread while it is read). If the connection
+//! fails, the thread reconnects with backoff, subscribes to everything again and asks for a
+//! snapshot of every followed room: the homes fill what they missed from the rooms' history
+//! streams, or close their members with 1012 if the history is gone (a new epoch).
+
+use super::commands::{connect, Backoff, Command};
+use super::envelope::{self, Envelope};
+use super::scripts;
+use super::status::BrokerStatus;
+use crate::ids::RoomName;
+use crate::runtime::mesh::Mesh;
+use crate::shard::home_of;
+use crate::shard::mail::Mail;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use redis::Client;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest a follow request waits for a read to time out on a busy-less connection.
+const POLL: Duration = Duration::from_millis(20);
+/// Channels per `SUBSCRIBE` when subscribing again after a reconnect.
+const SUBSCRIBE_CHUNK: usize = 512;
+
+/// What the homes ask of the subscriber.
+#[derive(Debug)]
+pub(super) enum Control {
+    /// Follow a room (or read its snapshot again, if followed).
+    Follow(RoomName),
+    /// Stop following a room.
+    Unfollow(RoomName),
+    /// A worker's first (`true`) or last connection of a user opened or closed.
+    Private(Arc<str>, bool),
+}
+
+/// See the module doc.
+pub(super) struct Subscriber {
+    client: Client,
+    rx: Receiver<Control>,
+    commands: Sender<Command>,
+    mesh: Arc<Mesh>,
+    status: Arc<BrokerStatus>,
+    workers: usize,
+    timeout: Duration,
+    rooms: HashSet<RoomName>,
+    /// Private rooms followed, with the number of workers holding connections of the user.
+    private: HashMap<RoomName, usize>,
+}
+
+impl Subscriber {
+    pub(super) fn new(
+        client: Client,
+        rx: Receiver<Control>,
+        (commands, mesh, status): (Sender<Command>, Arc<Mesh>, Arc<BrokerStatus>),
+        workers: usize,
+        timeout: Duration,
+    ) -> Self {
+        Self { client, rx, commands, mesh, status, workers, timeout, rooms: HashSet::new(), private: HashMap::new() }
+    }
+
+    /// Follow rooms until the homes are gone.
+    pub(super) fn run(mut self) {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.session() {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: the subscription connection failed; reconnecting");
+                    self.status.reconnected();
+                    backoff.failed();
+                }
+            }
+            // While Redis is away, keep track of what to follow.
+            loop {
+                let wait = backoff.wait();
+                if wait.is_zero() {
+                    break;
+                }
+                match self.rx.recv_timeout(wait) {
+                    Ok(control) => self.note(control),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            if let Ok(()) = self.probe() {
+                backoff.reset();
+            }
+        }
+    }
+
+    /// Whether Redis answers at all (so a failing session does not spin).
+    fn probe(&self) -> redis::RedisResult<()> {
+        connect(&self.client, self.timeout).map(drop)
+    }
+
+    /// Track a request while not connected.
+    fn note(&mut self, control: Control) {
+        match control {
+            Control::Follow(room) => {
+                self.rooms.insert(room);
+            }
+            Control::Unfollow(room) => {
+                self.rooms.remove(&room);
+            }
+            Control::Private(user, open) => {
+                self.count_private(&user, open);
+            }
+        }
+        self.status.set_followed(self.rooms.len() + self.private.len());
+    }
+
+    /// Count a private room's holder; true when the room is to be subscribed (`open`) or
+    /// unsubscribed.
+    fn count_private(&mut self, user: &str, open: bool) -> bool {
+        let room = RoomName::private(user);
+        if open {
+            let n = self.private.entry(room).or_insert(0);
+            *n += 1;
+            *n == 1
+        } else if let Some(n) = self.private.get_mut(&room) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.private.remove(&room);
+                return true;
+            }
+            false
+        } else {
+            false
+        }
+    }
+
+    /// One connection's life: subscribe to everything followed, then serve messages and
+    /// requests. `Ok` when the homes are gone.
+    fn session(&mut self) -> redis::RedisResult<()> {
+        let mut con = connect(&self.client, self.timeout)?;
+        let mut pubsub = con.as_pubsub();
+        let all: Vec<String> =
+            self.rooms.iter().chain(self.private.keys()).map(|room| scripts::channel(room)).collect();
+        for chunk in all.chunks(SUBSCRIBE_CHUNK) {
+            pubsub.subscribe(chunk)?;
+        }
+        // Whatever was missed while away: every followed room reads its snapshot again.
+        for room in &self.rooms {
+            let _ = self.commands.send(Command::Snapshot(room.clone()));
+        }
+        pubsub.set_read_timeout(Some(POLL))?;
+        loop {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(control) => self.control(&mut pubsub, control)?,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return Ok(()),
+                }
+            }
+            match pubsub.get_message() {
+                Ok(msg) => self.message(msg.get_channel_name(), msg.get_payload_bytes()),
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn control(&mut self, pubsub: &mut redis::PubSub<'_>, control: Control) -> redis::RedisResult<()> {
+        match control {
+            Control::Follow(room) => {
+                if self.rooms.insert(room.clone()) {
+                    pubsub.subscribe(scripts::channel(&room))?;
+                }
+                // Subscribed (Redis answered): the snapshot cannot miss a later message.
+                let _ = self.commands.send(Command::Snapshot(room));
+            }
+            Control::Unfollow(room) => {
+                if self.rooms.remove(&room) {
+                    pubsub.unsubscribe(scripts::channel(&room))?;
+                }
+            }
+            Control::Private(user, open) => {
+                if self.count_private(&user, open) {
+                    let channel = scripts::channel(&RoomName::private(&user));
+                    if open {
+                        pubsub.subscribe(channel)?;
+                    } else {
+                        pubsub.unsubscribe(channel)?;
+                    }
+                }
+            }
+        }
+        self.status.set_followed(self.rooms.len() + self.private.len());
+        Ok(())
+    }
+
+    /// A message on a room channel: to the room's home worker.
+    fn message(&self, channel: &str, payload: &[u8]) {
+        let room =
+            scripts::room_of_channel(channel).and_then(|r| match r.strip_prefix(crate::ids::PRIVATE_ROOM_PREFIX) {
+                Some(user) => Some(RoomName::private(user)),
+                None => RoomName::new(r).ok(),
+            });
+        let Some(room) = room else {
+            tracing::debug!(channel, "cluster: a message on an unknown channel");
+            return;
+        };
+        let home = usize::from(home_of(&room, self.workers).0);
+        let mail = match envelope::parse(payload) {
+            Ok(Envelope::Message(message)) => {
+                self.status.received(crate::runtime::clock_ms().saturating_sub(message.ts_ms));
+                Mail::Broadcast { room, message }
+            }
+            Ok(Envelope::Presence(report)) => Mail::ClusterPresence { room, report: Box::new(report) },
+            Err(e) => {
+                tracing::warn!(room = %room, error = e, "cluster: a message that is not roomcast's, dropped");
+                return;
+            }
+        };
+        if let Some(mailbox) = self.mesh.workers.get(home) {
+            mailbox.send_mail(vec![mail]);
+        }
+    }
+}
