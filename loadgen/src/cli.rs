@@ -46,7 +46,8 @@ pub enum Scenario {
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// Viewer URL: ws://HOST:PORT/ws or wss://HOST:PORT/ws. Several (the flag repeated, or a
-    /// comma list, one scheme for all): viewer i connects to URL i mod N (over `--procs` too).
+    /// comma list, one scheme for all): each room's members go round-robin over them (the k-th
+    /// member of a room to URL k mod N; over `--procs` children too).
     #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:8080/ws")]
     pub url: Vec<String>,
     /// Connections.

@@ -137,20 +137,24 @@ fn conn_plan(s: &Settings, i: usize, endpoints: usize, minter: Option<&Minter>) 
     let user = format!("lg{i}");
     let token = minter.map(|m| m.token(&user)).transpose()?;
     let room = s.kind.joins().then(|| format!("{}-{}", s.room_prefix, i % s.rooms));
-    Ok(ConnPlan { endpoint: endpoint_of(i, endpoints), user, room, token })
+    Ok(ConnPlan { endpoint: endpoint_of(i, s.rooms, endpoints), user, room, token })
 }
 
-/// The endpoint of connection `i` of the run: round-robin over `endpoints` by the run-wide
-/// index, so the spread is the same with or without `--procs`.
-pub fn endpoint_of(i: usize, endpoints: usize) -> usize {
-    i % endpoints.max(1)
+/// The endpoint of connection `i` of the run (in room `i mod rooms`): the members of each room
+/// go round-robin over the endpoints (its k-th member, `k = i / rooms`, to endpoint
+/// `k mod endpoints`), by the run-wide index, so the spread is the same with or without
+/// `--procs`. Not `i mod endpoints`: whenever the rooms and the endpoints share a factor (30
+/// rooms over 3 nodes) that would put every member of a room on one endpoint, and no message
+/// would ever reach two. Without rooms (`storm`, one "room") it is `i mod endpoints`.
+pub fn endpoint_of(i: usize, rooms: usize, endpoints: usize) -> usize {
+    (i / rooms.max(1)) % endpoints.max(1)
 }
 
-/// Connections of the run (`conns` of them) that connect to each of `endpoints` servers.
-pub fn conns_per_endpoint(conns: usize, endpoints: usize) -> Vec<u64> {
+/// Connections of the run (`conns` of them, over `rooms`) that connect to each of `endpoints`.
+pub fn conns_per_endpoint(conns: usize, rooms: usize, endpoints: usize) -> Vec<u64> {
     let mut n = vec![0u64; endpoints.max(1)];
     for i in 0..conns {
-        n[endpoint_of(i, endpoints)] += 1;
+        n[endpoint_of(i, rooms, endpoints)] += 1;
     }
     n
 }
@@ -326,11 +330,24 @@ mod tests {
 
     #[test]
     fn viewers_go_round_robin_over_the_urls() {
-        assert_eq!((0..7).map(|i| endpoint_of(i, 3)).collect::<Vec<_>>(), [0, 1, 2, 0, 1, 2, 0]);
-        assert_eq!((0..4).map(|i| endpoint_of(i, 1)).collect::<Vec<_>>(), [0, 0, 0, 0]);
-        assert_eq!(conns_per_endpoint(10, 3), [4, 3, 3]);
-        assert_eq!(conns_per_endpoint(2, 3), [1, 1, 0]);
-        assert_eq!(conns_per_endpoint(5, 1), [5]);
+        // No rooms (storm): connection i on endpoint i mod 3.
+        assert_eq!((0..7).map(|i| endpoint_of(i, 1, 3)).collect::<Vec<_>>(), [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!((0..4).map(|i| endpoint_of(i, 2, 1)).collect::<Vec<_>>(), [0, 0, 0, 0]);
+        assert_eq!(conns_per_endpoint(10, 1, 3), [4, 3, 3]);
+        assert_eq!(conns_per_endpoint(2, 1, 3), [1, 1, 0]);
+        assert_eq!(conns_per_endpoint(5, 4, 1), [5]);
+        // 30 rooms over 3 endpoints: every room has 10 members on each (i mod 3 would have put
+        // each room on one endpoint).
+        let (conns, rooms) = (900, 30);
+        let mut members = vec![[0u32; 3]; rooms];
+        for i in 0..conns {
+            members[i % rooms][endpoint_of(i, rooms, 3)] += 1;
+        }
+        assert!(members.iter().all(|m| *m == [10, 10, 10]), "{members:?}");
+        assert_eq!(conns_per_endpoint(conns, rooms, 3), [300, 300, 300]);
+        // Rooms that do not fill the last round: still as even as they can be.
+        assert_eq!(conns_per_endpoint(40, 5, 2), [20, 20]);
+        assert_eq!(conns_per_endpoint(25, 5, 2), [15, 10]);
     }
 
     #[test]
@@ -349,7 +366,7 @@ mod tests {
             }
         }
         seen.sort();
-        let want: Vec<_> = (0..20).map(|i| (i, i % 3, format!("lg-{}", i % 4))).collect();
+        let want: Vec<_> = (0..20).map(|i| (i, (i / 4) % 3, format!("lg-{}", i % 4))).collect();
         assert_eq!(seen, want);
     }
 

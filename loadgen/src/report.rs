@@ -44,7 +44,7 @@ impl Percentiles {
 pub struct UrlReport {
     /// The URL.
     pub url: String,
-    /// Connections planned to it (connection i goes to URL i mod N).
+    /// Connections planned to it (each room's members go round-robin over the URLs).
     pub conns: u64,
     /// Deliveries its viewers received (new seqs).
     pub delivered: u64,
@@ -99,6 +99,9 @@ pub struct Report {
     pub reordered: u64,
     /// Deliveries per second over the publishing period.
     pub deliveries_per_sec: f64,
+    /// The measured period (publishing or commenting, then draining): its start and end, ms
+    /// since the Unix epoch (to line up other samples of the run, e.g. Redis's counters).
+    pub window_unix_ms: Option<(u64, u64)>,
     /// Delivery latency (intended send -> receipt).
     pub latency: Percentiles,
     /// Connect start -> TCP connected.

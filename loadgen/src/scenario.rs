@@ -181,6 +181,7 @@ fn resume_round(
 struct Window {
     deliveries_before: u64,
     started: Instant,
+    started_unix_ms: u64,
     /// Each server process's CPU seconds.
     server_cpu_before: Vec<Option<f64>>,
     loadgen_cpu_before: Option<f64>,
@@ -192,6 +193,7 @@ impl Window {
         Self {
             deliveries_before: shared.deliveries.load(Ordering::Relaxed),
             started: Instant::now(),
+            started_unix_ms: unix_ms(),
             server_cpu_before: servers.cpu_seconds_each(),
             loadgen_cpu_before: clients.cpu_seconds(),
         }
@@ -201,6 +203,7 @@ impl Window {
     /// returns its length in seconds.
     fn close(self, servers: &Servers, clients: &Clients, report: &mut Report) -> f64 {
         let active = self.started.elapsed().as_secs_f64();
+        report.window_unix_ms = Some((self.started_unix_ms, unix_ms()));
         if let (Some(before), Some(after)) = (self.loadgen_cpu_before, clients.cpu_seconds()) {
             report.loadgen_cpu_seconds = after - before;
         }
@@ -216,6 +219,11 @@ impl Window {
         report.server_cpu_seconds_each = each;
         active
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    crate::client::unix_ns() / 1_000_000
 }
 
 /// The scenario itself.
@@ -391,7 +399,7 @@ fn record_per_url(s: &Settings, report: &mut Report, totals: &Totals, active: f6
     if s.common.url.len() < 2 {
         return;
     }
-    let conns = clients::conns_per_endpoint(s.common.conns, s.common.url.len());
+    let conns = clients::conns_per_endpoint(s.common.conns, s.rooms, s.common.url.len());
     report.per_url = s
         .common
         .url

@@ -363,8 +363,8 @@ fn fanout_report(args: &[&str]) -> (Value, Finished) {
 
 #[test]
 fn viewers_spread_over_several_urls_and_each_urls_viewers_are_counted() {
-    // Two independent servers; only A's ingest is published to, so B's viewers (every second
-    // connection, over all three children) join and receive nothing: lost, and the run invalid.
+    // Two independent servers; only A's ingest is published to, so B's viewers (half of each
+    // room, over all three children) join and receive nothing: lost, and the run invalid.
     let (a, b) = (start(&[]), start(&[]));
     let (url_a, url_b) = (format!("ws://{}/ws", a.ws), format!("ws://{}/ws", b.ws));
     let (pid_a, pid_b) = (a.pid(), b.pid());
@@ -376,7 +376,7 @@ fn viewers_spread_over_several_urls_and_each_urls_viewers_are_counted() {
     assert_eq!(r["joined"], 40, "both servers took their viewers: {r}");
     assert_eq!(r["url"], format!("{url_a},{url_b}"));
     assert_eq!(r["published"], 40);
-    // Room r has 8 members, 4 on each server (connection i: room i mod 5, server i mod 2).
+    // Room r has 8 members, 4 on each server (connection i: room i mod 5, server (i / 5) mod 2).
     assert_eq!(r["expected"], 40 * 8);
     let per_url = r["per_url"].as_array().expect("per_url");
     let row = |u: &Value| (u["url"].as_str().map(str::to_owned), u["conns"].as_u64(), u["delivered"].as_u64());
@@ -423,6 +423,8 @@ fn one_url_reports_as_before() {
     assert_eq!(r["urls"].as_array().map(Vec::len), Some(1));
     assert_eq!(r["per_url"], serde_json::json!([]), "no per-URL figures for one URL");
     assert!(r["server_cpu_seconds"].as_f64().is_some());
+    let window: Vec<u64> = r["window_unix_ms"].as_array().expect("window").iter().filter_map(Value::as_u64).collect();
+    assert!(window.len() == 2 && window[0] <= window[1] && window[1] - window[0] >= 300, "{window:?}");
 }
 
 #[test]

@@ -67,8 +67,8 @@ pub struct Endpoint {
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct Target {
-    /// The servers, in `--url` order (at least one): connection i connects to endpoint
-    /// i mod their number ([`ConnPlan::endpoint`]).
+    /// The servers, in `--url` order (at least one): each room's members go round-robin over
+    /// them ([`ConnPlan::endpoint`], `crate::clients::endpoint_of`).
     pub endpoints: Vec<Endpoint>,
     /// TLS client configuration for `wss` (every endpoint has the same scheme).
     pub tls: Option<Arc<rustls::ClientConfig>>,
