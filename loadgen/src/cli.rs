@@ -45,9 +45,11 @@ pub enum Scenario {
 /// Options of every scenario.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Viewer URL: ws://HOST:PORT/ws or wss://HOST:PORT/ws.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    /// Viewer URL: ws://HOST:PORT/ws or wss://HOST:PORT/ws. Several (the flag repeated, or a
+    /// comma list, one scheme for all): each room's members go round-robin over them (the k-th
+    /// member of a room to URL k mod N; over `--procs` children too).
+    #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: Vec<String>,
     /// Connections.
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
@@ -79,9 +81,11 @@ pub struct Common {
     /// unasked but the pongs that answer the server's pings.
     #[arg(long, default_value_t = 0.0)]
     pub app_ping_every: f64,
-    /// Server process id: its CPU per delivery, its RSS per connection (idle).
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// Server process id: its CPU per delivery, its RSS per connection (idle). Several (the
+    /// flag repeated, or a comma list, e.g. the nodes of a cluster): CPU, RSS and connections
+    /// are summed over them.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Give up waiting for connections after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     pub connect_timeout: f64,
@@ -380,5 +384,37 @@ mod tests {
             (s.kind, s.publish.map(|p| (p.rate, p.ingest_token))),
             (Kind::Fanout, Some((5.0, Some("t".into()))))
         );
+    }
+
+    #[test]
+    fn urls_and_server_pids_are_repeated_or_comma_listed() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["loadgen", "fanout"];
+            argv.extend(args);
+            let s = Cli::try_parse_from(argv).expect("parses").scenario.settings();
+            (s.common.url, s.common.server_pid)
+        };
+        let (urls, pids) = parse(&[]);
+        assert_eq!((urls, pids), (vec!["ws://127.0.0.1:8080/ws".to_owned()], vec![]));
+        let (urls, pids) = parse(&["--url", "ws://a:1/ws", "--server-pid", "7"]);
+        assert_eq!((urls, pids), (vec!["ws://a:1/ws".to_owned()], vec![7]));
+        let (urls, pids) = parse(&[
+            "--url",
+            "ws://a:1/ws,ws://b:2/ws",
+            "--url",
+            "ws://c:3/ws",
+            "--server-pid",
+            "7,8",
+            "--server-pid",
+            "9",
+        ]);
+        assert_eq!(urls, ["ws://a:1/ws", "ws://b:2/ws", "ws://c:3/ws"]);
+        assert_eq!(pids, [7, 8, 9]);
+        assert!(Cli::try_parse_from(["loadgen", "idle", "--server-pid", "7,x"]).is_err());
+        // Every scenario takes them (they are common options).
+        let storm =
+            Cli::try_parse_from(["loadgen", "storm", "--url", "ws://a:1/ws,ws://b:2/ws", "--server-pid", "1,2"]);
+        let s = storm.expect("parses").scenario.settings();
+        assert_eq!((s.common.url.len(), s.common.server_pid.len()), (2, 2));
     }
 }

@@ -7,7 +7,7 @@
 //! measures or judges anything itself.
 
 use crate::cli::{Kind, Settings};
-use crate::client::{self, ChurnPlan, CommentPlan, ConnPlan, Shared, Target, ThreadPlan, ThreadReport};
+use crate::client::{self, ChurnPlan, CommentPlan, ConnPlan, Endpoint, Shared, Target, ThreadPlan, ThreadReport};
 use crate::jwt::Minter;
 use crate::net;
 use crate::procs::{self, ChildIndex, ChildLine, Children, Counters, ParentLine, Totals};
@@ -22,19 +22,40 @@ use std::time::Duration;
 /// and upgrade rate, so the client must not be what bounds it.
 const STORM_INFLIGHT: usize = 1024;
 
-/// The server to connect to, from `--url`, `--ca` and `--source-ips`.
-pub fn target(s: &Settings) -> anyhow::Result<Target> {
-    let c = &s.common;
-    let (tls, rest) = if let Some(r) = c.url.strip_prefix("wss://") {
+/// One `--url`: whether it is `wss`, and where it points.
+pub fn endpoint(url: &str) -> anyhow::Result<(bool, Endpoint)> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
         (true, r)
-    } else if let Some(r) = c.url.strip_prefix("ws://") {
+    } else if let Some(r) = url.strip_prefix("ws://") {
         (false, r)
     } else {
-        bail!("--url must start with ws:// or wss://");
+        bail!("--url must start with ws:// or wss:// (got {url:?})");
     };
     let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/ws".into()));
-    let addr: SocketAddr = hostport.to_socket_addrs()?.next().context("--url host does not resolve")?;
+    let addr: SocketAddr = hostport
+        .to_socket_addrs()
+        .with_context(|| format!("--url {url}"))?
+        .next()
+        .with_context(|| format!("--url host of {url} does not resolve"))?;
     let host = hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport).to_owned();
+    Ok((tls, Endpoint { addr, host, path }))
+}
+
+/// The servers to connect to, from `--url` (one or several, all `ws` or all `wss`), `--ca` and
+/// `--source-ips`.
+pub fn target(s: &Settings) -> anyhow::Result<Target> {
+    let c = &s.common;
+    let mut schemes = Vec::new();
+    let mut endpoints = Vec::new();
+    for url in &c.url {
+        let (tls, endpoint) = endpoint(url)?;
+        schemes.push(tls);
+        endpoints.push(endpoint);
+    }
+    let Some(&tls) = schemes.first() else { bail!("--url is needed") };
+    if schemes.iter().any(|&t| t != tls) {
+        bail!("every --url must have the same scheme (all ws:// or all wss://)");
+    }
     let tls = if tls {
         let pem = match &c.ca {
             Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
@@ -53,7 +74,7 @@ pub fn target(s: &Settings) -> anyhow::Result<Target> {
         Some(spec) => net::parse_source_ips(spec)?,
         None => Vec::new(),
     };
-    Ok(Target { addr, host, path, tls, source_ips })
+    Ok(Target { endpoints, tls, source_ips })
 }
 
 /// Client threads of this process.
@@ -71,15 +92,9 @@ impl Local {
         let comment_start = Arc::new(AtomicBool::new(false));
         let threads = s.common.threads.max(1);
         let minter = s.common.jwt_secret.as_deref().map(Minter::hs256);
-        let mine: Vec<usize> = (0..s.common.conns).filter(|i| i % me.count == me.index).collect();
         let mut handles = Vec::new();
         for t in 0..threads {
-            let plans = mine
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| k % threads == t)
-                .map(|(_, &i)| conn_plan(s, i, minter.as_ref()))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let plans = conn_plans(s, me, t, target.endpoints.len(), minter.as_ref())?;
             let plan = thread_plan(s, target, plans, &comment_start, me, t);
             let shared = Arc::clone(&shared);
             handles.push(std::thread::spawn(move || client::run_thread(&plan, &shared)));
@@ -98,12 +113,50 @@ impl Local {
     }
 }
 
-/// Connection `i`: user `lg<i>`, room `i mod rooms` (none in `storm`), and its token.
-fn conn_plan(s: &Settings, i: usize, minter: Option<&Minter>) -> anyhow::Result<ConnPlan> {
+/// The connections thread `t` of child `me` opens: of the run's, those with `i mod children`
+/// = `me`, dealt round-robin over its threads.
+fn conn_plans(
+    s: &Settings,
+    me: ChildIndex,
+    t: usize,
+    endpoints: usize,
+    minter: Option<&Minter>,
+) -> anyhow::Result<Vec<ConnPlan>> {
+    let threads = s.common.threads.max(1);
+    (0..s.common.conns)
+        .filter(|i| i % me.count == me.index)
+        .enumerate()
+        .filter(|(k, _)| k % threads == t)
+        .map(|(_, i)| conn_plan(s, i, endpoints, minter))
+        .collect()
+}
+
+/// Connection `i` (numbered over the whole run, every `--procs` child included): endpoint
+/// `i mod endpoints`, user `lg<i>`, room `i mod rooms` (none in `storm`), and its token.
+fn conn_plan(s: &Settings, i: usize, endpoints: usize, minter: Option<&Minter>) -> anyhow::Result<ConnPlan> {
     let user = format!("lg{i}");
     let token = minter.map(|m| m.token(&user)).transpose()?;
     let room = s.kind.joins().then(|| format!("{}-{}", s.room_prefix, i % s.rooms));
-    Ok(ConnPlan { user, room, token })
+    Ok(ConnPlan { endpoint: endpoint_of(i, s.rooms, endpoints), user, room, token })
+}
+
+/// The endpoint of connection `i` of the run (in room `i mod rooms`): the members of each room
+/// go round-robin over the endpoints (its k-th member, `k = i / rooms`, to endpoint
+/// `k mod endpoints`), by the run-wide index, so the spread is the same with or without
+/// `--procs`. Not `i mod endpoints`: whenever the rooms and the endpoints share a factor (30
+/// rooms over 3 nodes) that would put every member of a room on one endpoint, and no message
+/// would ever reach two. Without rooms (`storm`, one "room") it is `i mod endpoints`.
+pub fn endpoint_of(i: usize, rooms: usize, endpoints: usize) -> usize {
+    (i / rooms.max(1)) % endpoints.max(1)
+}
+
+/// Connections of the run (`conns` of them, over `rooms`) that connect to each of `endpoints`.
+pub fn conns_per_endpoint(conns: usize, rooms: usize, endpoints: usize) -> Vec<u64> {
+    let mut n = vec![0u64; endpoints.max(1)];
+    for i in 0..conns {
+        n[endpoint_of(i, rooms, endpoints)] += 1;
+    }
+    n
 }
 
 /// Thread `t` of child `me`'s plan.
@@ -261,4 +314,81 @@ fn listen_to_parent(shared: Arc<Shared>, comment_start: Arc<AtomicBool>) -> std:
         let _ = tx.send(Vec::new());
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn settings(args: &[&str]) -> Settings {
+        let mut argv = vec!["loadgen", "fanout"];
+        argv.extend(args);
+        Cli::try_parse_from(argv).expect("parses").scenario.settings()
+    }
+
+    #[test]
+    fn viewers_go_round_robin_over_the_urls() {
+        // No rooms (storm): connection i on endpoint i mod 3.
+        assert_eq!((0..7).map(|i| endpoint_of(i, 1, 3)).collect::<Vec<_>>(), [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!((0..4).map(|i| endpoint_of(i, 2, 1)).collect::<Vec<_>>(), [0, 0, 0, 0]);
+        assert_eq!(conns_per_endpoint(10, 1, 3), [4, 3, 3]);
+        assert_eq!(conns_per_endpoint(2, 1, 3), [1, 1, 0]);
+        assert_eq!(conns_per_endpoint(5, 4, 1), [5]);
+        // 30 rooms over 3 endpoints: every room has 10 members on each (i mod 3 would have put
+        // each room on one endpoint).
+        let (conns, rooms) = (900, 30);
+        let mut members = vec![[0u32; 3]; rooms];
+        for i in 0..conns {
+            members[i % rooms][endpoint_of(i, rooms, 3)] += 1;
+        }
+        assert!(members.iter().all(|m| *m == [10, 10, 10]), "{members:?}");
+        assert_eq!(conns_per_endpoint(conns, rooms, 3), [300, 300, 300]);
+        // Rooms that do not fill the last round: still as even as they can be.
+        assert_eq!(conns_per_endpoint(40, 5, 2), [20, 20]);
+        assert_eq!(conns_per_endpoint(25, 5, 2), [15, 10]);
+    }
+
+    #[test]
+    fn children_and_threads_spread_by_the_run_wide_index() {
+        // Three children of two threads each hold exactly the run's connections, each on the
+        // URL and in the room that one process would have given it.
+        let s = settings(&["--conns", "20", "--rooms", "4", "--threads", "2", "--procs", "3"]);
+        let mut seen = Vec::new();
+        for index in 0..3 {
+            for t in 0..2 {
+                for p in conn_plans(&s, ChildIndex { index, count: 3 }, t, 3, None).expect("plans") {
+                    let i: usize = p.user.strip_prefix("lg").and_then(|n| n.parse().ok()).expect("user lg<i>");
+                    assert_eq!(i % 3, index, "connection {i} belongs to child {index}");
+                    seen.push((i, p.endpoint, p.room.expect("fanout joins")));
+                }
+            }
+        }
+        seen.sort();
+        let want: Vec<_> = (0..20).map(|i| (i, (i / 4) % 3, format!("lg-{}", i % 4))).collect();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn every_url_becomes_an_endpoint_of_one_scheme() {
+        let t = target(&settings(&[
+            "--url",
+            "ws://127.0.0.1:9001/ws,ws://127.0.0.1:9002/x",
+            "--url",
+            "ws://127.0.0.1:9003",
+        ]))
+        .expect("target");
+        let ports: Vec<u16> = t.endpoints.iter().map(|e| e.addr.port()).collect();
+        assert_eq!(ports, [9001, 9002, 9003]);
+        let paths: Vec<&str> = t.endpoints.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["/ws", "/x", "/ws"]);
+        assert!(t.endpoints.iter().all(|e| e.host == "127.0.0.1") && t.tls.is_none());
+        let one = target(&settings(&[])).expect("the default URL");
+        assert_eq!(one.endpoints.len(), 1);
+        let mixed = target(&settings(&["--url", "ws://127.0.0.1:1/ws", "--url", "wss://127.0.0.1:2/ws"]));
+        assert!(mixed.is_err_and(|e| e.to_string().contains("same scheme")));
+        let bad = target(&settings(&["--url", "ws://127.0.0.1:1/ws,http://127.0.0.1:2/"]));
+        assert!(bad.is_err_and(|e| e.to_string().contains("http://127.0.0.1:2/")));
+    }
 }

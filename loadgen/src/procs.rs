@@ -127,6 +127,45 @@ pub struct Totals {
     pub lost: u64,
     /// Processes whose measurements these are.
     pub processes: u64,
+    /// The same per endpoint (`--url`), in their order; empty with one endpoint.
+    #[serde(default)]
+    pub by_endpoint: Vec<EndpointTotals>,
+}
+
+/// What the viewers of one endpoint measured.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EndpointTotals {
+    /// Delivery latency (us).
+    #[serde(with = "hex_histogram")]
+    pub latency: Histogram<u64>,
+    /// Events received, each seq once per connection.
+    pub delivered: u64,
+    /// Events never received (up to each room's last published seq).
+    pub lost: u64,
+}
+
+impl Default for EndpointTotals {
+    fn default() -> Self {
+        Self { latency: latency_histogram(), delivered: 0, lost: 0 }
+    }
+}
+
+impl EndpointTotals {
+    /// Add another's.
+    fn add(&mut self, o: &Self) -> anyhow::Result<()> {
+        self.latency.add(&o.latency)?;
+        self.delivered += o.delivered;
+        self.lost += o.lost;
+        Ok(())
+    }
+}
+
+/// Endpoint `index` of `by`, grown to hold it.
+fn endpoint_entry(by: &mut Vec<EndpointTotals>, index: usize) -> &mut EndpointTotals {
+    if by.len() <= index {
+        by.resize_with(index + 1, EndpointTotals::default);
+    }
+    &mut by[index]
 }
 
 impl Default for Totals {
@@ -144,6 +183,7 @@ impl Default for Totals {
             reordered: 0,
             lost: 0,
             processes: 0,
+            by_endpoint: Vec::new(),
         }
     }
 }
@@ -161,13 +201,21 @@ impl Totals {
         for (code, n) in r.close_codes {
             *self.close_codes.entry(code).or_default() += n;
         }
-        for (room, check) in r.streams {
+        let per_endpoint = !r.latency_by_endpoint.is_empty();
+        for (index, h) in r.latency_by_endpoint.iter().enumerate() {
+            endpoint_entry(&mut self.by_endpoint, index).latency.add(h)?;
+        }
+        for (room, endpoint, check) in r.streams {
             self.delivered += check.received;
             self.duplicated += check.duplicated;
             self.reordered += check.reordered;
             let index = room.rsplit('-').next().and_then(|i| i.parse::<usize>().ok()).unwrap_or(0);
-            if let Some(&upto) = last_seq.get(index) {
-                self.lost += check.lost(upto);
+            let lost = last_seq.get(index).map_or(0, |&upto| check.lost(upto));
+            self.lost += lost;
+            if per_endpoint {
+                let e = endpoint_entry(&mut self.by_endpoint, endpoint);
+                e.delivered += check.received;
+                e.lost += lost;
             }
         }
         Ok(())
@@ -189,6 +237,9 @@ impl Totals {
         self.reordered += o.reordered;
         self.lost += o.lost;
         self.processes += o.processes;
+        for (index, e) in o.by_endpoint.iter().enumerate() {
+            endpoint_entry(&mut self.by_endpoint, index).add(e)?;
+        }
         Ok(())
     }
 }
@@ -495,6 +546,7 @@ mod hex_histogram_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounting::SeqCheck;
 
     #[test]
     fn totals_cross_a_line_and_merge_exactly() {
@@ -520,6 +572,60 @@ mod tests {
         assert_eq!(a.ack_latency.len(), 1);
         assert_eq!((a.delivered, a.lost), (9, 2));
         assert_eq!(a.close_codes, HashMap::from([(1001, 4), (4010, 1)]));
+    }
+
+    #[test]
+    fn per_endpoint_totals_cross_a_line_and_merge_by_index() {
+        // A thread of two endpoints: a stream on each, room 0 published up to seq 4.
+        let mut on_both = latency_histogram();
+        on_both.record(100).expect("in range");
+        let mut checks = [SeqCheck::starting_after(0), SeqCheck::starting_after(0)];
+        [1, 2, 3, 4].iter().for_each(|&s| {
+            checks[0].observe(s);
+        });
+        checks[1].observe(1);
+        let [first, second] = checks;
+        let report = ThreadReport {
+            latency: latency_histogram(),
+            latency_by_endpoint: vec![on_both.clone(), on_both],
+            ack_latency: latency_histogram(),
+            connect_latency: latency_histogram(),
+            upgrade_latency: latency_histogram(),
+            streams: vec![("lg-0".into(), 0, first), ("lg-0".into(), 1, second)],
+            close_codes: HashMap::new(),
+            connect_time: Duration::ZERO,
+            comments_sent: 0,
+        };
+        let mut a = Totals::default();
+        a.add_thread(report, &[4]).expect("adds");
+        assert_eq!((a.delivered, a.lost), (5, 3));
+        let by: Vec<_> = a.by_endpoint.iter().map(|e| (e.delivered, e.lost, e.latency.len())).collect();
+        assert_eq!(by, [(4, 0, 1), (1, 3, 1)]);
+        // Another process saw only endpoint 2 (of three).
+        let mut b = Totals { by_endpoint: (0..3).map(|_| EndpointTotals::default()).collect(), ..Totals::default() };
+        b.by_endpoint[2].delivered = 7;
+        let line = serde_json::to_string(&ChildLine::Totals(Box::new(b))).expect("serializes");
+        let ChildLine::Totals(b) = serde_json::from_str(&line).expect("parses") else { panic!("wrong line: {line}") };
+        a.merge(*b).expect("same bounds");
+        let by: Vec<_> = a.by_endpoint.iter().map(|e| (e.delivered, e.lost)).collect();
+        assert_eq!(by, [(4, 0), (1, 3), (7, 0)]);
+        // One endpoint: threads report no per-endpoint histograms and nothing is kept.
+        let mut single = Totals::default();
+        let mut check = SeqCheck::starting_after(0);
+        check.observe(1);
+        let report = ThreadReport {
+            latency: latency_histogram(),
+            latency_by_endpoint: Vec::new(),
+            ack_latency: latency_histogram(),
+            connect_latency: latency_histogram(),
+            upgrade_latency: latency_histogram(),
+            streams: vec![("lg-0".into(), 0, check)],
+            close_codes: HashMap::new(),
+            connect_time: Duration::ZERO,
+            comments_sent: 0,
+        };
+        single.add_thread(report, &[1]).expect("adds");
+        assert!(single.by_endpoint.is_empty() && single.delivered == 1);
     }
 
     #[test]

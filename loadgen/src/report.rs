@@ -39,13 +39,34 @@ impl Percentiles {
     }
 }
 
+/// What the viewers of one server (one `--url`) received, when there are several.
+#[derive(Debug, Serialize, Default, Clone)]
+pub struct UrlReport {
+    /// The URL.
+    pub url: String,
+    /// Connections planned to it (each room's members go round-robin over the URLs).
+    pub conns: u64,
+    /// Deliveries its viewers received (new seqs).
+    pub delivered: u64,
+    /// Sequenced messages its viewers never received.
+    pub lost: u64,
+    /// Its deliveries per second over the publishing period.
+    pub deliveries_per_sec: f64,
+    /// Its viewers' delivery latency.
+    pub latency: Percentiles,
+}
+
 /// Everything a run reports.
 #[derive(Debug, Serialize, Default)]
 pub struct Report {
     /// Scenario name.
     pub scenario: String,
-    /// Target URL.
+    /// Target URL (several: comma-separated, as in `urls`).
     pub url: String,
+    /// Every target URL, in `--url` order.
+    pub urls: Vec<String>,
+    /// Per URL, when there are several (in `urls` order): what its viewers received.
+    pub per_url: Vec<UrlReport>,
     /// Connections planned.
     pub conns: u64,
     /// Rooms.
@@ -78,6 +99,9 @@ pub struct Report {
     pub reordered: u64,
     /// Deliveries per second over the publishing period.
     pub deliveries_per_sec: f64,
+    /// The measured period (publishing or commenting, then draining): its start and end, ms
+    /// since the Unix epoch (to line up other samples of the run, e.g. Redis's counters).
+    pub window_unix_ms: Option<(u64, u64)>,
     /// Delivery latency (intended send -> receipt).
     pub latency: Percentiles,
     /// Connect start -> TCP connected.
@@ -109,8 +133,13 @@ pub struct Report {
     pub server_rss_per_conn: Option<f64>,
     /// Server RSS before and after, KiB.
     pub server_rss_kib: Option<(u64, u64)>,
-    /// Server CPU seconds (user + system) used while publishing and draining (--server-pid).
+    /// Server CPU seconds (user + system) used while publishing and draining (--server-pid;
+    /// several: their sum).
     pub server_cpu_seconds: Option<f64>,
+    /// The server processes measured (--server-pid), in order.
+    pub server_pids: Vec<u32>,
+    /// Each server process's CPU seconds over the same period, in `server_pids` order.
+    pub server_cpu_seconds_each: Vec<Option<f64>>,
     /// Deliveries per server CPU-second: the efficiency figure compared with the write floor.
     pub deliveries_per_server_cpu_sec: Option<f64>,
     /// Storm: server CPU seconds (user + system) while the measured connections opened
@@ -219,6 +248,15 @@ impl Report {
         let _ = writeln!(t, "lost/dup/reord  {} / {} / {}", self.lost, self.duplicated, self.reordered);
         if let (Some(cpu), Some(eff)) = (self.server_cpu_seconds, self.deliveries_per_server_cpu_sec) {
             let _ = writeln!(t, "server CPU      {cpu:.2} s: {eff:.0} deliveries per server CPU-second");
+            if self.server_cpu_seconds_each.len() > 1 {
+                let each: Vec<String> = self
+                    .server_cpu_seconds_each
+                    .iter()
+                    .zip(&self.server_pids)
+                    .map(|(c, pid)| format!("{pid}: {}", c.map_or("?".into(), |c| format!("{c:.2} s"))))
+                    .collect();
+                let _ = writeln!(t, "  per process   {}", each.join(", "));
+            }
         }
         let _ = writeln!(
             t,
@@ -226,6 +264,18 @@ impl Report {
             self.loadgen_cpu_seconds, self.loadgen_processes
         );
         let _ = writeln!(t, "latency ms      {}", percentiles(&self.latency));
+        for u in &self.per_url {
+            let _ = writeln!(
+                t,
+                "  {}  {} conns, {} delivered ({:.0}/s), {} lost, ms {}",
+                u.url,
+                u.conns,
+                u.delivered,
+                u.deliveries_per_sec,
+                u.lost,
+                percentiles(&u.latency)
+            );
+        }
         if let Some(a) = &self.ack_latency {
             let _ = writeln!(t, "ack latency ms  {}", percentiles(a));
         }

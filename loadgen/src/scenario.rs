@@ -12,30 +12,32 @@ use crate::clients::{self, Clients};
 use crate::procs::Totals;
 use crate::progress::{wait_until, Progress};
 use crate::publisher::{self, Publisher};
-use crate::report::{self, Percentiles, Report};
+use crate::report::{self, Percentiles, Report, UrlReport};
+use crate::server::Servers;
 use crate::timetable::Lateness;
 use crate::verdict;
-use crate::{hgrm, net, server};
+use crate::{hgrm, net};
 use anyhow::Context;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// The server before this run opened its connections (`--server-pid`).
-#[derive(Debug, Clone, Copy, Default)]
+/// The servers (`--server-pid`), and their sums before this run opened its connections.
+#[derive(Debug, Clone, Default)]
 struct Baseline {
+    servers: Servers,
     rss_kib: Option<u64>,
     connections: Option<u64>,
     sockets: Option<u64>,
 }
 
 impl Baseline {
-    /// Sample server `pid` now (nothing without one).
-    fn sample(pid: Option<u32>) -> Self {
-        let Some(pid) = pid else { return Self::default() };
+    /// Sample the servers now (nothing without one; several: their sums).
+    fn sample(servers: Servers) -> Self {
         Self {
-            rss_kib: server::rss_kib(pid),
-            connections: server::established_connections(pid),
-            sockets: server::socket_fds(pid),
+            rss_kib: servers.rss_kib(),
+            connections: servers.established_connections(),
+            sockets: servers.socket_fds(),
+            servers,
         }
     }
 }
@@ -56,7 +58,8 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
         anyhow::ensure!(s.common.procs <= 1, "--tls-resume runs in one loadgen process (--procs 1)");
     }
     let started = Instant::now();
-    let baseline = Baseline::sample(s.common.server_pid);
+    let baseline = Baseline::sample(Servers::new(&s.common.server_pid));
+    let servers = &baseline.servers;
     let limits = net::Limits::raise_and_read();
     for warning in net::capacity_warnings(s.common.conns, s.common.procs, target.source_ips.len(), limits) {
         eprintln!("loadgen: warning: {warning}");
@@ -64,31 +67,34 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
     let mut clients = Clients::start(s, &target)?;
     let shared = clients.shared();
     let mut progress = Progress::new(s.kind, &shared, started);
-    let mut opening = Opening::start(s);
+    let mut opening = Opening::start(servers);
     open_all(s, &clients, &shared, &mut progress)?;
     if s.tls_resume {
         opening = resume_round(s, &clients, &shared, &mut progress, &baseline)?;
     }
     let mut report = Report {
         scenario: s.kind.name().into(),
-        url: s.common.url.clone(),
+        url: s.common.url.join(","),
+        urls: s.common.url.clone(),
+        server_pids: servers.pids.clone(),
         conns: s.common.conns as u64,
         rooms: if s.kind.joins() { s.rooms as u64 } else { 0 },
         connect_seconds: opening.started.elapsed().as_secs_f64(),
         server_conns_before: baseline.connections,
         ..Report::default()
     };
-    opening.record(s, &mut report);
+    opening.record(s, servers, &mut report);
     if s.settle > 0.0 {
         wait_until(&mut progress, Duration::from_secs_f64(s.settle), || false);
     }
-    let window = Window::open(s, &clients, &shared);
+    let window = Window::open(servers, &clients, &shared);
     let sent = drive(s, &mut clients, &shared, &mut progress, &mut report, &baseline, window.deliveries_before)?;
-    let active = window.close(s, &clients, &mut report);
+    let active = window.close(servers, &clients, &mut report);
     let totals = clients.finish(&sent.last_seq)?;
     record_totals(s, &mut report, &totals, &shared, active);
+    record_per_url(s, &mut report, &totals, active);
     record_sending(&mut report, &sent);
-    record_memory(s, &mut report, &baseline);
+    record_memory(&mut report, &baseline);
     let cx = verdict::Context {
         kind: s.kind,
         lateness: sent.lateness,
@@ -124,17 +130,17 @@ struct Opening {
 
 impl Opening {
     /// The opening begins now.
-    fn start(s: &Settings) -> Self {
-        Self { started: Instant::now(), server_cpu_before: s.common.server_pid.and_then(server::cpu_seconds) }
+    fn start(servers: &Servers) -> Self {
+        Self { started: Instant::now(), server_cpu_before: servers.cpu_seconds() }
     }
 
     /// `storm`: the server CPU the opening took (every connection is up, or settled, now).
-    fn record(&self, s: &Settings, report: &mut Report) {
+    fn record(&self, s: &Settings, servers: &Servers, report: &mut Report) {
         if s.kind != Kind::Storm {
             return;
         }
-        if let (Some(pid), Some(before)) = (s.common.server_pid, self.server_cpu_before) {
-            report.connect_server_cpu_seconds = server::cpu_seconds(pid).map(|after| after - before);
+        if let Some(before) = self.server_cpu_before {
+            report.connect_server_cpu_seconds = servers.cpu_seconds().map(|after| after - before);
         }
     }
 }
@@ -150,13 +156,14 @@ fn resume_round(
     progress: &mut Progress<'_>,
     baseline: &Baseline,
 ) -> anyhow::Result<Opening> {
+    let servers = &baseline.servers;
     let first = shared.connected.load(Ordering::Relaxed);
     let timeout = Duration::from_secs_f64(s.common.connect_timeout);
     shared.close_round.store(true, Ordering::Relaxed);
     wait_until(progress, timeout, || shared.held.load(Ordering::Relaxed) >= first || clients.check().is_err());
     clients.check()?;
-    if let (Some(pid), Some(before)) = (s.common.server_pid, baseline.sockets) {
-        let released = wait_until(progress, timeout, || server::socket_fds(pid).is_none_or(|n| n <= before));
+    if let Some(before) = baseline.sockets {
+        let released = wait_until(progress, timeout, || servers.socket_fds().is_none_or(|n| n <= before));
         if !released {
             eprintln!("loadgen: warning: the server still held the first round's sockets after {timeout:?}");
         }
@@ -164,7 +171,7 @@ fn resume_round(
     // The second round counts afresh: connected and resumed are its own.
     shared.connected.store(0, Ordering::Relaxed);
     shared.tls_resumed.store(0, Ordering::Relaxed);
-    let opening = Opening::start(s);
+    let opening = Opening::start(servers);
     shared.reopen_round.store(true, Ordering::Relaxed);
     open_all(s, clients, shared, progress)?;
     Ok(opening)
@@ -174,32 +181,49 @@ fn resume_round(
 struct Window {
     deliveries_before: u64,
     started: Instant,
-    server_cpu_before: Option<f64>,
+    started_unix_ms: u64,
+    /// Each server process's CPU seconds.
+    server_cpu_before: Vec<Option<f64>>,
     loadgen_cpu_before: Option<f64>,
 }
 
 impl Window {
     /// The period begins now.
-    fn open(s: &Settings, clients: &Clients, shared: &Shared) -> Self {
+    fn open(servers: &Servers, clients: &Clients, shared: &Shared) -> Self {
         Self {
             deliveries_before: shared.deliveries.load(Ordering::Relaxed),
             started: Instant::now(),
-            server_cpu_before: s.common.server_pid.and_then(server::cpu_seconds),
+            started_unix_ms: unix_ms(),
+            server_cpu_before: servers.cpu_seconds_each(),
             loadgen_cpu_before: clients.cpu_seconds(),
         }
     }
 
-    /// Record the CPU both sides used in the period; returns its length in seconds.
-    fn close(self, s: &Settings, clients: &Clients, report: &mut Report) -> f64 {
+    /// Record the CPU both sides used in the period (the servers' summed, and each one's);
+    /// returns its length in seconds.
+    fn close(self, servers: &Servers, clients: &Clients, report: &mut Report) -> f64 {
         let active = self.started.elapsed().as_secs_f64();
+        report.window_unix_ms = Some((self.started_unix_ms, unix_ms()));
         if let (Some(before), Some(after)) = (self.loadgen_cpu_before, clients.cpu_seconds()) {
             report.loadgen_cpu_seconds = after - before;
         }
-        if let (Some(pid), Some(before)) = (s.common.server_pid, self.server_cpu_before) {
-            report.server_cpu_seconds = server::cpu_seconds(pid).map(|after| after - before);
+        let each: Vec<Option<f64>> = servers
+            .cpu_seconds_each()
+            .into_iter()
+            .zip(self.server_cpu_before)
+            .map(|(after, before)| Some(after? - before?))
+            .collect();
+        if !each.is_empty() {
+            report.server_cpu_seconds = each.iter().copied().sum();
         }
+        report.server_cpu_seconds_each = each;
         active
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    crate::client::unix_ns() / 1_000_000
 }
 
 /// The scenario itself.
@@ -217,8 +241,7 @@ fn drive(
         Kind::Comments => comments(s, clients, shared, progress),
         Kind::Churn => churn(s, clients, shared, progress, report, deliveries_before),
         Kind::Idle => {
-            let pid = s.common.server_pid;
-            report.server_rss_kib = pid.and_then(|pid| Some((baseline.rss_kib?, server::rss_kib(pid)?)));
+            report.server_rss_kib = baseline.rss_kib.zip(baseline.servers.rss_kib());
             wait_until(progress, Duration::from_secs_f64(s.hold_seconds), || false);
             Ok(Sent::default())
         }
@@ -371,6 +394,32 @@ fn record_totals(s: &Settings, report: &mut Report, totals: &Totals, shared: &Sh
     }
 }
 
+/// With several `--url`s: what each one's viewers received.
+fn record_per_url(s: &Settings, report: &mut Report, totals: &Totals, active: f64) {
+    if s.common.url.len() < 2 {
+        return;
+    }
+    let conns = clients::conns_per_endpoint(s.common.conns, s.rooms, s.common.url.len());
+    report.per_url = s
+        .common
+        .url
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let e = totals.by_endpoint.get(i);
+            let delivered = e.map_or(0, |e| e.delivered);
+            UrlReport {
+                url: url.clone(),
+                conns: conns[i],
+                delivered,
+                lost: e.map_or(0, |e| e.lost),
+                deliveries_per_sec: delivered as f64 / active.max(1e-6),
+                latency: e.map(|e| Percentiles::of(&e.latency)).unwrap_or_default(),
+            }
+        })
+        .collect();
+}
+
 /// How late the sender was, and a note when a few messages were.
 fn record_sending(report: &mut Report, sent: &Sent) {
     let Some(l) = sent.lateness else { return };
@@ -382,10 +431,13 @@ fn record_sending(report: &mut Report, sent: &Sent) {
 
 /// The server's RSS per connection, from its RSS before this run's connections; with a
 /// warning when it already held others then.
-fn record_memory(s: &Settings, report: &mut Report, baseline: &Baseline) {
-    let Some(pid) = s.common.server_pid else { return };
+fn record_memory(report: &mut Report, baseline: &Baseline) {
+    let servers = &baseline.servers;
+    if servers.is_empty() {
+        return;
+    }
     if report.server_rss_kib.is_none() {
-        report.server_rss_kib = baseline.rss_kib.zip(server::rss_kib(pid));
+        report.server_rss_kib = baseline.rss_kib.zip(servers.rss_kib());
     }
     let Some((before, after)) = report.server_rss_kib else { return };
     let ours = report.joined.max(report.connected).max(1);
@@ -398,7 +450,9 @@ fn record_memory(s: &Settings, report: &mut Report, baseline: &Baseline) {
              measure against a fresh server"
         )),
         None => report.warnings.push(format!(
-            "could not read the server's connections from /proc/{pid}/fd: the RSS per connection assumes it held none"
+            "could not read the server's connections from /proc/PID/fd (PID {:?}): the RSS per connection assumes \
+             it held none",
+            servers.pids
         )),
     }
 }

@@ -1,6 +1,8 @@
 //! The server process as this machine shows it (`--server-pid`): its CPU time, its resident
 //! memory and the TCP connections it holds, read from `/proc`. Reading `/proc` is cheap and
 //! needs no cooperation from the server; a value that cannot be read is `None`, never a guess.
+//! Several server processes (the nodes of a cluster, [`Servers`]) are read as one: their sums,
+//! and `None` when any of them cannot be read.
 //!
 //! It must never signal or otherwise touch the server.
 
@@ -58,6 +60,61 @@ pub fn socket_fds(pid: u32) -> Option<u64> {
     Some(count)
 }
 
+/// The server processes of a run (`--server-pid`, given once per process): every figure is
+/// the sum over all of them, `None` when there are none or any one cannot be read (a sum that
+/// left a process out would be a guess).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Servers {
+    /// The process ids.
+    pub pids: Vec<u32>,
+}
+
+impl Servers {
+    /// The processes `pids`.
+    pub fn new(pids: &[u32]) -> Self {
+        Self { pids: pids.to_vec() }
+    }
+
+    /// Whether no server process was named.
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty()
+    }
+
+    /// `read` of every process, summed.
+    fn sum<T: std::iter::Sum<T>>(&self, read: impl Fn(u32) -> Option<T>) -> Option<T> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|&pid| read(pid)).sum()
+    }
+
+    /// CPU seconds (user + system) of every process, summed.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        self.sum(cpu_seconds)
+    }
+
+    /// Each process's CPU seconds, in `pids` order.
+    pub fn cpu_seconds_each(&self) -> Vec<Option<f64>> {
+        self.pids.iter().map(|&pid| cpu_seconds(pid)).collect()
+    }
+
+    /// Resident memory of every process, summed, KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.sum(rss_kib)
+    }
+
+    /// Established TCP connections of every process, summed (a connection between two of them
+    /// counts at both ends).
+    pub fn established_connections(&self) -> Option<u64> {
+        self.sum(established_connections)
+    }
+
+    /// Socket descriptors of every process, summed.
+    pub fn socket_fds(&self) -> Option<u64> {
+        self.sum(socket_fds)
+    }
+}
+
 /// TCP state `01` in `/proc/net/tcp` (include/net/tcp_states.h: `TCP_ESTABLISHED = 1`).
 const TCP_ESTABLISHED: &str = "01";
 
@@ -99,5 +156,24 @@ mod tests {
         let _server = listener.accept().expect("accept");
         assert_eq!(established_connections(me), Some(before + 2), "both ends are this process's");
         assert!(socket_fds(me).is_some_and(|n| n >= 3), "the listener and both ends are sockets");
+    }
+
+    #[test]
+    fn several_servers_sum_and_one_unreadable_is_none() {
+        let me = std::process::id();
+        let one = Servers::new(&[me]);
+        let twice = Servers::new(&[me, me]);
+        let rss = one.rss_kib().expect("own /proc is readable");
+        // RSS may move a little between the reads; twice must be about double.
+        let double = twice.rss_kib().expect("readable");
+        assert!(double >= rss && double <= 2 * rss + 2 * 1024, "{double} vs 2 x {rss}");
+        assert_eq!(twice.cpu_seconds_each().len(), 2);
+        assert!(twice.cpu_seconds().is_some_and(|c| c >= 0.0));
+        // No process has pid u32::MAX (pid_max is at most 2^22).
+        let gone = Servers::new(&[me, u32::MAX]);
+        assert_eq!((gone.cpu_seconds(), gone.rss_kib(), gone.socket_fds()), (None, None, None));
+        assert_eq!(gone.cpu_seconds_each()[1], None);
+        let none = Servers::default();
+        assert!(none.is_empty() && none.cpu_seconds().is_none() && none.established_connections().is_none());
     }
 }

@@ -347,6 +347,86 @@ fn procs_spread_connections_over_children_and_merge_their_counts() {
     assert_eq!(comments["delivered"], sent * 10);
 }
 
+/// Run `fanout` with `args` and return its report and run (valid or not).
+fn fanout_report(args: &[&str]) -> (Value, Finished) {
+    let json = unique_path("fanout-urls", "json");
+    let json_arg = json.to_string_lossy().into_owned();
+    let mut all = vec!["fanout", "--json", &json_arg];
+    all.extend(args);
+    all.extend(LAX_LAG);
+    let run = run_loadgen(&all);
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("no report from loadgen {all:?} ({e}): {}\n{}", run.stdout, run.stderr));
+    let _ = std::fs::remove_file(json);
+    (serde_json::from_str(&text).expect("json"), run)
+}
+
+#[test]
+fn viewers_spread_over_several_urls_and_each_urls_viewers_are_counted() {
+    // Two independent servers; only A's ingest is published to, so B's viewers (half of each
+    // room, over all three children) join and receive nothing: lost, and the run invalid.
+    let (a, b) = (start(&[]), start(&[]));
+    let (url_a, url_b) = (format!("ws://{}/ws", a.ws), format!("ws://{}/ws", b.ws));
+    let (pid_a, pid_b) = (a.pid(), b.pid());
+    let mut args = vec!["--url", &url_a, "--url", &url_b, "--ingest", &a.ingest, "--server-pid", &pid_a];
+    args.extend(["--server-pid", &pid_b, "--procs", "3", "--conns", "40", "--rooms", "5"]);
+    args.extend(["--rate", "40", "--duration", "1", "--drain", "3"]);
+    let (r, run) = fanout_report(&args);
+    assert_eq!(run.status.code(), Some(INVALID_RUN), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(r["joined"], 40, "both servers took their viewers: {r}");
+    assert_eq!(r["url"], format!("{url_a},{url_b}"));
+    assert_eq!(r["published"], 40);
+    // Room r has 8 members, 4 on each server (connection i: room i mod 5, server (i / 5) mod 2).
+    assert_eq!(r["expected"], 40 * 8);
+    let per_url = r["per_url"].as_array().expect("per_url");
+    let row = |u: &Value| (u["url"].as_str().map(str::to_owned), u["conns"].as_u64(), u["delivered"].as_u64());
+    assert_eq!(row(&per_url[0]), (Some(url_a), Some(20), Some(40 * 4)), "{r}");
+    assert_eq!(row(&per_url[1]), (Some(url_b), Some(20), Some(0)), "{r}");
+    assert_eq!((per_url[0]["lost"].as_u64(), per_url[1]["lost"].as_u64()), (Some(0), Some(40 * 4)));
+    assert_eq!(per_url[0]["latency"]["count"], 40 * 4, "the children's per-URL histograms are merged");
+    assert_eq!((r["delivered"].as_u64(), r["lost"].as_u64()), (Some(40 * 4), Some(40 * 4)));
+    assert_eq!(r["server_pids"], serde_json::json!([a.guard.0.id(), b.guard.0.id()]));
+    let each: Vec<f64> =
+        r["server_cpu_seconds_each"].as_array().expect("each").iter().filter_map(Value::as_f64).collect();
+    assert_eq!(each.len(), 2, "{r}");
+    let total = r["server_cpu_seconds"].as_f64().expect("summed");
+    assert!((total - each.iter().sum::<f64>()).abs() < 1e-9, "{total} is the sum of {each:?}");
+}
+
+#[test]
+fn one_server_given_twice_is_one_valid_run_split_in_two() {
+    let server = start(&[]);
+    let url = format!("ws://{}/ws", server.ws);
+    let (urls, pid) = (format!("{url},{url}"), server.pid());
+    let pids = format!("{pid},{pid}");
+    let mut args = vec!["--url", &urls, "--ingest", &server.ingest, "--server-pid", &pids, "--conns", "30"];
+    args.extend(["--rooms", "3", "--rate", "30", "--duration", "1", "--drain", "20"]);
+    let (r, run) = fanout_report(&args);
+    assert!(run.status.success(), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!((r["delivered"].as_u64(), r["expected"].as_u64()), (Some(300), Some(300)));
+    let per_url = r["per_url"].as_array().expect("per_url");
+    let delivered: Vec<u64> = per_url.iter().filter_map(|u| u["delivered"].as_u64()).collect();
+    assert_eq!(delivered, [150, 150], "{r}");
+    assert!(run.stdout.contains(&format!("  {url}  15 conns, 150 delivered")), "{}", run.stdout);
+    assert_eq!(r["server_cpu_seconds_each"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn one_url_reports_as_before() {
+    let server = start(&[]);
+    let pid = server.pid();
+    let mut args = vec!["--conns", "10", "--rooms", "2", "--rate", "20", "--duration", "0.5", "--drain", "20"];
+    args.extend(LAX_LAG);
+    args.extend(["--server-pid", &pid]);
+    let r = loadgen(&server, "fanout", &args);
+    assert_eq!(r["url"], format!("ws://{}/ws", server.ws));
+    assert_eq!(r["urls"].as_array().map(Vec::len), Some(1));
+    assert_eq!(r["per_url"], serde_json::json!([]), "no per-URL figures for one URL");
+    assert!(r["server_cpu_seconds"].as_f64().is_some());
+    let window: Vec<u64> = r["window_unix_ms"].as_array().expect("window").iter().filter_map(Value::as_u64).collect();
+    assert!(window.len() == 2 && window[0] <= window[1] && window[1] - window[0] >= 300, "{window:?}");
+}
+
 #[test]
 fn churn_recovers_every_reconnect_without_loss() {
     let server = start(&[]);

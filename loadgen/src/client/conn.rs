@@ -8,7 +8,7 @@
 use super::stream::Stream;
 use super::tally::Tally;
 use super::viewer::{Phase, Viewer};
-use super::{ConnPlan, Target};
+use super::{ConnPlan, Endpoint};
 use mio::net::TcpStream;
 use roomcast::wire::frame::{FrameReader, Role};
 use roomcast::wire::upgrade;
@@ -56,7 +56,7 @@ impl Conn {
     /// queue the upgrade request for `plan`'s user (and token).
     pub(super) fn on_connect_event(
         &mut self,
-        target: &Target,
+        target: &Endpoint,
         plan: &ConnPlan,
         error: bool,
         tally: &mut Tally<'_>,

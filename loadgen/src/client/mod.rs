@@ -53,24 +53,34 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
 }
 
-/// Where and how to connect.
-#[derive(Clone)]
-pub struct Target {
+/// One server viewers connect to (one `--url`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
     /// Server address.
     pub addr: SocketAddr,
     /// Host name for the request and TLS.
     pub host: String,
     /// Upgrade path, e.g. `/ws`.
     pub path: String,
-    /// TLS client configuration for `wss`.
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Target {
+    /// The servers, in `--url` order (at least one): each room's members go round-robin over
+    /// them ([`ConnPlan::endpoint`], `crate::clients::endpoint_of`).
+    pub endpoints: Vec<Endpoint>,
+    /// TLS client configuration for `wss` (every endpoint has the same scheme).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Local source addresses to spread connections over.
     pub source_ips: Vec<IpAddr>,
 }
 
-/// One connection to open: its user and room.
+/// One connection to open: its server, user and room.
 #[derive(Clone, Debug)]
 pub struct ConnPlan {
+    /// Index of its server in [`Target::endpoints`].
+    pub endpoint: usize,
     /// The `?user=` id.
     pub user: String,
     /// The room to join (none: only connect, as in `storm`).
@@ -149,8 +159,11 @@ pub struct ThreadReport {
     pub connect_latency: Histogram<u64>,
     /// Connect start -> `101` read (us).
     pub upgrade_latency: Histogram<u64>,
-    /// Per connection: room and its stream check.
-    pub streams: Vec<(String, SeqCheck)>,
+    /// Delivery latency (us) per endpoint, in [`Target::endpoints`] order (empty with one
+    /// endpoint: it would only repeat `latency`).
+    pub latency_by_endpoint: Vec<Histogram<u64>>,
+    /// Per connection: room, index of its endpoint and its stream check.
+    pub streams: Vec<(String, usize, SeqCheck)>,
     /// Close codes received from the server.
     pub close_codes: HashMap<u16, u64>,
     /// Time from start to the last connection upgraded.
@@ -231,8 +244,8 @@ struct ClientThread<'a> {
     churn: Option<Churn>,
     commenter: Option<Commenter>,
     pinger: Option<Pinger>,
-    /// Streams of connections that ended: their room and check.
-    done: Vec<(String, SeqCheck)>,
+    /// Streams of connections that ended: their room, endpoint and check.
+    done: Vec<(String, usize, SeqCheck)>,
     /// The TLS configuration its connections use (with its own ticket store for
     /// `--tls-resume`).
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -249,7 +262,7 @@ impl<'a> ClientThread<'a> {
             events: Events::with_capacity(4096),
             conns: Slab::with_capacity(plan.plans.len()),
             scratch: vec![0u8; SCRATCH_LEN],
-            tally: Tally::new(shared),
+            tally: Tally::new(shared, plan.target.endpoints.len()),
             dialer: Dialer::new(plan.plans.len(), plan.max_inflight),
             churn: plan.churn.map(|c| Churn::new(c, plan.thread_index)),
             commenter: plan.comments.clone().map(Commenter::new),
@@ -282,10 +295,11 @@ impl<'a> ClientThread<'a> {
 
     /// Start one connect; `Ok(false)` when the connect itself failed.
     fn open(&mut self, next: Pending, from: Option<IpAddr>) -> io::Result<bool> {
-        let target = &self.plan.target;
-        let Ok(sock) = crate::net::connect(target.addr, from) else { return Ok(false) };
-        let stream = Stream::new(sock, self.tls.as_ref(), &target.host)?;
-        let mut conn = Conn::new(stream, Viewer::new(next.plan, next.resume));
+        let endpoint_index = self.plan.plans[next.plan].endpoint;
+        let endpoint = &self.plan.target.endpoints[endpoint_index];
+        let Ok(sock) = crate::net::connect(endpoint.addr, from) else { return Ok(false) };
+        let stream = Stream::new(sock, self.tls.as_ref(), &endpoint.host)?;
+        let mut conn = Conn::new(stream, Viewer::new(next.plan, endpoint_index, next.resume));
         let entry = self.conns.vacant_entry();
         self.poll.registry().register(conn.socket(), Token(entry.key()), Interest::READABLE | Interest::WRITABLE)?;
         entry.insert(conn);
@@ -319,7 +333,8 @@ impl<'a> ClientThread<'a> {
         let was_ready = conn.viewer.phase == Phase::Ready;
         let mut broken = false;
         if conn.viewer.phase == Phase::Connecting && writable {
-            match conn.on_connect_event(&self.plan.target, &plans[conn.viewer.plan], error, &mut self.tally) {
+            let plan = &plans[conn.viewer.plan];
+            match conn.on_connect_event(&self.plan.target.endpoints[plan.endpoint], plan, error, &mut self.tally) {
                 Connect::Done => {}
                 Connect::NotYet => return,
                 Connect::Failed => broken = true,
@@ -351,8 +366,9 @@ impl<'a> ClientThread<'a> {
             shared.failed.fetch_add(1, Ordering::Relaxed);
             self.dialer.settled();
         }
-        if let Some(room) = &self.plan.plans[conn.viewer.plan].room {
-            self.done.push((room.clone(), conn.viewer.check));
+        let plan = &self.plan.plans[conn.viewer.plan];
+        if let Some(room) = &plan.room {
+            self.done.push((room.clone(), plan.endpoint, conn.viewer.check));
         }
     }
 
@@ -422,18 +438,21 @@ impl<'a> ClientThread<'a> {
         let plans = &self.plan.plans;
         let mut streams = self.done;
         for (_, conn) in self.conns {
-            if let Some(room) = &plans[conn.viewer.plan].room {
-                streams.push((room.clone(), conn.viewer.check));
+            let plan = &plans[conn.viewer.plan];
+            if let Some(room) = &plan.room {
+                streams.push((room.clone(), plan.endpoint, conn.viewer.check));
             }
         }
         for p in self.dialer.into_pending() {
-            if let (Some(room), Some((_, _, check))) = (&plans[p.plan].room, p.resume) {
-                streams.push((room.clone(), check));
+            let plan = &plans[p.plan];
+            if let (Some(room), Some((_, _, check))) = (&plan.room, p.resume) {
+                streams.push((room.clone(), plan.endpoint, check));
             }
         }
         let tally = self.tally;
         ThreadReport {
             latency: tally.latency,
+            latency_by_endpoint: tally.by_endpoint,
             ack_latency: tally.ack_latency,
             connect_latency: tally.connect_latency,
             upgrade_latency: tally.upgrade_latency,

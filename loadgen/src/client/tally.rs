@@ -25,6 +25,8 @@ pub(super) struct Tally<'a> {
     pub(super) shared: &'a Shared,
     /// Delivery latency (us).
     pub(super) latency: Histogram<u64>,
+    /// Delivery latency (us) per endpoint; empty with one endpoint (it would be `latency`).
+    pub(super) by_endpoint: Vec<Histogram<u64>>,
     /// Comment -> ack latency (us).
     pub(super) ack_latency: Histogram<u64>,
     /// Connect start -> TCP connected (us).
@@ -42,11 +44,13 @@ pub(super) struct Tally<'a> {
 }
 
 impl<'a> Tally<'a> {
-    /// Nothing measured yet; times count from now.
-    pub(super) fn new(shared: &'a Shared) -> Self {
+    /// Nothing measured yet; times count from now. `endpoints`: the servers connected to.
+    pub(super) fn new(shared: &'a Shared, endpoints: usize) -> Self {
+        let per_endpoint = if endpoints > 1 { endpoints } else { 0 };
         Self {
             shared,
             latency: latency_histogram(),
+            by_endpoint: (0..per_endpoint).map(|_| latency_histogram()).collect(),
             ack_latency: latency_histogram(),
             connect_latency: latency_histogram(),
             upgrade_latency: latency_histogram(),
@@ -83,14 +87,17 @@ impl<'a> Tally<'a> {
         self.connect_time = Duration::ZERO;
     }
 
-    /// A new seq arrived; `stamp` is its intended send time (ns since the Unix epoch) if it
-    /// carries one.
-    pub(super) fn delivered(&mut self, stamp: Option<u64>) {
+    /// A new seq arrived at a viewer of endpoint `endpoint`; `stamp` is its intended send time
+    /// (ns since the Unix epoch) if it carries one.
+    pub(super) fn delivered(&mut self, stamp: Option<u64>, endpoint: usize) {
         self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
         if let Some(t) = stamp {
             let us = (unix_ns().saturating_sub(t) / 1000).max(1);
             let _ = self.latency.record(us);
             let _ = self.progress.record(us);
+            if let Some(h) = self.by_endpoint.get_mut(endpoint) {
+                let _ = h.record(us);
+            }
         }
     }
 

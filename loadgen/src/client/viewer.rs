@@ -40,6 +40,8 @@ pub(super) struct Viewer {
     pub(super) phase: Phase,
     /// Index of its [`super::ConnPlan`] in the thread's plans.
     pub(super) plan: usize,
+    /// Index of its server in [`super::Target::endpoints`].
+    pub(super) endpoint: usize,
     /// Bytes to send, in order.
     pub(super) out: Vec<u8>,
     /// Its room's stream check.
@@ -76,14 +78,25 @@ struct Stamp<'a> {
 }
 
 impl Viewer {
-    /// A viewer for plan `plan`, connecting; `resume` continues a churned connection's stream.
-    pub(super) fn new(plan: usize, resume: Option<(u64, String, SeqCheck)>) -> Self {
+    /// A viewer for plan `plan`, connecting to endpoint `endpoint`; `resume` continues a
+    /// churned connection's stream.
+    pub(super) fn new(plan: usize, endpoint: usize, resume: Option<(u64, String, SeqCheck)>) -> Self {
         let (check, resume) = match resume {
             Some((since, epoch, check)) => (check, Some((since, epoch))),
             None => (SeqCheck::default(), None),
         };
         let opened_at = Instant::now();
-        Self { phase: Phase::Connecting, plan, out: Vec::new(), check, resume, epoch: None, leave_at: None, opened_at }
+        Self {
+            phase: Phase::Connecting,
+            plan,
+            endpoint,
+            out: Vec::new(),
+            check,
+            resume,
+            epoch: None,
+            leave_at: None,
+            opened_at,
+        }
     }
 
     /// Queue a text frame.
@@ -157,7 +170,7 @@ impl Viewer {
         let stamp = m.data.as_ref().and_then(|d| {
             d.t.or_else(|| (m.kind == Some("comment")).then(|| d.text.and_then(|t| t.parse().ok())).flatten())
         });
-        tally.delivered(stamp);
+        tally.delivered(stamp, self.endpoint);
     }
 
     fn on_joined(&mut self, m: &ServerMsg<'_>, tally: &mut Tally<'_>) {
