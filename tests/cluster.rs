@@ -12,7 +12,7 @@
 //! acked is lost; Redis dropping the nodes' subscription connections mid-flood closes no viewer
 //! (the history holds what they missed) and costs them no event; only nodes with members follow
 //! a room, and a private room `user:<id>` reaches that user's connections on every node; rooms
-//! spread over two Redis servers keep one order each.
+//! spread over two Redis servers keep one order each; kicks and closed rooms reach every node.
 //!
 //! Nothing here waits on a clock for a fact it can observe: the tests wait for frames (bounded
 //! by [`CLUSTER_WAIT`]), and where there is no frame to wait for (Redis coming back) they retry
@@ -557,4 +557,32 @@ fn rooms_spread_over_two_redis_servers_keep_one_order_each() {
     let (first, other) = (rooms_on(&mut cluster.redis.connection()), rooms_on(&mut second.connection()));
     assert_eq!(first + other, ROOMS, "each room lives on one server");
     assert!(first > 0 && other > 0, "both servers hold rooms ({first} and {other})");
+}
+
+// ---------------------------------------------------------------- 10. moderation everywhere
+
+/// A kick or a `close_room` sent to one node's upstream acts on every node: the kicked user's
+/// connection on another node is closed with 4010, a user kicked from one room leaves it there,
+/// and a closed room's members everywhere get `left` (`closed`), and the room starts over with a
+/// new epoch.
+#[test]
+fn kicks_and_closed_rooms_reach_every_node() {
+    let cluster = Cluster::start(&[]);
+    let (mut ann, _) = cluster.join(1, "ann", "mod");
+    let (mut bob, _) = cluster.join(2, "bob", "mod");
+    let (mut cat, before) = cluster.join(2, "cat", "mod");
+    let mut up = cluster.node(0).upstream();
+    let reply = up.call(json!({"op": "kick", "user": "ann"}));
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(ann.close_code(), Some(4010), "ann's connection on B was closed as kicked");
+    let reply = up.call(json!({"op": "kick", "user": "bob", "room": "mod"}));
+    assert_eq!(reply["ok"], true, "{reply}");
+    let left = bob.until_op("left");
+    assert_eq!((left["room"].as_str(), left["reason"].as_str()), (Some("mod"), Some("kicked")));
+    let reply = up.call(json!({"op": "close_room", "room": "mod"}));
+    assert_eq!(reply["ok"], true, "{reply}");
+    let left = cat.until_op("left");
+    assert_eq!((left["room"].as_str(), left["reason"].as_str()), (Some("mod"), Some("closed")));
+    let (_, after) = join(&mut cat, "mod", None);
+    assert_ne!(after["epoch"], before["epoch"], "a closed room starts over with a new epoch");
 }

@@ -61,6 +61,8 @@ pub(super) enum Command {
     },
     /// Read a room's snapshot for its home (after the subscriber subscribed).
     Snapshot(RoomName),
+    /// Tell every node to carry out a moderation command (from this node's upstream).
+    Control(crate::shard::cluster::ClusterOp),
     /// The node is stopping: take its viewers out of presence now (rather than when its
     /// heartbeat expires), then answer.
     Leave(crossbeam_channel::Sender<()>),
@@ -128,6 +130,7 @@ struct Scripts {
     snapshot: redis::Script,
     presence: redis::Script,
     reap: redis::Script,
+    close: redis::Script,
 }
 
 /// See the module doc.
@@ -169,6 +172,7 @@ impl Commands {
                 snapshot: redis::Script::new(scripts::SNAPSHOT),
                 presence: redis::Script::new(scripts::PRESENCE),
                 reap: redis::Script::new(scripts::REAP),
+                close: redis::Script::new(scripts::CLOSE),
             },
             backoff: Backoff::new(),
             waiting: VecDeque::new(),
@@ -220,7 +224,8 @@ impl Commands {
             return;
         }
         let loaded = connect(&self.client, self.cfg.timeout).and_then(|mut con| {
-            for script in [&self.scripts.sequence, &self.scripts.snapshot, &self.scripts.presence, &self.scripts.reap] {
+            let s = &self.scripts;
+            for script in [&s.sequence, &s.snapshot, &s.presence, &s.reap, &s.close] {
                 script.prepare_invoke().load(&mut con)?;
             }
             Ok(con)
@@ -364,6 +369,23 @@ impl Commands {
                 }
             }
             Command::Leave(_) => {}
+            Command::Control(op) => {
+                let message = envelope::control(&self.cfg.node, op);
+                match op {
+                    crate::shard::cluster::ClusterOp::Kick { .. } => {
+                        pipe.cmd("PUBLISH").arg(scripts::CONTROL).arg(message);
+                    }
+                    crate::shard::cluster::ClusterOp::CloseRoom { room } => {
+                        pipe.cmd("EVALSHA")
+                            .arg(self.scripts.close.get_hash())
+                            .arg(2)
+                            .arg(scripts::meta(room))
+                            .arg(scripts::stream(room))
+                            .arg(scripts::CONTROL)
+                            .arg(message);
+                    }
+                }
+            }
             Command::Snapshot(room) => {
                 pipe.cmd("EVALSHA")
                     .arg(self.scripts.snapshot.get_hash())
@@ -509,6 +531,11 @@ impl Answers {
             Command::Presence { room, .. } => {
                 if let Err(e) = reply {
                     tracing::warn!(room = %room, error = %e, "cluster: a presence report was refused");
+                }
+            }
+            Command::Control(op) => {
+                if let Err(e) = reply {
+                    tracing::warn!(?op, error = %e, "cluster: a moderation command could not reach the other nodes");
                 }
             }
             Command::Leave(_) => {}

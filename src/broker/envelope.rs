@@ -7,7 +7,8 @@
 //! and a JSON object from Redis's `cjson`: `o` online, `j`/`l` flat `[user, name, ...]`
 //! lists, `x` when the lists were too long to carry, `r` flat `[kind, count, ...]`.
 
-use crate::shard::cluster::{Broadcast, ClusterPresence, Snapshot};
+use crate::ids::RoomName;
+use crate::shard::cluster::{Broadcast, ClusterOp, ClusterPresence, Snapshot};
 use crate::wire::frame;
 use redis::Value;
 use std::sync::Arc;
@@ -19,6 +20,42 @@ pub enum Envelope {
     Message(Broadcast),
     /// A presence report.
     Presence(ClusterPresence),
+}
+
+/// The control channel's message for `op` from node `node`: `x` and a JSON object
+/// (`o` the node, `op` `kick` or `close_room`, `user`, `room`).
+pub fn control(node: &str, op: &ClusterOp) -> Vec<u8> {
+    let v = match op {
+        ClusterOp::Kick { user, room } => {
+            serde_json::json!({"o": node, "op": "kick", "user": &**user, "room": room.as_deref()})
+        }
+        ClusterOp::CloseRoom { room } => serde_json::json!({"o": node, "op": "close_room", "room": &**room}),
+    };
+    let mut out = b"x".to_vec();
+    out.extend_from_slice(v.to_string().as_bytes());
+    out
+}
+
+/// Decode a control channel message: the node it came from and the command.
+pub fn parse_control(payload: &[u8]) -> Result<(String, ClusterOp), &'static str> {
+    let json = payload.strip_prefix(b"x").ok_or("not a control message")?;
+    let v: serde_json::Value = serde_json::from_slice(json).map_err(|_| "control is not JSON")?;
+    let node = v.get("o").and_then(serde_json::Value::as_str).ok_or("control without a node")?.to_owned();
+    let room = |v: &serde_json::Value| -> Result<Option<RoomName>, &'static str> {
+        match v.get("room").and_then(serde_json::Value::as_str) {
+            None => Ok(None),
+            Some(r) => RoomName::new(r).map(Some).map_err(|_| "control names a bad room"),
+        }
+    };
+    let op = match v.get("op").and_then(serde_json::Value::as_str) {
+        Some("kick") => {
+            let user = v.get("user").and_then(serde_json::Value::as_str).ok_or("kick without a user")?;
+            ClusterOp::Kick { user: Arc::from(user), room: room(&v)? }
+        }
+        Some("close_room") => ClusterOp::CloseRoom { room: room(&v)?.ok_or("close_room without a room")? },
+        _ => return Err("unknown control op"),
+    };
+    Ok((node, op))
 }
 
 /// Decode one channel message; the error says what is wrong with it.
@@ -142,6 +179,17 @@ mod tests {
         assert_eq!(parse(b"e 7 abc").err(), Some("no header line"));
         assert_eq!(parse(b"e x abc 0 1 0\n{}").err(), Some("bad seq"));
         assert_eq!(parse(b"s 1 abc 0 1 99\n{}").err(), Some("state longer than the message"));
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        let kick = ClusterOp::Kick { user: Arc::from("ann \"x\""), room: RoomName::new("live").ok() };
+        assert_eq!(parse_control(&control("n-1", &kick)), Ok(("n-1".to_owned(), kick)));
+        let all = ClusterOp::Kick { user: Arc::from("bob"), room: None };
+        assert_eq!(parse_control(&control("n-2", &all)).map(|(_, op)| op), Ok(all));
+        let close = ClusterOp::CloseRoom { room: RoomName::new("r").expect("room") };
+        assert_eq!(parse_control(&control("n-3", &close)).map(|(_, op)| op), Ok(close));
+        assert_eq!(parse_control(b"x{\"o\":\"n\",\"op\":\"dance\"}").err(), Some("unknown control op"));
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub use status::{BrokerStatus, ClusterReport};
 
 use crate::ids::RoomName;
 use crate::runtime::mesh::Mesh;
-use crate::shard::cluster::{BrokerPort, PresenceChange, SequenceRequest, Then};
+use crate::shard::cluster::{BrokerPort, ClusterOp, PresenceChange, SequenceRequest, Then};
 use commands::Command;
 use crossbeam_channel::Sender;
 use std::sync::atomic::Ordering::Relaxed;
@@ -287,6 +287,16 @@ impl BrokerPort for RedisPort {
     fn private(&mut self, user: &Arc<str>, open: bool) {
         let room = RoomName::private(user);
         let _ = self.shard(&room).subscriber.send(Control::Private(Arc::clone(user), open));
+    }
+
+    fn control(&mut self, op: ClusterOp) {
+        // A kick on the first server (every node follows its control channel), a room's close
+        // on the room's own (it drops the room's record there).
+        let shard = match &op {
+            ClusterOp::Kick { .. } => &self.shards[0],
+            ClusterOp::CloseRoom { room } => self.shard(room),
+        };
+        let _ = shard.commands.send(Command::Control(op));
     }
 }
 

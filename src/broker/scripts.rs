@@ -14,6 +14,8 @@
 //!   whole cluster (and this node's reaction counts) is published on the room's channel.
 //! - [`REAP`]: a dead node's users leave every room it had users in (idempotent: the first
 //!   node that sees the heartbeat gone does it).
+//! - [`CLOSE`]: a closed room's record and history are dropped and every node is told on the
+//!   control channel ([`CONTROL`], which also carries kicks).
 //!
 //! Keys carry the room in a hash tag (`rc:{<room>}:...`): one room's keys stay in one slot.
 
@@ -154,6 +156,17 @@ end
 redis.call('DEL', rooms_key)
 return #rooms
 "#;
+
+/// See the module doc: a closed room's record and history go, and every node hears of it.
+/// KEYS: meta hash, stream. ARGV: the control channel, the message.
+pub const CLOSE: &str = r#"
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// The channel of moderation commands every node follows (kicks, closed rooms).
+pub const CONTROL: &str = "rc:control";
 
 /// The set of node ids that registered (and were not reaped yet).
 pub const NODES: &str = "rc:nodes";

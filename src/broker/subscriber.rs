@@ -22,6 +22,7 @@ use super::scripts;
 use super::status::BrokerStatus;
 use crate::ids::RoomName;
 use crate::runtime::mesh::Mesh;
+use crate::shard::cluster::ClusterOp;
 use crate::shard::home_of;
 use crate::shard::mail::Mail;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -152,6 +153,7 @@ impl Subscriber {
         let mut pubsub = con.as_pubsub();
         let all: Vec<String> =
             self.rooms.iter().chain(self.private.keys()).map(|room| scripts::channel(room)).collect();
+        pubsub.subscribe(scripts::CONTROL)?;
         for chunk in all.chunks(SUBSCRIBE_CHUNK) {
             pubsub.subscribe(chunk)?;
         }
@@ -227,8 +229,36 @@ impl Subscriber {
         Ok(())
     }
 
+    /// A moderation command from another node: a kick to every worker, a close to the
+    /// room's home.
+    fn moderation(&self, payload: &[u8]) {
+        let (node, op) = match envelope::parse_control(payload) {
+            Ok(control) => control,
+            Err(e) => return tracing::warn!(error = e, "cluster: a control message that is not roomcast's, dropped"),
+        };
+        if node == self.status.node() {
+            return;
+        }
+        tracing::info!(from = %node, ?op, "cluster: a moderation command from another node");
+        match &op {
+            ClusterOp::Kick { .. } => {
+                for mailbox in &self.mesh.workers {
+                    mailbox.send_mail(vec![Mail::ClusterOp { op: op.clone() }]);
+                }
+            }
+            ClusterOp::CloseRoom { room } => {
+                if let Some(mailbox) = self.mesh.workers.get(usize::from(home_of(room, self.workers).0)) {
+                    mailbox.send_mail(vec![Mail::ClusterOp { op }]);
+                }
+            }
+        }
+    }
+
     /// A message on a room channel: to the room's home worker.
     fn message(&self, channel: &str, payload: &[u8]) {
+        if channel == scripts::CONTROL {
+            return self.moderation(payload);
+        }
         let room =
             scripts::room_of_channel(channel).and_then(|r| match r.strip_prefix(crate::ids::PRIVATE_ROOM_PREFIX) {
                 Some(user) => Some(RoomName::private(user)),

@@ -191,6 +191,25 @@ pub struct PresenceChange {
     pub online: bool,
 }
 
+/// A moderation command every node carries out on its own connections and rooms (the node
+/// that received it from its upstream tells the others through the cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterOp {
+    /// Close a user's connections (4010), or take the user out of one room.
+    Kick {
+        /// The user id.
+        user: Arc<str>,
+        /// Only this room; `None`: every connection of the user.
+        room: Option<RoomName>,
+    },
+    /// Close a room: its members get `left` with reason `closed`, its history is dropped (the
+    /// room starts over with a new epoch, as on one node).
+    CloseRoom {
+        /// The room.
+        room: RoomName,
+    },
+}
+
 /// The broker refused a request (Redis unreachable, or too much waiting for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable;
@@ -211,6 +230,8 @@ pub trait BrokerPort: Send + std::fmt::Debug {
     /// A connection of `user` opened (`true`) or closed on this node: its private room is
     /// followed while the node has any.
     fn private(&mut self, user: &Arc<str>, open: bool);
+    /// Tell the other nodes to carry out `op` too (this node already did).
+    fn control(&mut self, op: ClusterOp);
 }
 
 /// A sequenced message as the cluster delivers it to a node.

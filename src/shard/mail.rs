@@ -243,6 +243,12 @@ pub enum Mail {
         /// The room.
         room: RoomName,
     },
+    /// Another node's upstream asked for this moderation: carry it out here (from the broker;
+    /// a kick to every worker, a room's close to its home).
+    ClusterOp {
+        /// What to do.
+        op: super::cluster::ClusterOp,
+    },
     /// The cluster lost this node's presence (its heartbeat expired, or Redis lost its data):
     /// every home reports its viewers again (from the broker, to every worker).
     PresenceResync,

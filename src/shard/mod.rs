@@ -375,13 +375,26 @@ impl<Io> Shard<Io> {
                 if let Some(to) = reply {
                     self.router.reply(IngestReply::Kicked { to, closed });
                 }
+                // Every worker got the kick; one tells the other nodes.
+                if self.id == WorkerId(0) {
+                    self.homes.tell_cluster(cluster::ClusterOp::Kick { user, room });
+                }
             }
             Mail::CloseRoom { room, reply } => {
                 self.homes.close(&room, now_ms, &mut self.router);
                 if let Some(to) = reply {
                     self.router.reply(IngestReply::Done { to });
                 }
+                self.homes.tell_cluster(cluster::ClusterOp::CloseRoom { room });
             }
+            Mail::ClusterOp { op } => match op {
+                cluster::ClusterOp::Kick { user, room } => {
+                    self.kick(&user, room.as_ref(), now_ms);
+                }
+                cluster::ClusterOp::CloseRoom { room } => {
+                    self.homes.close(&room, now_ms, &mut self.router);
+                }
+            },
             Mail::RoomClosed { room } => self.room_closed(&room),
             Mail::Comment { room, from, user, name, text, reference } => {
                 let comment =

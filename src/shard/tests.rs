@@ -1096,6 +1096,7 @@ mod cluster {
             self.0.lock().expect("lock").presence.push((room.to_string(), changes));
         }
         fn private(&mut self, _: &Arc<str>, _: bool) {}
+        fn control(&mut self, _: crate::shard::cluster::ClusterOp) {}
     }
 
     const ROOM: &str = "live";

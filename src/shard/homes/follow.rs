@@ -308,6 +308,13 @@ impl Homes {
         }
     }
 
+    /// Tell the other nodes to carry out a moderation command this node carried out.
+    pub(crate) fn tell_cluster(&mut self, op: crate::shard::cluster::ClusterOp) {
+        if let Some(broker) = self.broker.as_mut() {
+            broker.control(op);
+        }
+    }
+
     /// A connection of `user` opened or closed on this worker (its first or last here).
     pub(crate) fn private(&mut self, user: &Arc<str>, open: bool) {
         if let Some(broker) = self.broker.as_mut() {
