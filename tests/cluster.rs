@@ -12,7 +12,8 @@
 //! acked is lost; Redis dropping the nodes' subscription connections mid-flood closes no viewer
 //! (the history holds what they missed) and costs them no event; only nodes with members follow
 //! a room, and a private room `user:<id>` reaches that user's connections on every node; rooms
-//! spread over two Redis servers keep one order each; kicks and closed rooms reach every node.
+//! spread over two Redis servers keep one order each; kicks and closed rooms reach every node;
+//! the query API answers for a room from any node.
 //!
 //! Nothing here waits on a clock for a fact it can observe: the tests wait for frames (bounded
 //! by [`CLUSTER_WAIT`]), and where there is no frame to wait for (Redis coming back) they retry
@@ -585,4 +586,31 @@ fn kicks_and_closed_rooms_reach_every_node() {
     assert_eq!((left["room"].as_str(), left["reason"].as_str()), (Some("mod"), Some("closed")));
     let (_, after) = join(&mut cat, "mod", None);
     assert_ne!(after["epoch"], before["epoch"], "a closed room starts over with a new epoch");
+}
+
+// ---------------------------------------------------------------- 11. the query API anywhere
+
+/// `GET /api/rooms/{room}` on a node with no member of the room answers from the cluster: its
+/// seq, epoch, state and history, and `since` recovers by the `join` rule.
+#[test]
+fn the_query_api_answers_for_rooms_the_node_does_not_follow() {
+    let cluster = Cluster::start(&[]);
+    let (_bob, joined) = cluster.join(1, "bob", "asked");
+    let mut up = cluster.node(0).upstream();
+    let acked = publish_ingest(&mut up, "asked", "q", 0, 5, 5);
+    assert_eq!(up.call(json!({"op": "state", "room": "asked", "state": {"score": [1, 0]}}))["ok"], true);
+    let admin = cluster.node(2).admin.clone().expect("node C has an admin port");
+    let (status, room) = flood_support::http_get(&admin, "/api/rooms/asked");
+    assert_eq!(status, 200, "{room}");
+    assert_eq!((room["seq"].as_u64(), room["version"].as_u64()), (Some(6), Some(1)), "{room}");
+    assert_eq!(room["epoch"], joined["epoch"]);
+    assert_eq!(room["state"], json!({"score": [1, 0]}));
+    assert_eq!(room["events"].as_array().map(Vec::len), Some(6));
+    let epoch = joined["epoch"].as_str().expect("an epoch");
+    let (_, recent) = flood_support::http_get(&admin, &format!("/api/rooms/asked?since=3&epoch={epoch}"));
+    let seqs: Vec<u64> = recent["events"].as_array().into_iter().flatten().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!((seqs, recent["recovered"].as_bool()), (vec![4, 5, 6], Some(true)), "{recent}");
+    assert_seqs_are_one_to(&acked, 5);
+    let (status, _) = flood_support::http_get(&admin, "/api/rooms/never-made");
+    assert_eq!(status, 404, "a room the cluster does not know is unknown");
 }

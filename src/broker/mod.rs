@@ -50,6 +50,7 @@
 pub mod commands;
 mod config;
 pub mod envelope;
+pub mod query;
 pub mod scripts;
 pub mod status;
 pub mod subscriber;
@@ -106,13 +107,27 @@ struct ShardLink {
     status: Arc<BrokerStatus>,
 }
 
-/// Every shard's status, as the admin port reads it.
+/// Every shard's status, as the admin port reads it, and what the query API needs to read a
+/// room this node does not follow.
 #[derive(Debug)]
 pub struct ClusterStatus {
     shards: Vec<Arc<BrokerStatus>>,
+    clients: Vec<redis::Client>,
+    timeout: Duration,
+    limits: crate::room::RoomLimits,
 }
 
 impl ClusterStatus {
+    /// Room `room` as the cluster holds it (see [`query`]); `Ok(None)`: no such room.
+    pub fn room_detail(
+        &self,
+        room: &str,
+        since: &crate::query::Since,
+    ) -> Result<Option<crate::query::RoomDetail>, String> {
+        let client = &self.clients[shard_of(room, self.clients.len())];
+        query::room_detail(client, self.timeout, (room, since), self.limits, crate::runtime::clock_ms())
+    }
+
     /// This node's id.
     pub fn node(&self) -> &str {
         self.shards.first().map_or("", |s| s.node())
@@ -162,8 +177,10 @@ impl Broker {
         let node = cluster.node_id();
         let timeout = Duration::from_millis(cluster.timeout_ms);
         let mut shards = Vec::with_capacity(urls.len());
+        let mut clients = Vec::with_capacity(urls.len());
         for (i, url) in urls.iter().enumerate() {
             let client = redis::Client::open(*url).map_err(BrokerError::Url)?;
+            clients.push(client.clone());
             let status = Arc::new(BrokerStatus::new(node.clone()));
             let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
@@ -195,7 +212,13 @@ impl Broker {
             tracing::info!(node = %node, redis = %redacted(url), shard = i, "cluster: this node shares its rooms through Redis");
             shards.push(ShardLink { commands: commands_tx, subscriber: control_tx, status });
         }
-        let status = Arc::new(ClusterStatus { shards: shards.iter().map(|s| Arc::clone(&s.status)).collect() });
+        let limits = crate::room::RoomLimits {
+            history_len: config.history.size,
+            history_max_age_ms: config.history.max_age_ms,
+            large_room: config.presence.large_room,
+        };
+        let shard_status = shards.iter().map(|s| Arc::clone(&s.status)).collect();
+        let status = Arc::new(ClusterStatus { shards: shard_status, clients, timeout, limits });
         Ok(Self::Redis(RedisBroker { shards, status }))
     }
 

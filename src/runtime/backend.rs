@@ -130,9 +130,20 @@ impl Backend for MeshBackend {
 
     fn room(&self, room: &str, since: &Since, deadline: Instant) -> Result<RoomDetail, BackendError> {
         let since = since.since.map(|s| (s, since.epoch.clone()));
-        match self.ask_home(room, Question::Room { room: room.to_owned(), since }, deadline)? {
+        match self.ask_home(room, Question::Room { room: room.to_owned(), since: since.clone() }, deadline)? {
             Answer::Room(Some(detail)) => Ok(*detail),
-            Answer::Room(None) => Err(BackendError::UnknownRoom(room.to_owned())),
+            // In a cluster a room this node does not follow is read from Redis.
+            Answer::Room(None) => match &self.cluster {
+                Some(cluster) => {
+                    let since = Since { since: since.as_ref().map(|s| s.0), epoch: since.and_then(|s| s.1) };
+                    match cluster.room_detail(room, &since) {
+                        Ok(Some(detail)) => Ok(detail),
+                        Ok(None) => Err(BackendError::UnknownRoom(room.to_owned())),
+                        Err(e) => Err(BackendError::Unavailable(format!("the cluster's Redis did not answer: {e}"))),
+                    }
+                }
+                None => Err(BackendError::UnknownRoom(room.to_owned())),
+            },
             _ => Err(mismatch()),
         }
     }
