@@ -48,6 +48,17 @@
 //!   X25519 one), so preferring anything else would cost a `HelloRetryRequest` round trip and a
 //!   second share. rustls' ring provider prefers X25519; roomcast keeps its order.
 //!
+//! **The cheapest cipher suite**: the server picks `TLS13_AES_128_GCM_SHA256` (and its TLS 1.2
+//! ECDHE counterparts) whatever the client's order (`ignore_client_order`). Its key schedule
+//! and transcript hash are SHA-256, which x86 and ARM cores run in hardware (SHA-NI, the ARMv8
+//! crypto extensions), where `AES_256_GCM_SHA384` (first in rustls' and ring's order, and so
+//! what a rustls client such as the loadgen asks for) hashes with SHA-384 in software: a
+//! profile of a wss storm showed `sha512_block_data_order_nohw` at 9% of the server's CPU. AES-128
+//! also seals each record in 10 rounds instead of 14, and is the 128-bit security level of the
+//! P-256 certificate and the X25519 exchange (browsers offer it first anyway). 2026-12-01, this
+//! machine, alternating: in memory 84.4 / 81.9 -> 74.1 / 69.7 us per full handshake; over
+//! sockets (`benches/wss_storm.sh`) see BENCHMARKS.md.
+//!
 //! Memory per idle TLS connection is a budget (DESIGN.md): nothing here keeps per-connection
 //! state (tickets are stateless); what a connection holds is rustls' own, see
 //! [`crate::runtime::transport`].
@@ -98,6 +109,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The server's provider: ring's suites with the AES-128-GCM / SHA-256 ones first (see the
+/// module doc, "the cheapest cipher suite").
+fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    // A stable sort keeps ring's order among the rest (AES-256 before ChaCha20).
+    provider.cipher_suites.sort_by_key(|suite| match suite.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        _ => 1,
+    });
+    Arc::new(provider)
+}
+
 /// How returning clients may skip the full handshake (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resumption {
@@ -133,10 +158,12 @@ pub fn server_config(cert: &Path, key: &Path, resumption: Resumption) -> Result<
     let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &read(key)?[..])
         .map_err(|e| pem_err(key, format!("not a valid PEM key file ({e})")))?
         .ok_or_else(|| pem_err(key, "holds no PEM private key block (PRIVATE KEY, RSA or EC PRIVATE KEY)"))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(server_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)?;
+    // The server's suite order wins over the client's (see the module doc).
+    config.ignore_client_order = true;
     config.send_tls13_tickets = resumption.tickets;
     if resumption.tickets > 0 {
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;
@@ -202,6 +229,9 @@ mod tests {
         let mut got = [0u8; 4];
         server.reader().read_exact(&mut got).expect("plaintext arrives");
         assert_eq!(&got, b"ping");
+        // The client (rustls' default order) asks for AES-256 first; the server picks its own.
+        let suite = server.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
     }
 
     /// A handshake of a fresh client connection on `client_cfg` with `server_cfg`, in memory,

@@ -7,7 +7,11 @@
 //!
 //! TLS follows rustls' buffered API as in its `tlsserver-mio` example: `read_tls`,
 //! `process_new_packets` (on error, what is pending, the alert, is still written), drain
-//! `reader()`; write through `writer()` and `write_tls` while `wants_write()`.
+//! `reader()`; write through `writer()` and `write_tls` while `wants_write()`. A write seals
+//! the queued frames before it flushes, so records rustls already holds (the session ticket
+//! made when the client's Finished arrived) leave in the same `writev` as the upgrade's 101
+//! and `hello`: one write per connect fewer (the worker skips its after-read flush when the
+//! read queued a reply).
 //!
 //! **What an idle wss connection costs, and why the buffered API stays (for now).** With
 //! rustls 0.23.46 an idle `ServerConnection` holds about 7.5 KiB: 1,168 B inline (boxed here),
@@ -165,21 +169,29 @@ impl TlsStream {
 
     fn write(&mut self, out: &mut Outbound) -> io::Result<bool> {
         loop {
+            // Seal first, then write: records rustls already holds (a session ticket, an
+            // earlier turn's rest) leave in the same `writev` as the new ones.
+            let mut taken = 0;
+            if !out.is_empty() {
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let n = out.slices(&mut slices);
+                // rustls seals the slices together into records; it takes less than offered
+                // once its outgoing buffer is full, and the loop flushes before offering more.
+                taken = self.tls.writer().write_vectored(&slices[..n])?;
+                out.advance(taken);
+            }
+            let sealed = self.tls.wants_write();
             if !self.flush()? {
                 return Ok(false);
             }
             if out.is_empty() {
                 return Ok(true);
             }
-            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
-            let n = out.slices(&mut slices);
-            // rustls seals the slices together into records; it takes less than offered once
-            // its outgoing buffer is full, and the loop flushes before offering more.
-            let taken = self.tls.writer().write_vectored(&slices[..n])?;
-            if taken == 0 && !self.tls.wants_write() {
+            if taken == 0 && !sealed {
+                // Nothing taken and nothing to flush: rustls holds the plaintext back (a
+                // handshake still running); the next readable event moves it on.
                 return Ok(false);
             }
-            out.advance(taken);
         }
     }
 

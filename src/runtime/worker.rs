@@ -390,8 +390,11 @@ impl Worker {
             }
         }
         self.scratch = scratch;
-        // TLS: records (handshake, alerts) may be waiting after the read.
-        if self.shard.io_mut(key).is_some_and(|io| io.flush_tls().is_err()) {
+        // TLS: records (handshake, alerts, a session ticket) may be waiting after the read.
+        // When the read also queued a reply (the upgrade's 101 and `hello` after the client's
+        // Finished), the write this turn sends them together: one syscall, not two.
+        let replying = self.shard.conn(key).is_some_and(|c| c.session.outbound().queued() > 0);
+        if !replying && self.shard.io_mut(key).is_some_and(|io| io.flush_tls().is_err()) {
             self.shard.handle_io_error(key, now);
         }
     }
