@@ -565,6 +565,16 @@ pub struct Since {
     pub epoch: Option<String>,
 }
 
+/// [`RoomDetail::events`] from the history's frames: each frame's payload, verbatim.
+pub fn events_of(frames: &[bytes::Bytes]) -> Vec<Box<RawValue>> {
+    frames
+        .iter()
+        .flat_map(|f| crate::wire::frame::server_frames(f))
+        .filter_map(|(_, payload)| std::str::from_utf8(payload).ok())
+        .filter_map(|text| RawValue::from_string(text.to_owned()).ok())
+        .collect()
+}
+
 /// One room in full (`GET /api/rooms/{room}`), answered by its home.
 #[derive(Debug, Serialize)]
 pub struct RoomDetail {

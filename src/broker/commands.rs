@@ -2,7 +2,7 @@
 //! the node's heartbeat.
 //!
 //! Requests from the homes (sequence, presence) and from the subscriber thread (snapshots)
-//! queue on one channel. The thread takes everything waiting (up to [`MAX_PIPELINE`]) and
+//! queue on one channel. The thread takes everything waiting (up to `MAX_PIPELINE`) and
 //! sends it as one pipeline, so one round trip carries a whole burst: a room's publishes are
 //! sequenced in the order its home sent them, and Redis runs each script alone. The answers
 //! go back by mail: ingest replies to the ingest loop, comment and delete answers and
@@ -168,8 +168,8 @@ impl Commands {
             status,
             cfg,
             scripts: Scripts {
-                sequence: redis::Script::new(scripts::SEQUENCE),
-                snapshot: redis::Script::new(scripts::SNAPSHOT),
+                sequence: redis::Script::new(&scripts::sequence()),
+                snapshot: redis::Script::new(&scripts::snapshot()),
                 presence: redis::Script::new(scripts::PRESENCE),
                 reap: redis::Script::new(scripts::REAP),
                 close: redis::Script::new(scripts::CLOSE),
@@ -585,7 +585,7 @@ impl Answers {
     }
 }
 
-/// `{seq, version, epoch}` from `scripts::SEQUENCE`.
+/// `{seq, version, epoch}` from `scripts::sequence`.
 fn parse_sequenced(v: &Value) -> Result<(u64, u64, Box<str>), String> {
     let Value::Array(parts) = v else { return Err(format!("unexpected reply {v:?}")) };
     match parts.as_slice() {

@@ -1,7 +1,7 @@
 //! What the room channels carry, and what a snapshot holds, decoded for the homes.
 //!
 //! A sequenced message is one line of header then the message itself (see
-//! `scripts::SEQUENCE`): `<kind> <seq> <epoch> <version> <ts> <state length>\n`, the new state
+//! `scripts::sequence`): `<kind> <seq> <epoch> <version> <ts> <state length>\n`, the new state
 //! (for a `state` message), then the JSON the members get. The broker wraps the JSON in its
 //! WebSocket frame once per node, here, so the workers only share it. A presence report is `p`
 //! and a JSON object from Redis's `cjson`: `o` online, `j`/`l` flat `[user, name, ...]`
@@ -125,7 +125,7 @@ fn number(v: &Value) -> Option<u64> {
     }
 }
 
-/// Decode the reply of `scripts::SNAPSHOT`.
+/// Decode the reply of `scripts::snapshot`.
 pub fn parse_snapshot(reply: &Value) -> Result<Snapshot, &'static str> {
     let Value::Array(parts) = reply else { return Err("snapshot is not a list") };
     let [epoch, seq, version, state, entries] = parts.as_slice() else { return Err("snapshot has not 5 parts") };

@@ -13,7 +13,7 @@
 //! # The sequencer: one Redis script per message
 //!
 //! The well-trodden design (Centrifugo's Redis engine): one atomic script per message
-//! ([`scripts::SEQUENCE`]) increments the room's seq, appends the filled-in message to the
+//! ([`scripts::sequence`]) increments the room's seq, appends the filled-in message to the
 //! room's history stream (bounded by `history.size`) and publishes it on the room's channel.
 //! Every node subscribes to the channels of the rooms it has members in and its home worker
 //! fans the messages out locally. Redis runs one script at a time and delivers a channel's

@@ -12,7 +12,6 @@ use super::scripts;
 use crate::ids::{RoomName, Seq};
 use crate::query::{RoomDetail, Since};
 use crate::room::{HomeRoom, RoomLimits};
-use crate::wire::frame;
 use redis::Value;
 use serde_json::value::RawValue;
 use std::time::Duration;
@@ -53,12 +52,7 @@ pub fn room_detail(
     home.adopt(&snapshot, now_ms);
     let since = since.since.map(|s| (s, since.epoch.as_deref()));
     let (frames, recovered) = home.history_since(since, Seq(snapshot.seq), now_ms);
-    let events = frames
-        .iter()
-        .flat_map(|f| frame::server_frames(f))
-        .filter_map(|(_, payload)| std::str::from_utf8(payload).ok())
-        .filter_map(|text| RawValue::from_string(text.to_owned()).ok())
-        .collect();
+    let events = crate::query::events_of(&frames);
     Ok(Some(RoomDetail {
         room: name.to_owned(),
         epoch: snapshot.epoch.to_string(),

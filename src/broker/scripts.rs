@@ -3,11 +3,11 @@
 //! One script per job, each atomic in Redis (a script runs alone), so every invariant holds
 //! between any two commands of any node:
 //!
-//! - [`SEQUENCE`]: the next seq of a room, the message filled in with it, appended to the
+//! - [`sequence`]: the next seq of a room, the message filled in with it, appended to the
 //!   room's history stream (bounded, entry id `<seq>-1`) and published on the room's channel,
 //!   all at once: the channel carries messages in seq order, and the stream holds exactly
 //!   what was published. A room without a record gets a new epoch (and an empty stream).
-//! - [`SNAPSHOT`]: a room's epoch, seq, state and history stream, for a node that starts
+//! - [`snapshot`]: a room's epoch, seq, state and history stream, for a node that starts
 //!   following it (creating the epoch if the room is new).
 //! - [`PRESENCE`]: one node's presence changes in a room: per node a hash of its users there,
 //!   per room a hash counting on how many nodes each user is online; who came or went over the
@@ -19,9 +19,10 @@
 //!
 //! Keys carry the room in a hash tag (`rc:{<room>}:...`): one room's keys stay in one slot.
 
-/// See the module doc. KEYS: meta hash, stream. ARGV: channel, kind (`e` or `s`), history
-/// size, ttl ms, ts ms, state (or empty), holes, pieces... Returns `{seq, version, epoch}`.
-pub const SEQUENCE: &str = r#"
+/// The start of [`sequence`] and [`snapshot`]: the room's epoch (KEYS[1] its record, KEYS[2]
+/// its stream), made from Redis's clock when the room has no record: a room without one starts
+/// over (an empty stream), so an epoch is never reused with other history.
+const EPOCH: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   local t = redis.call('TIME')
@@ -29,6 +30,15 @@ if not epoch then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'version', 0)
 end
+"#;
+
+/// See the module doc. KEYS: meta hash, stream. ARGV: channel, kind (`e` or `s`), history
+/// size, ttl ms, ts ms, state (or empty), holes, pieces... Returns `{seq, version, epoch}`.
+pub fn sequence() -> String {
+    format!("{EPOCH}{SEQUENCE_BODY}")
+}
+
+const SEQUENCE_BODY: &str = r#"
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local version
 if ARGV[2] == 's' then
@@ -67,14 +77,11 @@ return {seq, version, epoch}
 
 /// See the module doc. KEYS: meta hash, stream. ARGV: ttl ms. Returns `{epoch, seq, version,
 /// state or nil, entries}`.
-pub const SNAPSHOT: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'version', 0)
-end
+pub fn snapshot() -> String {
+    format!("{EPOCH}{SNAPSHOT_BODY}")
+}
+
+const SNAPSHOT_BODY: &str = r#"
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 local m = redis.call('HMGET', KEYS[1], 'seq', 'version', 'state')

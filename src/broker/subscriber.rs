@@ -9,7 +9,7 @@
 //! node, and mailed to the room's home worker.
 //!
 //! The `redis` crate's synchronous pub/sub is used on this thread of its own: reads wait with a
-//! short timeout ([`POLL`]) so that follow requests are taken between messages (a pub/sub
+//! short timeout (`POLL`, 20 ms) so that follow requests are taken between messages (a pub/sub
 //! connection cannot be written from another thread while it is read). If the connection
 //! fails, the thread reconnects with backoff, subscribes to everything again and tells every
 //! followed room's home to catch up (`Mail::Resync`): the home buffers, asks for a snapshot and

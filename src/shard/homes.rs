@@ -645,12 +645,7 @@ impl Homes {
         let entry = &mut self.rooms[key];
         let sent = entry.sent_seq();
         let (frames, recovered) = entry.room.history_since(since, sent, now_ms);
-        let events = frames
-            .iter()
-            .flat_map(|f| frame::server_frames(f))
-            .filter_map(|(_, payload)| std::str::from_utf8(payload).ok())
-            .filter_map(|text| RawValue::from_string(text.to_owned()).ok())
-            .collect();
+        let events = crate::query::events_of(&frames);
         let summary = entry.summary(now_ms);
         Some(RoomDetail {
             room: summary.room,
