@@ -86,6 +86,8 @@ impl HomeRoom {
     /// Take the cluster's next message (the caller checked it is `seq() + 1`, or, for a
     /// private room, any later seq): the room's seq, state and history follow it.
     pub fn apply(&mut self, message: &Broadcast, now_ms: u64) {
+        // The same epoch for a followed room; a private room (no snapshot) takes it from here.
+        self.epoch = parse_epoch(&message.epoch).unwrap_or(self.epoch);
         self.seq = Seq(message.seq);
         if let Some((version, state)) = &message.state {
             self.version = *version;
