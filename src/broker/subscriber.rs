@@ -33,8 +33,13 @@ use std::time::Duration;
 
 /// Longest a follow request waits for a read to time out on a busy-less connection.
 const POLL: Duration = Duration::from_millis(20);
-/// Channels per `SUBSCRIBE` when subscribing again after a reconnect.
-const SUBSCRIBE_CHUNK: usize = 512;
+/// Follow requests taken between two reads of the connection: a storm of connections (each
+/// following its user's private room) must not hold back the rooms' messages for long. Each
+/// `SUBSCRIBE` names one channel and waits for Redis's answer: the crate's pub/sub returns at
+/// the first answer of a command, so a command naming several channels would leave answers
+/// that a later `SUBSCRIBE` would take for its own, and its room's snapshot could then be read
+/// before Redis subscribed it.
+const CONTROLS_PER_READ: usize = 256;
 
 /// What the homes ask of the subscriber.
 #[derive(Debug)]
@@ -154,8 +159,8 @@ impl Subscriber {
         let all: Vec<String> =
             self.rooms.iter().chain(self.private.keys()).map(|room| scripts::channel(room)).collect();
         pubsub.subscribe(scripts::CONTROL)?;
-        for chunk in all.chunks(SUBSCRIBE_CHUNK) {
-            pubsub.subscribe(chunk)?;
+        for channel in &all {
+            pubsub.subscribe(channel)?;
         }
         if std::mem::take(failing) {
             tracing::info!(
@@ -179,18 +184,24 @@ impl Subscriber {
         }
         pubsub.set_read_timeout(Some(POLL))?;
         loop {
-            loop {
+            let mut answering = false;
+            for _ in 0..CONTROLS_PER_READ {
                 match self.rx.try_recv() {
                     Ok(control) => {
-                        // Redis's answer to a (un)subscribe may wait behind a burst of messages:
-                        // give it the full call timeout, not the poll's.
-                        pubsub.set_read_timeout(Some(self.timeout))?;
+                        if !answering {
+                            // Redis's answer to a (un)subscribe may wait behind a burst of
+                            // messages: give it the full call timeout, not the poll's.
+                            pubsub.set_read_timeout(Some(self.timeout))?;
+                            answering = true;
+                        }
                         self.control(&mut pubsub, control)?;
-                        pubsub.set_read_timeout(Some(POLL))?;
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return Ok(()),
                 }
+            }
+            if answering {
+                pubsub.set_read_timeout(Some(POLL))?;
             }
             match pubsub.get_message() {
                 Ok(msg) => self.message(msg.get_channel_name(), msg.get_payload_bytes()),
