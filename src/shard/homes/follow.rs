@@ -1,5 +1,5 @@
 //! The homes in a cluster: handing messages to the cluster's sequencer, and following the
-//! cluster's order of the rooms this node has members in (`super::super::cluster` has the
+//! cluster's order of the rooms this node has members in (`crate::shard::cluster` has the
 //! rules). Every sequenced message reaches the members here exactly as on a single node: into
 //! the room's batch, then one `Deliver` per worker with members.
 
