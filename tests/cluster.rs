@@ -13,7 +13,8 @@
 //! (the history holds what they missed) and costs them no event; only nodes with members follow
 //! a room, and a private room `user:<id>` reaches that user's connections on every node; rooms
 //! spread over two Redis servers keep one order each; kicks and closed rooms reach every node;
-//! the query API answers for a room from any node.
+//! the query API answers for a room from any node; a node that stops takes its viewers out of
+//! presence as it goes.
 //!
 //! Nothing here waits on a clock for a fact it can observe: the tests wait for frames (bounded
 //! by [`CLUSTER_WAIT`]), and where there is no frame to wait for (Redis coming back) they retry
@@ -613,4 +614,24 @@ fn the_query_api_answers_for_rooms_the_node_does_not_follow() {
     assert_seqs_are_one_to(&acked, 5);
     let (status, _) = flood_support::http_get(&admin, "/api/rooms/never-made");
     assert_eq!(status, 404, "a room the cluster does not know is unknown");
+}
+
+// ---------------------------------------------------------------- 12. a node that stops leaves
+
+/// A node stopped with SIGTERM takes its viewers out of the cluster's presence as it goes,
+/// long before its heartbeat would expire (here a minute): the other nodes' viewers see them
+/// leave.
+#[test]
+fn a_node_that_stops_takes_its_viewers_out_of_presence() {
+    let room = "leaving";
+    let mut cluster = Cluster::start(&["--presence-interval-ms", "200", "--node-ttl-ms", "60000", "--drain-ms", "100"]);
+    let ann = cluster.watch(0, "ann", room);
+    let bob = cluster.watch(1, "bob", room);
+    drop(ann.wait_online(2));
+    // bob stays connected: the node closes him as it drains (1001), and leaves.
+    let status = cluster.nodes[1].terminate();
+    assert!(status.success(), "node B stopped cleanly: {status:?}");
+    assert_eq!(bob.wait_end().close_code, Some(1001), "bob was told to reconnect elsewhere");
+    let seen = ann.wait_online(1);
+    assert!(listed(&seen.presence, "left").iter().any(|u| u == "bob"), "bob left: {:?}", seen.presence);
 }
