@@ -216,6 +216,17 @@ mod tests {
         let mut client = rustls::ClientConnection::new(client_cfg, name).expect("client");
         let mut server = rustls::ServerConnection::new(server_cfg).expect("server");
         client.writer().write_all(b"ping").expect("write");
+        pump(&mut client, &mut server);
+        let mut got = [0u8; 4];
+        server.reader().read_exact(&mut got).expect("plaintext arrives");
+        assert_eq!(&got, b"ping");
+        // The client (rustls' default order) asks for AES-256 first; the server picks its own.
+        let suite = server.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+    }
+
+    /// Carry records both ways, in memory, until the handshake (and what was written) is done.
+    fn pump(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
         for _ in 0..10 {
             let mut buf = Vec::new();
             client.write_tls(&mut buf).expect("client out");
@@ -226,12 +237,6 @@ mod tests {
             client.read_tls(&mut &buf[..]).expect("client in");
             client.process_new_packets().expect("client ok");
         }
-        let mut got = [0u8; 4];
-        server.reader().read_exact(&mut got).expect("plaintext arrives");
-        assert_eq!(&got, b"ping");
-        // The client (rustls' default order) asks for AES-256 first; the server picks its own.
-        let suite = server.negotiated_cipher_suite().map(|s| s.suite());
-        assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
     }
 
     /// A handshake of a fresh client connection on `client_cfg` with `server_cfg`, in memory,
@@ -243,16 +248,7 @@ mod tests {
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let mut client = rustls::ClientConnection::new(Arc::clone(client_cfg), name).expect("client");
         let mut server = rustls::ServerConnection::new(Arc::clone(server_cfg)).expect("server");
-        for _ in 0..10 {
-            let mut buf = Vec::new();
-            client.write_tls(&mut buf).expect("client out");
-            server.read_tls(&mut &buf[..]).expect("server in");
-            server.process_new_packets().expect("server ok");
-            let mut buf = Vec::new();
-            server.write_tls(&mut buf).expect("server out");
-            client.read_tls(&mut &buf[..]).expect("client in");
-            client.process_new_packets().expect("client ok");
-        }
+        pump(&mut client, &mut server);
         assert!(!client.is_handshaking() && !server.is_handshaking());
         server.handshake_kind()
     }

@@ -99,7 +99,9 @@ impl Subscriber {
                     break;
                 }
                 match self.rx.recv_timeout(wait) {
-                    Ok(control) => self.note(control),
+                    Ok(control) => {
+                        let _ = self.note(control);
+                    }
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
@@ -115,20 +117,20 @@ impl Subscriber {
         connect(&self.client, self.timeout).map(drop)
     }
 
-    /// Track a request while not connected.
-    fn note(&mut self, control: Control) {
-        match control {
-            Control::Follow(room) => {
-                self.rooms.insert(room);
-            }
-            Control::Unfollow(room) => {
-                self.rooms.remove(&room);
-            }
+    /// Track a request; what it asks of the connection: a room whose channel is to be
+    /// subscribed (`true`) or unsubscribed, and a room whose snapshot is to be read. While not
+    /// connected only the tracking counts (a reconnect subscribes everything and every room
+    /// catches up).
+    fn note(&mut self, control: Control) -> (Option<(RoomName, bool)>, Option<RoomName>) {
+        let change = match control {
+            Control::Follow(room) => (self.rooms.insert(room.clone()).then(|| (room.clone(), true)), Some(room)),
+            Control::Unfollow(room) => (self.rooms.remove(&room).then_some((room, false)), None),
             Control::Private(user, open) => {
-                self.count_private(&user, open);
+                (self.count_private(&user, open).then(|| (RoomName::private(&user), open)), None)
             }
-        }
+        };
         self.status.set_followed(self.rooms.len() + self.private.len());
+        change
     }
 
     /// Count a private room's holder; true when the room is to be subscribed (`open`) or
@@ -212,31 +214,16 @@ impl Subscriber {
     }
 
     fn control(&mut self, pubsub: &mut redis::PubSub<'_>, control: Control) -> redis::RedisResult<()> {
-        match control {
-            Control::Follow(room) => {
-                if self.rooms.insert(room.clone()) {
-                    pubsub.subscribe(scripts::channel(&room))?;
-                }
-                // Subscribed (Redis answered): the snapshot cannot miss a later message.
-                let _ = self.commands.send(Command::Snapshot(room));
-            }
-            Control::Unfollow(room) => {
-                if self.rooms.remove(&room) {
-                    pubsub.unsubscribe(scripts::channel(&room))?;
-                }
-            }
-            Control::Private(user, open) => {
-                if self.count_private(&user, open) {
-                    let channel = scripts::channel(&RoomName::private(&user));
-                    if open {
-                        pubsub.subscribe(channel)?;
-                    } else {
-                        pubsub.unsubscribe(channel)?;
-                    }
-                }
-            }
+        let (channel, snapshot) = self.note(control);
+        match channel {
+            Some((room, true)) => pubsub.subscribe(scripts::channel(&room))?,
+            Some((room, false)) => pubsub.unsubscribe(scripts::channel(&room))?,
+            None => {}
         }
-        self.status.set_followed(self.rooms.len() + self.private.len());
+        if let Some(room) = snapshot {
+            // Subscribed (Redis answered): the snapshot cannot miss a later message.
+            let _ = self.commands.send(Command::Snapshot(room));
+        }
         Ok(())
     }
 

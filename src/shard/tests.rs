@@ -1239,11 +1239,7 @@ mod cluster {
         sim.send(v, r#"{"op":"join","room":"live"}"#);
         snapshot(&mut sim, "e1", 1..=1);
         sim.received(v);
-        sim.now += 2_000;
-        for s in &mut sim.shards {
-            s.tick(sim.now);
-        }
-        sim.settle();
+        sim.advance(2_000);
         let reported = asked.lock().expect("lock").presence.clone();
         assert_eq!(reported.len(), 1);
         assert_eq!((reported[0].1[0].user.as_ref(), reported[0].1[0].online), ("ann", true));
@@ -1254,11 +1250,7 @@ mod cluster {
             ..Default::default()
         };
         home(&mut sim, Mail::ClusterPresence { room: name(ROOM), report: Box::new(report) });
-        sim.now += 2_000;
-        for s in &mut sim.shards {
-            s.tick(sim.now);
-        }
-        sim.settle();
+        sim.advance(2_000);
         let got = sim.received(v);
         let presence = got.iter().find(|m| m["op"] == "presence").expect("presence");
         assert_eq!(presence["online"], 3);

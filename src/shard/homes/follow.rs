@@ -203,14 +203,12 @@ impl Homes {
         }
         let last = entry.room.seq().0;
         let same_epoch = entry.room.epoch_is(&message.epoch);
-        if name.is_private() {
-            // Nothing to recover for a private room: any newer message is taken.
-            if same_epoch && message.seq <= last {
-                return;
-            }
-        } else if same_epoch && message.seq <= last {
+        if same_epoch && message.seq <= last {
+            // Already applied (a snapshot held it).
             return;
-        } else if !same_epoch || message.seq != last + 1 {
+        }
+        // Nothing to recover for a private room: any newer message is taken.
+        if !name.is_private() && (!same_epoch || message.seq != last + 1) {
             // A gap (a subscription lost and taken again) or another epoch: catch up from a
             // snapshot, keeping what arrives meanwhile.
             entry.follow = Follow::Syncing(vec![message]);
