@@ -129,6 +129,77 @@ fn tls_viewers_speak_the_same_protocol() {
     assert_eq!(b.until_op("event")["data"]["text"], "over tls");
 }
 
+/// A client that speaks plain HTTP to the wss port gets a TLS alert record (content type 21)
+/// that says why, then end of stream; the listener keeps serving TLS viewers.
+#[test]
+fn plain_http_on_the_wss_port_gets_a_tls_alert_and_the_close() {
+    use std::io::{Read, Write};
+    let server = Server::start_tls(&[]);
+    let mut sock = std::net::TcpStream::connect(server.wss.as_deref().expect("wss")).expect("connect");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("read timeout");
+    sock.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut answer = Vec::new();
+    sock.read_to_end(&mut answer).expect("the server closes the connection");
+    assert_eq!(answer.first(), Some(&21), "a TLS alert record: {answer:?}");
+    let mut v = server.tls_viewer("after");
+    assert_eq!(v.join("still")["room"], "still");
+}
+
+/// A socket that writes at most 7 bytes per call (with `TCP_NODELAY`, about a segment each).
+struct Dribble(std::net::TcpStream);
+
+impl std::io::Read for Dribble {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::io::Write for Dribble {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(&buf[..buf.len().min(7)])
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The server owns no TLS buffer per connection: a record that arrives in pieces waits in the
+/// connection's own few bytes. A client that cuts its records to 64 bytes (so its ClientHello
+/// spans several records) and sends them 7 bytes at a time still gets the whole protocol, and
+/// a 3 KB join and a 450-character comment (dozens of records) arrive whole.
+#[test]
+fn a_tls_client_that_sends_small_records_in_pieces_is_understood() {
+    let server = Server::start_tls(&[]);
+    let mut config = (*support::client_tls_config(server.cert_pem.as_deref().expect("cert"), &[])).clone();
+    config.max_fragment_size = Some(64);
+    let addr = server.wss.as_deref().expect("wss");
+    let sock = std::net::TcpStream::connect(addr).expect("connect");
+    sock.set_nodelay(true).expect("nodelay");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("read timeout");
+    let port = addr.rsplit(':').next().expect("port");
+    let url = format!("wss://localhost:{port}/ws?user=drip");
+    let connector = tungstenite::Connector::Rustls(std::sync::Arc::new(config));
+    let (mut ws, response) =
+        tungstenite::client_tls_with_config(url, Dribble(sock), None, Some(connector)).expect("wss upgrade");
+    assert_eq!(response.status(), 101);
+    let next_op = |ws: &mut tungstenite::WebSocket<_>, op: &str| loop {
+        let msg = ws.read().unwrap_or_else(|e| panic!("waiting for {op}: {e}"));
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+            if v["op"] == op {
+                return v;
+            }
+        }
+    };
+    assert_eq!(next_op(&mut ws, "hello")["user"], "drip");
+    ws.send(Message::text(join_padded_to("drops", 3000))).expect("send join");
+    assert_eq!(next_op(&mut ws, "joined")["room"], "drops");
+    let text: String = (0..450).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    ws.send(Message::text(json!({"op": "comment", "room": "drops", "text": text, "ref": 7}).to_string()))
+        .expect("send comment");
+    assert_eq!(next_op(&mut ws, "event")["data"]["text"], text.as_str());
+}
+
 // ---- Added by the integration-test pass: edges a client author runs into. ----
 
 /// `{"op":"join","room":ROOM,"pad":"xxx"}` padded to exactly `len` bytes.

@@ -3,47 +3,108 @@
 //! Everything above this module sees the same two operations, read plaintext into the worker's
 //! scratch buffer and write an [`Outbound`] queue, so the WebSocket code is the same for ws
 //! and wss. Writes are vectored: several queued frames go out in one `writev` (plain) or are
-//! sealed together into as few TLS records as possible (rustls' `write_vectored`).
+//! sealed together into as few TLS records as possible, written in one `writev` with whatever
+//! TLS records were still waiting (a session ticket, a slow reader's rest).
 //!
-//! TLS follows rustls' buffered API as in its `tlsserver-mio` example: `read_tls`,
-//! `process_new_packets` (on error, what is pending, the alert, is still written), drain
-//! `reader()`; write through `writer()` and `write_tls` while `wants_write()`. A write seals
-//! the queued frames before it flushes, so records rustls already holds (the session ticket
-//! made when the client's Finished arrived) leave in the same `writev` as the upgrade's 101
-//! and `hello`: one write per connect fewer (the worker skips its after-read flush when the
-//! read queued a reply).
+//! **TLS uses rustls' unbuffered API, because an idle connection must not hold buffers.** The
+//! buffered `ServerConnection` keeps a 4 KiB read buffer per connection even when nothing is
+//! pending (its deframer resizes it to `READ_SIZE` on every read) and queues of its own for the
+//! records it seals: half of what an idle wss connection cost (8.2 KB against uWS's 5.6 KB;
+//! BENCHMARKS.md, issue 13). With `UnbufferedServerConnection` the caller owns the bytes:
 //!
-//! **What an idle wss connection costs, and why the buffered API stays (for now).** With
-//! rustls 0.23.46 an idle `ServerConnection` holds about 7.5 KiB: 1,168 B inline (boxed here),
-//! the record-layer keys of both directions, small queues, and a 4 KiB read buffer its deframer
-//! keeps even when nothing is pending (`DeframerVecBuffer::prepare_read` resizes it to
-//! `READ_SIZE` on every read). That buffer is half the cost and the one thing between roomcast
-//! and uWS's ~5.6 KB (4 KiB is the aim). rustls 0.23's `rustls::unbuffered` API
-//! (`UnbufferedServerConnection`) would remove it: the caller owns the bytes, so a worker would
-//! decrypt in place in its one scratch buffer and keep per connection only a partial record
-//! (almost always none), and seal straight into the socket's write. Weighed against that:
-//! upstream's main branch removed the unbuffered API in 2026 for a replacement, so a transport
-//! built on it is a rewrite again at the next major version, and it moves the state machine
-//! (handshake flights, `WriteTraffic` vs `TransmitTlsData`, close_notify, key updates, the
-//! alert on error) from rustls into this file, where a mistake is a security bug rather than a
-//! slow path. The buffered API is the one upstream keeps, its `tlsserver-mio` shape is what the
-//! rest of the shell mirrors, and the saving is memory, not CPU (~4 KiB x 100,000 viewers =
-//! 400 MiB per box). So roomcast stays on it and keeps all of TLS behind [`Transport`]: when the
-//! replacement API lands in a release, this file is the only one that changes, and the aim is
-//! the plain transport's idle figure plus the record-layer keys. Nothing in this file may keep
-//! a per-connection buffer of its own in the meantime.
+//! - a worker reads ciphertext into one [`TlsBuffers`] of its own (64 KiB, shared by all its
+//!   connections), rustls decrypts the records there, and the plaintext is copied into the
+//!   worker's read scratch; a connection keeps only the tail of a record that has not fully
+//!   arrived ([`TlsStream::unread`], empty and unallocated almost always);
+//! - queued frames are copied into the worker's staging buffer (up to a record's 16 KiB) and
+//!   sealed into its sealing buffer, one record for many frames, which goes straight to the
+//!   socket; only what the socket does not take stays with the connection
+//!   ([`TlsStream::unsent`], freed once written). The buffered API allocated two chunks per
+//!   write (the plaintext's copy and the record); this path allocates nothing per delivery.
+//!
+//! So an idle wss connection holds the rustls state (keys of both directions, the key
+//! schedule) and the socket, nothing else.
+//!
+//! Weighed against that: upstream's main branch removed the unbuffered API in 2026 for a
+//! replacement, so this file changes again at rustls' next major version (the rest of the
+//! shell does not: all of TLS stays behind [`Transport`]). And the state machine's dispatch
+//! (handshake flights, `WriteTraffic`, close_notify, the alert on error) moves from rustls'
+//! buffered wrapper into this file; what rustls decides (every handshake message, every
+//! record's keys, key updates, what is an error) stays in rustls. The rules this file keeps,
+//! from the API's contract:
+//!
+//! - `discard` bytes leave the front of the incoming bytes before the next
+//!   `process_tls_records`; a connection's `unread` bytes are exactly the front that remains
+//!   (rustls' handshake joiner keeps offsets into it), so every call passes them, the write
+//!   path's too, never an empty slice in their place.
+//! - Handshake records (`EncodeTlsData`) are appended to `unsent` in the order they come and
+//!   marked done at once: they leave, in order, before any application record sealed after them.
+//! - On an error, rustls has queued the alert that explains it: it is encoded and written (best
+//!   effort) before the connection is reported broken.
+//! - A peer's close_notify is end of stream for the reader; our close_notify is sealed by
+//!   [`Transport::shutdown_write`] after our close frame.
+//! - 0-RTT is off in the config ([`crate::tls`]), so early data never arrives; if it did, the
+//!   connection would fail rather than take it.
 //!
 //! Resumption (tickets, the session cache) is configured in [`crate::tls`]; it adds nothing
-//! here: a resumed connection is the same `ServerConnection` with the same idle cost.
+//! here: a resumed connection is the same rustls state with the same idle cost.
 
 use crate::session::outbound::Outbound;
 use mio::net::TcpStream;
-use rustls::ServerConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, UnbufferedStatus, WriteTraffic,
+};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 
 /// Frames handed to one `writev`; Linux accepts up to 1024, a few dozen cover a busy turn.
 const WRITE_SLICES: usize = 64;
+/// The most plaintext one TLS record carries (RFC 8446 5.1).
+const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
+/// The largest record on the wire: header, payload and the expansion TLS 1.2 allows (rustls'
+/// own limit, `MAX_WIRE_SIZE`).
+const MAX_RECORD_WIRE: usize = 5 + MAX_RECORD_PLAINTEXT + 2048;
+/// Ciphertext read at once: several records, and the largest handshake message rustls joins
+/// (64 KiB) fits.
+const TLS_READ_LEN: usize = 64 * 1024;
+/// Records sealed before they are written: with [`MAX_RECORD_WIRE`] of room left past it, so
+/// a record always fits.
+const SEAL_LEN: usize = 32 * 1024;
+/// Handshake calls in a row that make no progress before the connection is given up on: rustls
+/// answers every call with a new state, so a loop that long is a bug, not a peer.
+const MAX_STEPS: usize = 64;
+
+/// A worker's TLS buffers, shared by all its connections (see the module doc). Allocated
+/// zeroed, so a worker without a wss listener never touches their pages.
+pub struct TlsBuffers {
+    incoming: Box<[u8]>,
+    sealed: Box<[u8]>,
+    staging: Vec<u8>,
+}
+
+impl TlsBuffers {
+    /// One worker's buffers.
+    pub fn new() -> Self {
+        Self {
+            incoming: vec![0; TLS_READ_LEN].into_boxed_slice(),
+            sealed: vec![0; SEAL_LEN + MAX_RECORD_WIRE].into_boxed_slice(),
+            staging: Vec::new(),
+        }
+    }
+}
+
+impl Default for TlsBuffers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for TlsBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsBuffers").finish_non_exhaustive()
+    }
+}
 
 /// A viewer connection's bytes. See the module doc.
 #[derive(Debug)]
@@ -54,17 +115,35 @@ pub enum Transport {
     Tls(Box<TlsStream>),
 }
 
-/// A rustls server connection and its socket.
-#[derive(Debug)]
+/// A rustls server connection, its socket, and the bytes the worker's buffers could not keep.
 pub struct TlsStream {
     sock: TcpStream,
-    tls: ServerConnection,
+    tls: UnbufferedServerConnection,
+    /// Ciphertext read but not yet processed: the start of a record still arriving (or of a
+    /// handshake message spanning records). Empty, without an allocation, almost always.
+    unread: Vec<u8>,
+    /// TLS records the socket has not taken yet, oldest first: handshake flights, a ticket,
+    /// the rest of a write a slow reader left. Empty, without an allocation, once written.
+    unsent: Vec<u8>,
+    /// The peer ended the TLS stream (close_notify): reads return end of stream.
+    peer_closed: bool,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("sock", &self.sock)
+            .field("unread", &self.unread.len())
+            .field("unsent", &self.unsent.len())
+            .field("peer_closed", &self.peer_closed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Transport {
     /// Wrap an accepted socket in a new TLS session.
-    pub fn tls(sock: TcpStream, tls: ServerConnection) -> Self {
-        Self::Tls(Box::new(TlsStream { sock, tls }))
+    pub fn tls(sock: TcpStream, tls: UnbufferedServerConnection) -> Self {
+        Self::Tls(Box::new(TlsStream { sock, tls, unread: Vec::new(), unsent: Vec::new(), peer_closed: false }))
     }
 
     /// The socket, for (re)registration with mio.
@@ -75,57 +154,38 @@ impl Transport {
         }
     }
 
-    /// Read plaintext into `buf`. `Ok(0)` is end of stream; `WouldBlock` means try again on
-    /// the next readable event. For TLS this also runs the handshake; call [`Self::flush_tls`]
-    /// afterwards so handshake records go out.
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Read plaintext into `buf` (at least [`MAX_RECORD_PLAINTEXT`] long: a record is never
+    /// split). `Ok(0)` is end of stream; `WouldBlock` means try again on the next readable
+    /// event. For TLS this also runs the handshake; call [`Self::flush_tls`] afterwards so
+    /// handshake records go out.
+    pub fn read(&mut self, buf: &mut [u8], bufs: &mut TlsBuffers) -> io::Result<usize> {
         match self {
             Self::Plain(s) => s.read(buf),
-            Self::Tls(t) => t.read(buf),
+            Self::Tls(t) => t.read(buf, bufs),
         }
     }
 
     /// Write as much of `out` as the socket takes. Returns true when everything (including
-    /// TLS records rustls still held) is written.
-    pub fn write(&mut self, out: &mut Outbound) -> io::Result<bool> {
+    /// TLS records still waiting) is written.
+    pub fn write(&mut self, out: &mut Outbound, bufs: &mut TlsBuffers) -> io::Result<bool> {
         match self {
             Self::Plain(s) => write_plain(s, out),
-            Self::Tls(t) => t.write(out),
+            Self::Tls(t) => t.write(out, bufs),
         }
     }
 
-    /// Write raw bytes that must go out before anything else (the HTTP upgrade response).
-    /// They are small and the socket is fresh, so a short write is treated as an error.
-    pub fn write_all_now(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Self::Plain(s) => {
-                let n = s.write(bytes)?;
-                if n == bytes.len() {
-                    Ok(())
-                } else {
-                    Err(io::Error::new(io::ErrorKind::WriteZero, "short write of the upgrade response"))
-                }
-            }
-            Self::Tls(t) => {
-                t.tls.writer().write_all(bytes)?;
-                t.flush().map(|_| ())
-            }
-        }
-    }
-
-    /// Push out TLS records rustls holds (handshake, alerts). True when nothing is left.
+    /// Push out TLS records still waiting (handshake, alerts). True when nothing is left.
     pub fn flush_tls(&mut self) -> io::Result<bool> {
         match self {
             Self::Plain(_) => Ok(true),
-            Self::Tls(t) => t.flush(),
+            Self::Tls(t) => t.send(&[]),
         }
     }
 
     /// Stop writing: after our close frame, so the peer sees end of stream once it read it.
     pub fn shutdown_write(&mut self) {
         if let Self::Tls(t) = self {
-            t.tls.send_close_notify();
-            let _ = t.flush();
+            t.send_close_notify();
         }
         let _ = self.socket().shutdown(Shutdown::Write);
     }
@@ -146,64 +206,282 @@ fn write_plain(sock: &mut TcpStream, out: &mut Outbound) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Where processing the bytes at hand left a read.
+enum Step {
+    /// The records at hand are used up (or the handshake waits for the peer): read the socket.
+    NeedBytes,
+    /// The plaintext buffer has no room for another record: hand over what it holds.
+    BufferFull,
+    /// The peer closed the TLS stream.
+    PeerClosed,
+    /// rustls refused the peer's bytes.
+    Failed(rustls::Error),
+}
+
 impl TlsStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&mut self, plain: &mut [u8], bufs: &mut TlsBuffers) -> io::Result<usize> {
+        if self.peer_closed {
+            return Ok(0);
+        }
+        let incoming = &mut bufs.incoming[..];
+        let mut filled = self.unread.len();
+        incoming[..filled].copy_from_slice(&self.unread);
+        self.unread = Vec::new();
+        let mut start = 0;
+        let mut got = 0;
+        let mut failed = false;
+        let result = loop {
+            match self.process(&mut incoming[..filled], &mut start, plain, &mut got) {
+                Step::BufferFull => break Ok(got),
+                Step::PeerClosed => {
+                    self.peer_closed = true;
+                    break Ok(got);
+                }
+                Step::Failed(e) => {
+                    failed = true;
+                    break Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+                Step::NeedBytes if got > 0 => break Ok(got),
+                Step::NeedBytes => {
+                    incoming.copy_within(start..filled, 0);
+                    filled -= start;
+                    start = 0;
+                    if filled == incoming.len() {
+                        break Err(io::Error::new(io::ErrorKind::InvalidData, "a TLS message larger than 64 KiB"));
+                    }
+                    match self.sock.read(&mut incoming[filled..]) {
+                        Ok(0) => break Ok(0),
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+        };
+        if start < filled {
+            self.unread = incoming[start..filled].to_vec();
+        }
+        if failed {
+            self.send_alert();
+        }
+        result
+    }
+
+    /// Run rustls over `incoming[*start..]`, copying plaintext to `plain[*got..]` and queueing
+    /// handshake records in `unsent`, until it needs more bytes or something else happens.
+    fn process(&mut self, incoming: &mut [u8], start: &mut usize, plain: &mut [u8], got: &mut usize) -> Step {
         loop {
-            match self.tls.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            if plain.len() - *got < MAX_RECORD_PLAINTEXT {
+                return Step::BufferFull;
             }
-            match self.tls.read_tls(&mut self.sock) {
-                Ok(0) => return Ok(0),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-            if let Err(e) = self.tls.process_new_packets() {
-                // Send the alert that explains the failure before the socket goes.
-                let _ = self.flush();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            let UnbufferedStatus { mut discard, state } = self.tls.process_tls_records(&mut incoming[*start..]);
+            let step = match state {
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => match traffic.next_record() {
+                    Some(Ok(record)) => {
+                        discard += record.discard;
+                        let end = *got + record.payload.len();
+                        match plain.get_mut(*got..end) {
+                            Some(room) => {
+                                room.copy_from_slice(record.payload);
+                                *got = end;
+                                None
+                            }
+                            None => Some(Step::Failed(rustls::Error::General("a record larger than 16 KiB".into()))),
+                        }
+                    }
+                    Some(Err(e)) => Some(Step::Failed(e)),
+                    None => None,
+                },
+                Ok(ConnectionState::EncodeTlsData(mut record)) => match encode(&mut self.unsent, &mut record) {
+                    Ok(()) => None,
+                    Err(e) => Some(Step::Failed(e)),
+                },
+                // The records wait in `unsent`, in order: the flush after this read sends them.
+                Ok(ConnectionState::TransmitTlsData(done)) => {
+                    done.done();
+                    None
+                }
+                Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => Some(Step::NeedBytes),
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Some(Step::PeerClosed),
+                Ok(_) => Some(Step::Failed(rustls::Error::General("unexpected early data".into()))),
+                Err(e) => Some(Step::Failed(e)),
+            };
+            *start += discard;
+            if let Some(step) = step {
+                return step;
             }
         }
     }
 
-    fn write(&mut self, out: &mut Outbound) -> io::Result<bool> {
+    /// Seal queued frames and write them behind the records already waiting.
+    fn write(&mut self, out: &mut Outbound, bufs: &mut TlsBuffers) -> io::Result<bool> {
         loop {
-            // Seal first, then write: records rustls already holds (a session ticket, an
-            // earlier turn's rest) leave in the same `writev` as the new ones.
-            let mut taken = 0;
-            if !out.is_empty() {
-                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
-                let n = out.slices(&mut slices);
-                // rustls seals the slices together into records; it takes less than offered
-                // once its outgoing buffer is full, and the loop flushes before offering more.
-                taken = self.tls.writer().write_vectored(&slices[..n])?;
-                out.advance(taken);
+            let sealed = if self.unsent.len() < SEAL_LEN && !out.is_empty() { self.seal(out, bufs)? } else { 0 };
+            if self.unsent.is_empty() && sealed == 0 {
+                // Nothing to write: everything is out, or rustls holds the plaintext back (a
+                // handshake still running) and the next readable event moves it on.
+                return Ok(out.is_empty());
             }
-            let sealed = self.tls.wants_write();
-            if !self.flush()? {
+            if !self.send(&bufs.sealed[..sealed])? {
                 return Ok(false);
             }
             if out.is_empty() {
                 return Ok(true);
             }
-            if taken == 0 && !sealed {
-                // Nothing taken and nothing to flush: rustls holds the plaintext back (a
-                // handshake still running); the next readable event moves it on.
-                return Ok(false);
-            }
         }
     }
 
-    fn flush(&mut self) -> io::Result<bool> {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut self.sock) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+    /// Seal frames from `out` into `bufs.sealed` (up to [`SEAL_LEN`]), taking them off the
+    /// queue. Returns the sealed length; 0 while the handshake runs.
+    fn seal(&mut self, out: &mut Outbound, bufs: &mut TlsBuffers) -> io::Result<usize> {
+        let TlsBuffers { sealed, staging, .. } = bufs;
+        let mut len = 0;
+        self.with_write_traffic(|traffic| {
+            while !out.is_empty() && len <= SEAL_LEN {
+                // One record for as many frames as fit: most writes are one small frame, and a
+                // batch (an event with presence riding it) is one record, not several.
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let n = out.slices(&mut slices);
+                staging.clear();
+                for slice in &slices[..n] {
+                    let take = slice.len().min(MAX_RECORD_PLAINTEXT - staging.len());
+                    staging.extend_from_slice(&slice[..take]);
+                    if staging.len() == MAX_RECORD_PLAINTEXT {
+                        break;
+                    }
+                }
+                match traffic.encrypt(staging, &mut sealed[len..]) {
+                    Ok(n) => len += n,
+                    Err(EncryptError::InsufficientSize(_)) if len > 0 => break,
+                    Err(e) => return Err(io::Error::other(e)),
+                }
+                out.advance(staging.len());
+            }
+            Ok(())
+        })?;
+        Ok(len)
+    }
+
+    /// Bring rustls to `WriteTraffic` (queueing handshake records it has first, such as the
+    /// answer to a key update) and run `f` there. Returns `None` when the handshake is not
+    /// done yet; an error once the session is closed or broken.
+    fn with_write_traffic<R>(
+        &mut self,
+        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>) -> io::Result<R>,
+    ) -> io::Result<Option<R>> {
+        let mut f = Some(f);
+        for _ in 0..MAX_STEPS {
+            let UnbufferedStatus { discard, state } = self.tls.process_tls_records(&mut self.unread);
+            let result = match state {
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => f.take().map(|f| f(&mut traffic).map(Some)),
+                Ok(ConnectionState::EncodeTlsData(mut record)) => {
+                    encode(&mut self.unsent, &mut record).map_err(io::Error::other)?;
+                    None
+                }
+                Ok(ConnectionState::TransmitTlsData(done)) => {
+                    done.done();
+                    None
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    self.peer_closed = true;
+                    None
+                }
+                // A record the read has not taken yet never waits here (a read runs until the
+                // socket is empty), and a handshake still running waits for the peer.
+                Ok(ConnectionState::BlockedHandshake | ConnectionState::ReadTraffic(_)) => Some(Ok(None)),
+                Ok(ConnectionState::Closed) => {
+                    Some(Err(io::Error::new(io::ErrorKind::BrokenPipe, "the TLS session is closed")))
+                }
+                Ok(_) => Some(Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected early data"))),
+                Err(e) => Some(Err(io::Error::new(io::ErrorKind::InvalidData, e))),
+            };
+            self.unread.drain(..discard);
+            if let Some(result) = result {
+                return result;
             }
         }
-        Ok(true)
+        Err(io::Error::other("the TLS state machine made no progress"))
+    }
+
+    /// Write `unsent`, then `sealed`, in one `writev` as far as the socket takes them; what it
+    /// does not take stays in `unsent`. True when everything is written.
+    fn send(&mut self, sealed: &[u8]) -> io::Result<bool> {
+        let (mut from_unsent, mut from_sealed) = (0, 0);
+        let result = loop {
+            let (a, b) = (&self.unsent[from_unsent..], &sealed[from_sealed..]);
+            if a.is_empty() && b.is_empty() {
+                break Ok(true);
+            }
+            match self.sock.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let taken = n.min(a.len());
+                    from_unsent += taken;
+                    from_sealed += n - taken;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if from_unsent == self.unsent.len() && from_sealed == sealed.len() {
+            self.unsent = Vec::new();
+        } else {
+            self.unsent.drain(..from_unsent);
+            self.unsent.extend_from_slice(&sealed[from_sealed..]);
+        }
+        result
+    }
+
+    /// rustls queued an alert with the error: write it (best effort) before the socket goes.
+    /// (It is taken from rustls over the `unread` bytes, like every call, see the module doc.)
+    fn send_alert(&mut self) {
+        for _ in 0..MAX_STEPS {
+            let UnbufferedStatus { discard, state } = self.tls.process_tls_records(&mut self.unread);
+            let more = match state {
+                Ok(ConnectionState::EncodeTlsData(mut record)) => encode(&mut self.unsent, &mut record).is_ok(),
+                Ok(ConnectionState::TransmitTlsData(done)) => {
+                    done.done();
+                    true
+                }
+                _ => false,
+            };
+            self.unread.drain(..discard);
+            if !more {
+                break;
+            }
+        }
+        let _ = self.send(&[]);
+    }
+
+    /// Seal a close_notify behind everything written so far and send it (best effort).
+    fn send_close_notify(&mut self) {
+        let mut alert = [0u8; 64];
+        if let Ok(Some(n)) =
+            self.with_write_traffic(|traffic| traffic.queue_close_notify(&mut alert).map_err(io::Error::other))
+        {
+            self.unsent.extend_from_slice(&alert[..n]);
+        }
+        let _ = self.send(&[]);
+    }
+}
+
+/// Append a handshake record rustls made to `unsent`.
+fn encode(unsent: &mut Vec<u8>, record: &mut EncodeTlsData<'_, ServerConnectionData>) -> Result<(), rustls::Error> {
+    let at = unsent.len();
+    let need = match record.encode(&mut []) {
+        Ok(_) | Err(EncodeError::AlreadyEncoded) => return Ok(()),
+        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => required_size,
+    };
+    unsent.resize(at + need, 0);
+    match record.encode(&mut unsent[at..]) {
+        Ok(n) => {
+            unsent.truncate(at + n);
+            Ok(())
+        }
+        Err(e) => {
+            unsent.truncate(at);
+            Err(rustls::Error::General(e.to_string()))
+        }
     }
 }

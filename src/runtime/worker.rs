@@ -28,7 +28,7 @@
 
 use super::gate::Gate;
 use super::mesh::{IngestMail, Mesh, WorkerMail};
-use super::transport::Transport;
+use super::transport::{TlsBuffers, Transport};
 use super::{clock_ms, Listener};
 use crate::admission::AcceptPacer;
 use crate::ids::{ConnKey, WorkerId};
@@ -119,6 +119,8 @@ pub struct Worker {
     shard: Shard<Transport>,
     settings: WorkerSettings,
     scratch: Vec<u8>,
+    /// The TLS connections' shared read and sealing buffers (see the transport's module doc).
+    tls_buffers: TlsBuffers,
     /// The shard's dirty list of this turn (kept to reuse its buffer).
     dirty: Vec<ConnKey>,
     shutdown_deadline_ms: Option<u64>,
@@ -170,6 +172,7 @@ impl Worker {
             shard,
             settings,
             scratch: vec![0; SCRATCH_LEN],
+            tls_buffers: TlsBuffers::new(),
             dirty: Vec::new(),
             shutdown_deadline_ms: None,
             draining: None,
@@ -315,7 +318,7 @@ impl Worker {
                 let _ = socket2::SockRef::from(&sock).set_tcp_notsent_lowat(self.settings.socket_unsent_bytes);
             }
             let transport = match (tls, &self.settings.tls, refusal) {
-                (true, Some(cfg), None) => match rustls::ServerConnection::new(Arc::clone(cfg)) {
+                (true, Some(cfg), None) => match rustls::server::UnbufferedServerConnection::new(Arc::clone(cfg)) {
                     Ok(conn) => Transport::tls(sock, conn),
                     Err(e) => {
                         tracing::warn!(error = %e, "TLS session setup failed");
@@ -375,7 +378,7 @@ impl Worker {
     fn read(&mut self, key: ConnKey, now: u64) {
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(io) = self.shard.io_mut(key) {
-            match io.read(&mut scratch) {
+            match io.read(&mut scratch, &mut self.tls_buffers) {
                 Ok(0) => {
                     self.shard.handle_eof(key, now);
                     break;
@@ -470,7 +473,7 @@ impl Worker {
             }
             for &key in &self.dirty {
                 let Some((io, out)) = self.shard.transmit(key) else { continue };
-                let ok = io.write(out).is_ok();
+                let ok = io.write(out, &mut self.tls_buffers).is_ok();
                 self.shard.handle_written(key, ok, now);
             }
             if started.elapsed() >= WRITE_SLICE {
