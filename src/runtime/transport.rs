@@ -127,6 +127,9 @@ pub struct TlsStream {
     unsent: Vec<u8>,
     /// The peer ended the TLS stream (close_notify): reads return end of stream.
     peer_closed: bool,
+    /// This read's last socket read took less than it asked for, and nothing read waits to
+    /// be returned: asking again before the next readable event would get `WouldBlock`.
+    drained: bool,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -143,7 +146,14 @@ impl std::fmt::Debug for TlsStream {
 impl Transport {
     /// Wrap an accepted socket in a new TLS session.
     pub fn tls(sock: TcpStream, tls: UnbufferedServerConnection) -> Self {
-        Self::Tls(Box::new(TlsStream { sock, tls, unread: Vec::new(), unsent: Vec::new(), peer_closed: false }))
+        Self::Tls(Box::new(TlsStream {
+            sock,
+            tls,
+            unread: Vec::new(),
+            unsent: Vec::new(),
+            peer_closed: false,
+            drained: false,
+        }))
     }
 
     /// The socket, for (re)registration with mio.
@@ -162,6 +172,15 @@ impl Transport {
         match self {
             Self::Plain(s) => s.read(buf),
             Self::Tls(t) => t.read(buf, bufs),
+        }
+    }
+
+    /// Whether the read that returned `n` of `asked` bytes emptied the socket (it took less
+    /// than it asked for), so that asking again now would only get `WouldBlock`.
+    pub fn drained(&self, n: usize, asked: usize) -> bool {
+        match self {
+            Self::Plain(_) => n < asked,
+            Self::Tls(t) => t.drained,
         }
     }
 
@@ -224,6 +243,7 @@ impl TlsStream {
             return Ok(0);
         }
         let incoming = &mut bufs.incoming[..];
+        self.drained = false;
         let mut filled = self.unread.len();
         incoming[..filled].copy_from_slice(&self.unread);
         self.unread = Vec::new();
@@ -232,9 +252,15 @@ impl TlsStream {
         let mut failed = false;
         let result = loop {
             match self.process(&mut incoming[..filled], &mut start, plain, &mut got) {
-                Step::BufferFull => break Ok(got),
+                // Whole records may still wait in `unread`, and the end of stream must still be
+                // returned: the caller asks again.
+                Step::BufferFull => {
+                    self.drained = false;
+                    break Ok(got);
+                }
                 Step::PeerClosed => {
                     self.peer_closed = true;
+                    self.drained = false;
                     break Ok(got);
                 }
                 Step::Failed(e) => {
@@ -242,6 +268,7 @@ impl TlsStream {
                     break Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
                 Step::NeedBytes if got > 0 => break Ok(got),
+                Step::NeedBytes if self.drained => break Err(io::ErrorKind::WouldBlock.into()),
                 Step::NeedBytes => {
                     incoming.copy_within(start..filled, 0);
                     filled -= start;
@@ -251,7 +278,10 @@ impl TlsStream {
                     }
                     match self.sock.read(&mut incoming[filled..]) {
                         Ok(0) => break Ok(0),
-                        Ok(n) => filled += n,
+                        Ok(n) => {
+                            self.drained = filled + n < incoming.len();
+                            filled += n;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => break Err(e),
                     }

@@ -154,6 +154,9 @@ impl Worker {
     ) -> io::Result<Self> {
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry().register(&mut l.socket, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            if ACCEPTED_SOCKETS_INHERIT_OPTIONS {
+                set_viewer_socket_options(socket2::SockRef::from(&l.socket), settings.socket_unsent_bytes);
+            }
         }
         let pacer = (settings.accept_rate > 0).then(|| AcceptPacer::new(settings.accept_rate, clock_ms()));
         let mut shard = Shard::new(id, shard_cfg);
@@ -210,7 +213,7 @@ impl Worker {
                     Token(t) => {
                         let key = ConnKey(t);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(key, now);
+                            self.read(key, event.is_read_closed() || event.is_error(), now);
                         }
                         if event.is_writable() {
                             self.shard.handle_writable(key);
@@ -309,13 +312,8 @@ impl Worker {
             if let Some(refusal) = refusal {
                 tracing::debug!(worker = %self.id, %peer, %refusal, "connection refused");
             }
-            let _ = sock.set_nodelay(true);
-            if self.settings.socket_unsent_bytes > 0 {
-                // The kernel's share of a slow consumer's backlog, bounded (and counted in the
-                // budget: `LimitsConfig::queue_budget`). A failure leaves the kernel's own
-                // limit, which only a non-Linux kernel would refuse: not worth refusing the
-                // viewer for.
-                let _ = socket2::SockRef::from(&sock).set_tcp_notsent_lowat(self.settings.socket_unsent_bytes);
+            if !ACCEPTED_SOCKETS_INHERIT_OPTIONS {
+                set_viewer_socket_options(socket2::SockRef::from(&sock), self.settings.socket_unsent_bytes);
             }
             let transport = match (tls, &self.settings.tls, refusal) {
                 (true, Some(cfg), None) => match rustls::server::UnbufferedServerConnection::new(Arc::clone(cfg)) {
@@ -375,7 +373,13 @@ impl Worker {
     }
 
     /// Read everything the socket has and hand it to the shard.
-    fn read(&mut self, key: ConnKey, now: u64) {
+    ///
+    /// A read that returned less than it asked for took everything the socket held, so the
+    /// loop stops there instead of asking again for a `WouldBlock` (one `recvfrom` fewer per
+    /// readable event; more data makes a new edge). Not when the event also says the peer
+    /// closed (`until_empty`): its end of stream, which may have come with the data, is only
+    /// seen by reading on to it.
+    fn read(&mut self, key: ConnKey, until_empty: bool, now: u64) {
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(io) = self.shard.io_mut(key) {
             match io.read(&mut scratch, &mut self.tls_buffers) {
@@ -383,7 +387,13 @@ impl Worker {
                     self.shard.handle_eof(key, now);
                     break;
                 }
-                Ok(n) => self.shard.handle_bytes(key, &mut scratch[..n], now),
+                Ok(n) => {
+                    let drained = !until_empty && io.drained(n, scratch.len());
+                    self.shard.handle_bytes(key, &mut scratch[..n], now);
+                    if drained {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -489,12 +499,33 @@ impl Worker {
                 io.shutdown_write();
             }
         }
-        while let Some((key, mut io)) = self.shard.poll_gone() {
-            let _ = self.poll.registry().deregister(io.socket());
+        // Closing the socket (dropping `_io`) takes it out of the poll: epoll forgets a file
+        // description when its last descriptor closes, and nothing here duplicates one. No
+        // `epoll_ctl(DEL)` first, one syscall fewer per connection.
+        while let Some((key, _io)) = self.shard.poll_gone() {
             if !self.refused.remove(&key.0) {
                 self.settings.gate.release(self.peers.remove(&key.0));
             }
         }
+    }
+}
+
+/// Whether an accepted socket starts with its listener's `TCP_NODELAY` and
+/// `TCP_NOTSENT_LOWAT`: Linux clones the listener's TCP state into the accepted socket, so the
+/// worker sets them once on its listeners, not twice per connection (two syscalls of a wss
+/// connect's ~30; `tests/slow_consumer.rs` sees the unsent bound take effect). Elsewhere, per
+/// accepted socket.
+const ACCEPTED_SOCKETS_INHERIT_OPTIONS: bool = cfg!(target_os = "linux");
+
+/// A viewer socket writes each frame at once (no Nagle delay: the batching window already
+/// groups them), and the kernel's share of a slow consumer's backlog is bounded (and counted in
+/// the budget: `LimitsConfig::queue_budget`; 0 leaves the kernel's own limit). A failure leaves
+/// the kernel's defaults, which only a non-Linux kernel would refuse: not worth refusing
+/// viewers for.
+fn set_viewer_socket_options(sock: socket2::SockRef<'_>, unsent_bytes: u32) {
+    let _ = sock.set_tcp_nodelay(true);
+    if unsent_bytes > 0 {
+        let _ = sock.set_tcp_notsent_lowat(unsent_bytes);
     }
 }
 
@@ -506,6 +537,25 @@ mod tests {
     /// its size must not creep up unnoticed. (It holds one outbound frame inline, which makes a
     /// delivery to an idle connection allocation-free, the frame reader, and the guard: the
     /// identity and the rate-limit buckets, 24 bytes, which took it from 208 to 224.)
+    /// What `ACCEPTED_SOCKETS_INHERIT_OPTIONS` relies on, on this kernel: an accepted socket
+    /// has the options the worker gives its listeners (or sets on each socket elsewhere).
+    #[test]
+    fn accepted_viewer_sockets_have_nodelay_and_the_unsent_bound() {
+        let listener = mio::net::TcpListener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        if ACCEPTED_SOCKETS_INHERIT_OPTIONS {
+            set_viewer_socket_options(socket2::SockRef::from(&listener), 48 * 1024);
+        }
+        let _client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        // connect() returned: the handshake is done and the connection waits in the backlog.
+        let (sock, _) = listener.accept().expect("accept");
+        if !ACCEPTED_SOCKETS_INHERIT_OPTIONS {
+            set_viewer_socket_options(socket2::SockRef::from(&sock), 48 * 1024);
+        }
+        let sock = socket2::SockRef::from(&sock);
+        assert!(sock.tcp_nodelay().expect("TCP_NODELAY"));
+        assert_eq!(sock.tcp_notsent_lowat().expect("TCP_NOTSENT_LOWAT"), 48 * 1024);
+    }
+
     #[test]
     fn a_connection_slot_stays_small() {
         assert!(size_of::<crate::shard::Conn<Transport>>() <= 224, "{}", size_of::<crate::shard::Conn<Transport>>());
