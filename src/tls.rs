@@ -60,7 +60,7 @@
 //! sockets (`benches/wss_storm.sh`) see BENCHMARKS.md.
 //!
 //! Memory per idle TLS connection is a budget (DESIGN.md): nothing here keeps per-connection
-//! state (tickets are stateless); what a connection holds is rustls' own, see
+//! state (tickets are stateless); a connection holds rustls' session state and no buffer, see
 //! [`crate::runtime::transport`].
 //!
 //! Errors name the file and say what is wrong with it; an OS or rustls cause is the error's
