@@ -5,21 +5,32 @@
 //! `process_new_packets`, `write_tls`), in this thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`,
 //! so other processes on a shared machine do not inflate it), so the figure is what one server
 //! core spends on the handshake itself, before any upgrade, hello or socket work. The
-//! primitives underneath (ring's signatures and key agreements) are timed alone as well. It compares the certificate
-//! (ECDSA P-256 as `gen-cert` makes it, Ed25519; any other PEM pair with `--pem CERT KEY`, e.g.
-//! an RSA-2048 one from `openssl req -x509 -newkey rsa:2048 -nodes ...`), the key exchange the
-//! client offers (X25519, secp256r1) and full against resumed handshakes (a session ticket from
-//! the previous one).
+//! primitives underneath (the provider's signatures and key agreements, called through rustls'
+//! `CryptoProvider` as a handshake calls them) are timed alone as well. It compares the
+//! certificate (ECDSA P-256 as `gen-cert` makes it, Ed25519; any other PEM pair with
+//! `--pem CERT KEY`, e.g. an RSA-2048 one from `openssl req -x509 -newkey rsa:2048 -nodes ...`),
+//! the key exchange the client offers (X25519, secp256r1) and full against resumed handshakes
+//! (a session ticket from the previous one). `--provider ring|aws-lc` picks the server's
+//! crypto provider (default: the one `roomcast serve` uses, [`roomcast::tls::Crypto::SERVER`]);
+//! the client is always ring, and its work is not timed.
+//!
+//! `--hold N` measures memory instead: N full handshakes (P-256, X25519), each followed by a
+//! small request and reply as an upgrade makes, with every server connection kept and every
+//! client dropped; it prints the malloc heap in use (glibc's `mallinfo2`, which counts the C
+//! allocations of aws-lc as well as Rust's) and the RSS grown per held connection.
 //!
 //! ```sh
 //! cargo run --release --example tls_handshake_cost [-- --rounds 2000] [-- --pem cert.pem key.pem]
+//! cargo run --release --example tls_handshake_cost -- --provider ring --hold 2000
 //! ```
 //!
 //! It prints one line per case: microseconds of server CPU per handshake (the median of five
 //! batches) and handshakes per server core-second, then one line per primitive.
 
-use rustls::crypto::{ring as provider, CryptoProvider, SupportedKxGroup};
+use roomcast::tls::Crypto;
+use rustls::crypto::{ring as client_provider, CryptoProvider, SupportedKxGroup};
 use rustls::pki_types::ServerName;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +71,7 @@ fn generated(
 
 /// A client trusting `identity`, offering only `kx`, resuming or not.
 fn client(identity: &Identity, kx: &'static dyn SupportedKxGroup, resume: bool) -> Arc<rustls::ClientConfig> {
-    let provider = CryptoProvider { kx_groups: vec![kx], ..provider::default_provider() };
+    let provider = CryptoProvider { kx_groups: vec![kx], ..client_provider::default_provider() };
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut identity.cert_pem.as_bytes()).flatten() {
         let _ = roots.add(cert);
@@ -154,41 +165,113 @@ fn per_call(rounds: usize, mut op: impl FnMut()) -> f64 {
     batches[BATCHES / 2]
 }
 
-/// What a handshake is made of, alone: the server's signature (full handshakes only) and its
-/// half of the key agreement (every handshake, resumed too).
-fn primitives(rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
-    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, ECDH_P256, X25519};
-    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
-    let rng = ring::rand::SystemRandom::new();
+/// What a handshake is made of, alone, through the provider's rustls interface: the server's
+/// signature (full handshakes only) and its half of the key agreement (every handshake).
+fn primitives(crypto: Crypto, identities: &[Identity], rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
+    use rustls::SignatureScheme;
+    let provider = crypto.provider();
     let message = [7u8; 130]; // about what TLS 1.3 signs: 64 spaces, a context string, a hash
-    let p256 = EcdsaKeyPair::from_pkcs8(
-        &ECDSA_P256_SHA256_ASN1_SIGNING,
-        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).map_err(|_| "p256 key")?.as_ref(),
-        &rng,
-    )
-    .map_err(|_| "p256 key")?;
-    let ed = Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "ed25519 key")?.as_ref())
-        .map_err(|_| "ed25519 key")?;
-    let sign_p256 = per_call(rounds, || {
-        let _ = p256.sign(&rng, &message);
-    });
-    let sign_ed = per_call(rounds, || {
-        let _ = ed.sign(&message);
-    });
-    println!("sign         ecdsa-p256          {sign_p256:>7.1} us");
-    println!("sign         ed25519             {sign_ed:>7.1} us");
-    for (name, alg) in [("x25519", &X25519), ("secp256r1", &ECDH_P256)] {
-        // The peer's share, made once: the server generates its own and agrees, per handshake.
-        let peer =
-            EphemeralPrivateKey::generate(alg, &rng).map_err(|_| "key")?.compute_public_key().map_err(|_| "key")?;
-        let peer = peer.as_ref().to_vec();
+    for identity in identities {
+        let key_der = rustls_pemfile::private_key(&mut &std::fs::read(&identity.key)?[..])?.ok_or("no key")?;
+        let key = provider.key_provider.load_private_key(key_der)?;
+        let schemes =
+            [SignatureScheme::ECDSA_NISTP256_SHA256, SignatureScheme::ED25519, SignatureScheme::RSA_PSS_SHA256];
+        let signer = key.choose_scheme(&schemes).ok_or("no signature scheme for the key")?;
         let us = per_call(rounds, || {
-            let Ok(mine) = EphemeralPrivateKey::generate(alg, &rng) else { return };
-            let _ = mine.compute_public_key();
-            let _ = agree_ephemeral(mine, &ring::agreement::UnparsedPublicKey::new(alg, &peer), |k| k.len());
+            let _ = signer.sign(&message);
+        });
+        println!("sign         {:<19} {us:>7.1} us", identity.name);
+    }
+    // The hybrid post-quantum group only aws-lc-rs has, which the server leaves out.
+    for name in ["x25519", "secp256r1", "x25519mlkem768"] {
+        let Some(&group) = provider.kx_groups.iter().find(|g| format!("{:?}", g.name()).eq_ignore_ascii_case(name))
+        else {
+            continue;
+        };
+        // The peer's share, made once: the server generates its own and agrees, per handshake.
+        let peer = group.start()?.pub_key().to_vec();
+        let us = per_call(rounds, || {
+            let _ = group.start_and_complete(&peer);
         });
         println!("key exchange {name:<19} {us:>7.1} us (generate, public key, agree)");
     }
+    Ok(())
+}
+
+/// Heap bytes in use (glibc malloc, Rust's and C's allocations alike) and the RSS, in bytes.
+#[allow(unsafe_code)]
+fn heap_and_rss() -> (usize, usize) {
+    // SAFETY: mallinfo2 takes no arguments and returns a struct by value.
+    let info = unsafe { libc::mallinfo2() };
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    (info.uordblks + info.hblkhd, pages * 4096)
+}
+
+/// One full handshake and a small request and reply; the server connection, established.
+fn established(
+    client_cfg: &Arc<rustls::ClientConfig>,
+    server_cfg: &Arc<rustls::ServerConfig>,
+) -> rustls::ServerConnection {
+    let name = ServerName::try_from("localhost").expect("a valid name");
+    let mut client = rustls::ClientConnection::new(Arc::clone(client_cfg), name).expect("client");
+    let mut server = rustls::ServerConnection::new(Arc::clone(server_cfg)).expect("server");
+    client.writer().write_all(&[b'G'; 200]).expect("request");
+    let mut got = [0u8; 200];
+    let mut buf = Vec::new();
+    for _ in 0..8 {
+        buf.clear();
+        while client.wants_write() {
+            client.write_tls(&mut buf).expect("client out");
+        }
+        let mut input = &buf[..];
+        while !input.is_empty() {
+            server.read_tls(&mut input).expect("server in");
+            server.process_new_packets().expect("server ok");
+        }
+        if server.reader().read_exact(&mut got).is_ok() {
+            server.writer().write_all(&[b'H'; 150]).expect("reply");
+        }
+        buf.clear();
+        while server.wants_write() {
+            server.write_tls(&mut buf).expect("server out");
+        }
+        let mut input = &buf[..];
+        while !input.is_empty() {
+            client.read_tls(&mut input).expect("client in");
+            client.process_new_packets().expect("client ok");
+        }
+        let mut reply = [0u8; 150];
+        if client.reader().read_exact(&mut reply).is_ok() {
+            break;
+        }
+    }
+    assert!(!server.is_handshaking(), "the handshake completed");
+    server
+}
+
+/// Heap and RSS per established server connection, `n` of them held.
+fn hold(crypto: Crypto, identity: &Identity, n: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let server_cfg = roomcast::tls::server_config_with(crypto, &identity.cert, &identity.key, Default::default())?;
+    let client_cfg = client(identity, client_provider::kx_group::X25519, false);
+    for _ in 0..100 {
+        drop(established(&client_cfg, &server_cfg)); // warm up what is made once
+    }
+    let mut held = Vec::with_capacity(n);
+    let (heap0, rss0) = heap_and_rss();
+    for _ in 0..n {
+        held.push(established(&client_cfg, &server_cfg));
+    }
+    let (heap1, rss1) = heap_and_rss();
+    let inline = size_of::<rustls::ServerConnection>();
+    println!(
+        "{crypto:?}: {n} established server connections held: heap {:.0} B each beyond the {inline} B \
+         ServerConnection itself ({:.0} B in all), RSS {:.0} B each (the Vec was reserved before)",
+        (heap1 as f64 - heap0 as f64) / n as f64,
+        (heap1 as f64 - heap0 as f64) / n as f64 + inline as f64,
+        rss1.saturating_sub(rss0) as f64 / n as f64,
+    );
+    drop(held);
     Ok(())
 }
 
@@ -201,6 +284,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(1000);
+    let crypto = match args.iter().position(|a| a == "--provider").map(|i| args.get(i + 1).map(String::as_str)) {
+        None => Crypto::SERVER,
+        Some(Some("ring")) => Crypto::Ring,
+        Some(Some("aws-lc")) => Crypto::AwsLc,
+        Some(_) => return Err("--provider ring|aws-lc".into()),
+    };
     let dir = std::env::temp_dir().join(format!("roomcast-tls-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut identities = vec![
@@ -216,12 +305,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cert_pem: std::fs::read_to_string(cert)?,
         });
     }
+    if let Some(n) = args.iter().position(|a| a == "--hold").and_then(|i| args.get(i + 1)) {
+        hold(crypto, &identities[0], n.parse()?)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     let kx_groups: [(&str, &'static dyn SupportedKxGroup); 2] =
-        [("x25519", provider::kx_group::X25519), ("secp256r1", provider::kx_group::SECP256R1)];
-    println!("server CPU per TLS 1.3 handshake, in memory, median of {BATCHES} batches of {rounds}");
+        [("x25519", client_provider::kx_group::X25519), ("secp256r1", client_provider::kx_group::SECP256R1)];
+    println!("server CPU per TLS 1.3 handshake ({crypto:?}), in memory, median of {BATCHES} batches of {rounds}");
     for identity in &identities {
-        let server_cfg =
-            roomcast::tls::server_config(&identity.cert, &identity.key, roomcast::tls::Resumption::default())?;
+        let server_cfg = roomcast::tls::server_config_with(crypto, &identity.cert, &identity.key, Default::default())?;
         for (kx_name, kx) in kx_groups {
             for resume in [false, true] {
                 let us = measure(&client(identity, kx, resume), &server_cfg, rounds, resume);
@@ -235,7 +328,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    println!(
+        "server CPU per primitive ({crypto:?}, through rustls' provider), median of {BATCHES} batches of {rounds}"
+    );
+    let primitives = primitives(crypto, &identities, rounds);
     let _ = std::fs::remove_dir_all(&dir);
-    println!("server CPU per primitive (ring), median of {BATCHES} batches of {rounds}");
-    primitives(rounds)
+    primitives
 }

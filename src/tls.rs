@@ -1,4 +1,4 @@
-//! TLS setup for the `wss` listener (rustls with the `ring` provider) and self-signed
+//! TLS setup for the `wss` listener (rustls with the `aws-lc-rs` provider) and self-signed
 //! certificates for tests and local use (`roomcast gen-cert`, via rcgen).
 //!
 //! **Resumption is on by default**, because a reconnect storm is where a push tier pays for
@@ -7,19 +7,19 @@
 //! - TLS 1.3 tickets ([`Resumption::tickets`], `wss.session_tickets`, default 1, where rustls
 //!   and OpenSSL send 2: each ticket costs the server about 5 us of a ~135 us wss connect,
 //!   and a reconnect uses one and gets a fresh one, so one keeps every viewer resuming;
-//!   `benches/wss_storm.sh` 2026-12-01, server on one core, medians: 135 us per full connect
-//!   with 1 ticket (126-140, 5 runs), 138 with 2 (133-147, 5 runs); resumed 118 us (116-119)
-//!   against 125 (123-147); in memory 80 us against 85 per full handshake). Stateless:
-//!   sealed with ChaCha20-Poly1305 under a key that lives only in this process and rotates
-//!   every 6 hours (rustls' ring `Ticketer`, a 12 hour ticket life). One key
-//!   for every worker (one `ServerConfig`, shared by `Arc`), because `SO_REUSEPORT` sends a
-//!   reconnect to any worker; rustls takes a read lock on the key per ticket sealed or opened,
-//!   only in handshakes, never on the delivery path. A ticket costs the server nothing while the
-//!   connection lives: it is written once after the handshake and forgotten. Tickets are sent
-//!   after resumed handshakes too, so a viewer that reconnects again resumes again. A restart
-//!   makes every ticket unreadable: the storm after a restart is one of full handshakes.
-//!   0-RTT early data stays off (`max_early_data_size = 0`): a replayed `join` or `comment` is
-//!   not harmless, and the upgrade needs a round trip anyway.
+//!   `benches/wss_storm.sh` 2026-12-01, ring then, server on one core, medians: 135 us per full
+//!   connect with 1 ticket (126-140, 5 runs), 138 with 2 (133-147, 5 runs); resumed 118 us
+//!   (116-119) against 125 (123-147); in memory 80 us against 85 per full handshake).
+//!   Stateless: sealed with AES-256-CBC and HMAC-SHA256 under a key that lives only in this
+//!   process and rotates every 6 hours (rustls' aws-lc-rs `Ticketer`, a 12 hour ticket life).
+//!   One key for every worker (one `ServerConfig`, shared by `Arc`), because `SO_REUSEPORT`
+//!   sends a reconnect to any worker; rustls takes a read lock on the key per ticket sealed or
+//!   opened, only in handshakes, never on the delivery path. A ticket costs the server nothing
+//!   while the connection lives: it is written once after the handshake and forgotten. Tickets
+//!   are sent after resumed handshakes too, so a viewer that reconnects again resumes again. A
+//!   restart makes every ticket unreadable: the storm after a restart is one of full
+//!   handshakes. 0-RTT early data stays off (`max_early_data_size = 0`): a replayed `join` or
+//!   `comment` is not harmless, and the upgrade needs a round trip anyway.
 //! - A bounded server-side session cache ([`Resumption::cache_entries`], `wss.session_cache`,
 //!   default 4,096 entries of a few hundred bytes: at most ~1.5 MiB) for TLS 1.2 clients that
 //!   resume by session id rather than ticket. It is rustls' `ServerSessionMemoryCache` (one
@@ -27,37 +27,66 @@
 //!
 //! A resumed TLS 1.3 handshake still runs an ephemeral key exchange (rustls only accepts
 //! `psk_dhe_ke`), so it keeps forward secrecy; what it saves is the certificate signature on
-//! the server and the chain verification on the client. On the server that is little: the key
-//! exchange is half of a handshake and stays (2026-12-01, this machine's core, measured by
-//! `cargo run --release --example tls_handshake_cost`: 80 us of server CPU per full TLS 1.3
-//! handshake in memory, 72 us resumed, with one ticket each (85 and 76 with two); over sockets
-//! with the upgrade and hello, `benches/wss_storm.sh`, medians 135 us full and 118 us
-//! resumed). Resumption pays on the client (no certificate chain to verify) more than on the
-//! server; without 0-RTT it saves no round trip.
+//! the server and the chain verification on the client: ~9 us of the server's ~50 (below).
+//! Resumption pays on the client (no certificate chain to verify) more than on the server;
+//! without 0-RTT it saves no round trip.
 //!
-//! **The cheapest certificate and key exchange**, from the same example (ring 0.17, thread CPU
-//! per call, two runs): the server signs once per full handshake and agrees on a key once per
-//! handshake.
-//! - Certificate: ECDSA P-256, what `gen-cert` makes (rcgen's default): 11.6-12.3 us a
-//!   signature, less than Ed25519's 15.7-16.6 us in ring, and the one every browser and public
-//!   CA supports (no browser accepts an Ed25519 server certificate). RSA-2048 is not measured
-//!   here (ring cannot generate one; `--pem` takes any pair) and is known to sign far slower.
-//! - Key exchange: X25519 (40-42 us to generate, derive the public key and agree) against
-//!   secp256r1's 36.5-39 us: ring's P-256 assembly is as fast here, but X25519 is what every
-//!   client sends its first key share for (Chrome's hybrid X25519MLKEM768 share comes with a plain
-//!   X25519 one), so preferring anything else would cost a `HelloRetryRequest` round trip and a
-//!   second share. rustls' ring provider prefers X25519; roomcast keeps its order.
+//! **The cheapest provider: aws-lc-rs** (rustls' default; [`Crypto::SERVER`]), over ring
+//! (roomcast's first, still what the clients in tests and the loadgen use, and what
+//! `crate::auth` and rcgen use). Its X25519 costs half of ring's, and the key exchange is in
+//! every handshake, resumed too; its DRBG makes no `getrandom` call per connect where ring's
+//! `SystemRandom` made 6 (`strace -c` through a storm). 2026-12-01 15:44-15:46, this machine,
+//! load 2.2-3.0 from another engineer's builds, `taskset -c 0
+//! target/release/examples/tls_handshake_cost --rounds 1000 --provider ring|aws-lc`,
+//! alternating, five runs each, medians of thread CPU
+//! (ranges in brackets):
+//!
+//! | server side, in memory | ring 0.17.14 | aws-lc-rs 1.19 (aws-lc-sys 0.47) |
+//! |---|---|---|
+//! | full TLS 1.3 handshake, P-256 certificate, X25519 | 65.5 us (65.1-71.9) | 49.9 us (49.8-51.2) |
+//! | resumed (ticket), X25519 | 56.4 us (55.5-58.8) | 40.9 us (40.5-44.9) |
+//! | X25519 alone (generate, public key, agree) | 41.5 us | 21.1 us |
+//! | ECDSA P-256 signature alone | 12.0 us | 10.9 us |
+//! | heap per established connection (`--hold 2000`) | 7,600 B | 7,780 B |
+//!
+//! Over sockets (`benches/wss_storm.sh`, 10,000 connects, TLS 1.3 handshake + upgrade +
+//! hello, server core 0, loadgen core 1, the two builds alternating, five rounds, 15:48-15:50):
+//! full connects 116 -> 108 us of server CPU (medians; 8,621 -> 9,259 per server CPU-second),
+//! resumed 102 -> 83 us (9,804 -> 12,048). The cost: aws-lc-sys builds its C with the `cc`
+//! crate and gcc (no cmake, nasm, Go or bindgen on x86_64 Linux; about 50 s of one core added
+//! to a clean build), the release binary grows by ~3.4 MB stripped, and an established
+//! connection holds ~180 B more heap (AWS-LC `malloc`s each direction's `EVP_AEAD_CTX`;
+//! counted with glibc's `mallinfo2`, as the example's `--hold` does), ~264 B more RSS per idle
+//! wss connection in the server (8,188 -> 8,452 B, `TLS=1 benches/loadgen.sh 1 idle --conns
+//! 10000 --rooms 100 --duration 2`, three runs each, medians). ring stays linked for the rest.
+//!
+//! **The cheapest certificate and key exchange**, from the same runs: the server signs once per
+//! full handshake and agrees on a key once per handshake.
+//! - Certificate: ECDSA P-256, what `gen-cert` makes (rcgen's default): 10.9 us a signature.
+//!   Ed25519 signs in 5.7 us in aws-lc-rs (16.5 in ring), but no browser accepts an Ed25519
+//!   server certificate, and P-256 is the one every browser and public CA supports. RSA-2048 is
+//!   not measured here (rcgen cannot generate one; `--pem` takes any pair) and is known to sign
+//!   far slower.
+//! - Key exchange: X25519 (21.1 us to generate, derive the public key and agree) against
+//!   secp256r1's 35.7 us. X25519 is also what every client sends its first key share for, so
+//!   the server keeps it first. The groups are ring's three (X25519, secp256r1, secp384r1):
+//!   aws-lc-rs's hybrid post-quantum `X25519MLKEM768` (33.0 us, one run) is left out, because
+//!   rustls takes the first group of the client's list it supports and browsers list the hybrid
+//!   first (sending a plain X25519 share with it), so enabling it would put +12 us on every
+//!   browser handshake (still less than ring's plain X25519) and ~1 KiB on the server's first
+//!   flight. Turning it on is one line in [`Crypto`]'s `server_provider`: a security choice,
+//!   not made here.
 //!
 //! **The cheapest cipher suite**: the server picks `TLS13_AES_128_GCM_SHA256` (and its TLS 1.2
 //! ECDHE counterparts) whatever the client's order (`ignore_client_order`). Its key schedule
 //! and transcript hash are SHA-256, which x86 and ARM cores run in hardware (SHA-NI, the ARMv8
-//! crypto extensions), where `AES_256_GCM_SHA384` (first in rustls' and ring's order, and so
-//! what a rustls client such as the loadgen asks for) hashes with SHA-384 in software: a
-//! profile of a wss storm showed `sha512_block_data_order_nohw` at 9% of the server's CPU. AES-128
-//! also seals each record in 10 rounds instead of 14, and is the 128-bit security level of the
-//! P-256 certificate and the X25519 exchange (browsers offer it first anyway). 2026-12-01, this
-//! machine, alternating: in memory 84.4 / 81.9 -> 74.1 / 69.7 us per full handshake; over
-//! sockets (`benches/wss_storm.sh`) see BENCHMARKS.md.
+//! crypto extensions), where `AES_256_GCM_SHA384` (first in rustls' order, and so what a
+//! rustls client such as the loadgen asks for) hashes with SHA-384 in software: a profile of a
+//! wss storm showed `sha512_block_data_order_nohw` at 9% of the server's CPU. AES-128 also
+//! seals each record in 10 rounds instead of 14, and is the 128-bit security level of the
+//! P-256 certificate and the X25519 exchange (browsers offer it first anyway). 2026-12-01,
+//! this machine, ring, alternating: in memory 84.4 / 81.9 -> 74.1 / 69.7 us per full
+//! handshake; over sockets (`benches/wss_storm.sh`) see BENCHMARKS.md.
 //!
 //! Memory per idle TLS connection is a budget (DESIGN.md): nothing here keeps per-connection
 //! state (tickets are stateless); a connection holds rustls' session state and no buffer, see
@@ -67,6 +96,7 @@
 //! `source()`, never repeated in its message, so a printed chain shows each cause once.
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::NamedGroup;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -105,22 +135,56 @@ fn pem_err(path: &Path, message: impl Into<String>) -> TlsError {
     TlsError::Pem { path: path.display().to_string(), message: message.into() }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// A rustls crypto provider roomcast is built with. The server uses [`Crypto::SERVER`] (see
+/// the module doc, "the cheapest provider"); the clients (tests, loadgen) use ring, and
+/// `examples/tls_handshake_cost.rs --provider` compares the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crypto {
+    /// aws-lc-rs (AWS-LC), rustls' default provider.
+    AwsLc,
+    /// ring.
+    Ring,
 }
 
-/// The server's provider: ring's suites with the AES-128-GCM / SHA-256 ones first (see the
-/// module doc, "the cheapest cipher suite").
-fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let mut provider = rustls::crypto::ring::default_provider();
-    // A stable sort keeps ring's order among the rest (AES-256 before ChaCha20).
-    provider.cipher_suites.sort_by_key(|suite| match suite.suite() {
-        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
-        | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-        | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
-        _ => 1,
-    });
-    Arc::new(provider)
+impl Crypto {
+    /// The server's provider.
+    pub const SERVER: Self = Self::AwsLc;
+
+    /// The provider with its default suites, key exchange groups and key loading.
+    pub fn provider(self) -> rustls::crypto::CryptoProvider {
+        match self {
+            Self::AwsLc => rustls::crypto::aws_lc_rs::default_provider(),
+            Self::Ring => rustls::crypto::ring::default_provider(),
+        }
+    }
+
+    /// The provider's session ticket sealer (see the module doc, "tickets").
+    fn ticketer(self) -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+        match self {
+            Self::AwsLc => rustls::crypto::aws_lc_rs::Ticketer::new(),
+            Self::Ring => rustls::crypto::ring::Ticketer::new(),
+        }
+    }
+
+    /// The server's provider: these suites with the AES-128-GCM / SHA-256 ones first (see the
+    /// module doc, "the cheapest cipher suite").
+    fn server_provider(self) -> Arc<rustls::crypto::CryptoProvider> {
+        let mut provider = self.provider();
+        // ring's groups, X25519 first (see the module doc, "the cheapest certificate and key
+        // exchange"): aws-lc-rs's hybrid X25519MLKEM768 stays out, because rustls takes the
+        // first group in the client's list that it supports, and browsers list that one first.
+        provider
+            .kx_groups
+            .retain(|group| matches!(group.name(), NamedGroup::X25519 | NamedGroup::secp256r1 | NamedGroup::secp384r1));
+        // A stable sort keeps the provider's order among the rest (AES-256 before ChaCha20).
+        provider.cipher_suites.sort_by_key(|suite| match suite.suite() {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+            | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+            _ => 1,
+        });
+        Arc::new(provider)
+    }
 }
 
 /// How returning clients may skip the full handshake (see the module doc).
@@ -147,8 +211,18 @@ impl Default for Resumption {
 }
 
 /// The server configuration for a PEM certificate chain and private key: TLS 1.3 and 1.2,
-/// no client authentication, session resumption as `resumption` says.
+/// no client authentication, session resumption as `resumption` says, on [`Crypto::SERVER`].
 pub fn server_config(cert: &Path, key: &Path, resumption: Resumption) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with(Crypto::SERVER, cert, key, resumption)
+}
+
+/// [`server_config`] on another provider (to compare them).
+pub fn server_config_with(
+    crypto: Crypto,
+    cert: &Path,
+    key: &Path,
+    resumption: Resumption,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &read(cert)?[..])
         .collect::<Result<_, _>>()
         .map_err(|e| pem_err(cert, format!("not a valid PEM certificate file ({e})")))?;
@@ -158,7 +232,7 @@ pub fn server_config(cert: &Path, key: &Path, resumption: Resumption) -> Result<
     let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &read(key)?[..])
         .map_err(|e| pem_err(key, format!("not a valid PEM key file ({e})")))?
         .ok_or_else(|| pem_err(key, "holds no PEM private key block (PRIVATE KEY, RSA or EC PRIVATE KEY)"))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(server_provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(crypto.server_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)?;
@@ -166,7 +240,7 @@ pub fn server_config(cert: &Path, key: &Path, resumption: Resumption) -> Result<
     config.ignore_client_order = true;
     config.send_tls13_tickets = resumption.tickets;
     if resumption.tickets > 0 {
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        config.ticketer = crypto.ticketer()?;
     }
     if resumption.cache_entries == 0 {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -189,7 +263,7 @@ pub fn client_config_trusting(cert_pem: &str) -> Result<Arc<rustls::ClientConfig
         let cert = cert.map_err(|e| pem_err(Path::new("<cert>"), format!("bad PEM: {e}")))?;
         roots.add(cert)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(Crypto::Ring.provider()))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -282,6 +356,31 @@ mod tests {
         let client = client_config_trusting(&cert_pem).expect("client config");
         assert_eq!(handshake_kind(&client, &server), Some(rustls::HandshakeKind::Full));
         assert_eq!(handshake_kind(&client, &server), Some(rustls::HandshakeKind::Full));
+    }
+
+    #[test]
+    fn a_browser_like_client_listing_the_hybrid_group_first_gets_x25519_without_a_retry() {
+        let (server, cert_pem) = configs(Resumption::OFF);
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut cert_pem.as_bytes()) {
+            roots.add(cert.expect("cert")).expect("root");
+        }
+        // As Chrome and Firefox do: X25519MLKEM768 first, with a plain X25519 share beside it.
+        let mut provider = Crypto::AwsLc.provider();
+        provider.kx_groups =
+            vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768, rustls::crypto::aws_lc_rs::kx_group::X25519];
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut client = rustls::ClientConnection::new(Arc::new(client), name).expect("client");
+        let mut server = rustls::ServerConnection::new(server).expect("server");
+        pump(&mut client, &mut server);
+        assert_eq!(server.handshake_kind(), Some(rustls::HandshakeKind::Full), "no HelloRetryRequest");
+        let group = server.negotiated_key_exchange_group().map(|g| g.name());
+        assert_eq!(group, Some(NamedGroup::X25519));
     }
 
     #[test]
