@@ -288,7 +288,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => Crypto::SERVER,
         Some(Some("ring")) => Crypto::Ring,
         Some(Some("aws-lc")) => Crypto::AwsLc,
-        Some(_) => return Err("--provider ring|aws-lc".into()),
+        Some(Some("mixed")) => Crypto::Mixed,
+        Some(_) => return Err("--provider ring|aws-lc|mixed".into()),
     };
     let dir = std::env::temp_dir().join(format!("roomcast-tls-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

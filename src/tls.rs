@@ -31,34 +31,35 @@
 //! Resumption pays on the client (no certificate chain to verify) more than on the server;
 //! without 0-RTT it saves no round trip.
 //!
-//! **The cheapest provider: aws-lc-rs** (rustls' default; [`Crypto::SERVER`]), over ring
-//! (roomcast's first, still what the clients in tests and the loadgen use, and what
-//! `crate::auth` and rcgen use). Its X25519 costs half of ring's, and the key exchange is in
-//! every handshake, resumed too; its DRBG makes no `getrandom` call per connect where ring's
-//! `SystemRandom` made 6 (`strace -c` through a storm). 2026-12-01 15:44-15:46, this machine,
-//! load 2.2-3.0 from another engineer's builds, `taskset -c 0
-//! target/release/examples/tls_handshake_cost --rounds 1000 --provider ring|aws-lc`,
-//! alternating, five runs each, medians of thread CPU
-//! (ranges in brackets):
+//! **The cheapest provider: aws-lc-rs for the public-key work, ring for the record layer**
+//! ([`Crypto::SERVER`] is [`Crypto::Mixed`]). The handshake's key exchange, certificate
+//! signature and random come from aws-lc-rs (rustls' default provider): its X25519 costs half
+//! of ring's, and the key exchange is in every handshake, resumed too; its DRBG makes no
+//! `getrandom` call per connect where ring's `SystemRandom` made 6 (`strace -c` through a
+//! storm). The cipher suites (the record layer's AES-GCM and the key schedule's SHA-256 HKDF)
+//! stay ring's: as fast, and ring keeps a connection's keys on the Rust heap, where AWS-LC
+//! `malloc`s each direction's `EVP_AEAD_CTX` on top (~180 B more per connection, ~264 B of RSS
+//! per idle wss connection). Both are rustls providers; a `CryptoProvider` is built from parts
+//! by design, and ring stays linked anyway (the clients in tests and the loadgen, `crate::auth`,
+//! rcgen). 2026-12-01, this machine, `taskset -c 0 target/release/examples/tls_handshake_cost
+//! --rounds 1000 --provider ring|aws-lc|mixed`, thread CPU, medians (ring and aws-lc-rs: five
+//! runs each at 15:44-15:46, load 2.2-3.0; the three side by side: three runs each at 16:26,
+//! load ~1.4):
 //!
-//! | server side, in memory | ring 0.17.14 | aws-lc-rs 1.19 (aws-lc-sys 0.47) |
-//! |---|---|---|
-//! | full TLS 1.3 handshake, P-256 certificate, X25519 | 65.5 us (65.1-71.9) | 49.9 us (49.8-51.2) |
-//! | resumed (ticket), X25519 | 56.4 us (55.5-58.8) | 40.9 us (40.5-44.9) |
-//! | X25519 alone (generate, public key, agree) | 41.5 us | 21.1 us |
-//! | ECDSA P-256 signature alone | 12.0 us | 10.9 us |
-//! | heap per established connection (`--hold 2000`) | 7,600 B | 7,780 B |
+//! | server side, in memory | ring 0.17.14 | aws-lc-rs 1.19 (aws-lc-sys 0.47) | mixed |
+//! |---|---|---|---|
+//! | full TLS 1.3 handshake, P-256 certificate, X25519 | 65.5 us; 66.0 at 16:26 | 49.9 us; 48.5 | 45.8 us |
+//! | resumed (ticket), X25519 | 56.4 us; 56.0 | 40.9 us; 39.7 | 37.9 us |
+//! | X25519 alone (generate, public key, agree) | 41.5 us | 21.1 us | aws-lc-rs's |
+//! | ECDSA P-256 signature alone | 12.0 us | 10.9 us | aws-lc-rs's |
+//! | heap per established buffered connection (`--hold 2000`) | 7,600 B | 7,780 B | 7,600 B |
 //!
-//! Over sockets (`benches/wss_storm.sh`, 10,000 connects, TLS 1.3 handshake + upgrade +
-//! hello, server core 0, loadgen core 1, the two builds alternating, five rounds, 15:48-15:50):
-//! full connects 116 -> 108 us of server CPU (medians; 8,621 -> 9,259 per server CPU-second),
-//! resumed 102 -> 83 us (9,804 -> 12,048). The cost: aws-lc-sys builds its C with the `cc`
-//! crate and gcc (no cmake, nasm, Go or bindgen on x86_64 Linux; about 50 s of one core added
-//! to a clean build), the release binary grows by ~3.4 MB stripped, and an established
-//! connection holds ~180 B more heap (AWS-LC `malloc`s each direction's `EVP_AEAD_CTX`;
-//! counted with glibc's `mallinfo2`, as the example's `--hold` does), ~264 B more RSS per idle
-//! wss connection in the server (8,188 -> 8,452 B, `TLS=1 benches/loadgen.sh 1 idle --conns
-//! 10000 --rooms 100 --duration 2`, three runs each, medians). ring stays linked for the rest.
+//! Over sockets (`benches/wss_storm.sh`, 10,000 connects, TLS 1.3 handshake + upgrade + hello,
+//! server core 0, loadgen core 1, builds alternating, BENCHMARKS.md has the series): full
+//! connects ~115 us of server CPU with ring and the buffered transport, ~87 us now (11,494
+//! per server CPU-second), resumed ~95 -> ~75 us. The cost: aws-lc-sys builds its C with the
+//! `cc` crate and gcc (no cmake, nasm, Go or bindgen on x86_64 Linux; about 50 s of one core
+//! added to a clean build) and the release binary grows by ~3.4 MB stripped.
 //!
 //! **The cheapest certificate and key exchange**, from the same runs: the server signs once per
 //! full handshake and agrees on a key once per handshake.
@@ -140,28 +141,35 @@ fn pem_err(path: &Path, message: impl Into<String>) -> TlsError {
 /// `examples/tls_handshake_cost.rs --provider` compares the two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Crypto {
-    /// aws-lc-rs (AWS-LC), rustls' default provider.
+    /// aws-lc-rs (AWS-LC), rustls' default provider, whole.
     AwsLc,
     /// ring.
     Ring,
+    /// ring's cipher suites (the record layer's AEAD and the key schedule's hashes) with
+    /// aws-lc-rs's key exchange, private keys (signing) and random.
+    Mixed,
 }
 
 impl Crypto {
     /// The server's provider.
-    pub const SERVER: Self = Self::AwsLc;
+    pub const SERVER: Self = Self::Mixed;
 
     /// The provider with its default suites, key exchange groups and key loading.
     pub fn provider(self) -> rustls::crypto::CryptoProvider {
         match self {
             Self::AwsLc => rustls::crypto::aws_lc_rs::default_provider(),
             Self::Ring => rustls::crypto::ring::default_provider(),
+            Self::Mixed => rustls::crypto::CryptoProvider {
+                cipher_suites: rustls::crypto::ring::default_provider().cipher_suites,
+                ..rustls::crypto::aws_lc_rs::default_provider()
+            },
         }
     }
 
     /// The provider's session ticket sealer (see the module doc, "tickets").
     fn ticketer(self) -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
         match self {
-            Self::AwsLc => rustls::crypto::aws_lc_rs::Ticketer::new(),
+            Self::AwsLc | Self::Mixed => rustls::crypto::aws_lc_rs::Ticketer::new(),
             Self::Ring => rustls::crypto::ring::Ticketer::new(),
         }
     }
