@@ -4,7 +4,8 @@
 //! scratch buffer and write an [`Outbound`] queue, so the WebSocket code is the same for ws
 //! and wss. Writes are vectored: several queued frames go out in one `writev` (plain) or are
 //! sealed together into as few TLS records as possible, written in one `writev` with whatever
-//! TLS records were still waiting (a session ticket, a slow reader's rest).
+//! TLS records were still waiting (a session ticket, a slow reader's rest); a single buffer,
+//! what most writes of a fan-out are, goes out with `send` (see [`send`]).
 //!
 //! **TLS uses rustls' unbuffered API, because an idle connection must not hold buffers.** The
 //! buffered `ServerConnection` keeps a 4 KiB read buffer per connection even when nothing is
@@ -214,7 +215,11 @@ fn write_plain(sock: &mut TcpStream, out: &mut Outbound) -> io::Result<bool> {
     while !out.is_empty() {
         let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
         let n = out.slices(&mut slices);
-        match sock.write_vectored(&slices[..n]) {
+        let sent = match &slices[..n] {
+            [one] => send(sock, one),
+            many => sock.write_vectored(many),
+        };
+        match sent {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => out.advance(written),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -223,6 +228,15 @@ fn write_plain(sock: &mut TcpStream, out: &mut Outbound) -> io::Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// One buffer to the socket with `send(2)`: most writes of a fan-out are one frame (or one
+/// record), and `send` goes straight to the socket layer where `write`/`writev` pass through
+/// the VFS first (`vfs_writev` and `fdget_pos` were 9% of the server's CPU in a profile of the
+/// 19,000-viewer fan-out; BENCHMARKS.md, issue 13). Rust ignores `SIGPIPE`, so a closed peer is
+/// an `EPIPE` error here as with `writev`.
+fn send(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(sock).send(buf)
 }
 
 /// Where processing the bytes at hand left a read.
@@ -442,7 +456,12 @@ impl TlsStream {
             if a.is_empty() && b.is_empty() {
                 break Ok(true);
             }
-            match self.sock.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+            let sent = match (a.is_empty(), b.is_empty()) {
+                (true, _) => send(&self.sock, b),
+                (_, true) => send(&self.sock, a),
+                _ => self.sock.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]),
+            };
+            match sent {
                 Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     let taken = n.min(a.len());
