@@ -24,7 +24,11 @@
 //!   write (the plaintext's copy and the record); this path allocates nothing per delivery.
 //!
 //! So an idle wss connection holds the rustls state (keys of both directions, the key
-//! schedule) and the socket, nothing else.
+//! schedule) and the socket, nothing else: 4.0 KB in all against 8.2 KB before (BENCHMARKS.md,
+//! "Memory per idle connection"). A slow reader's `unsent` is bounded: frames are sealed only
+//! while less than [`SEAL_LEN`] waits there, so it holds at most that plus one sealing (about
+//! 82 KiB), beside the outbound budget that decides its 4009 (the buffered API held up to its
+//! 64 KiB buffer limit the same way).
 //!
 //! Weighed against that: upstream's main branch removed the unbuffered API in 2026 for a
 //! replacement, so this file changes again at rustls' next major version (the rest of the
@@ -41,7 +45,7 @@
 //! - Handshake records (`EncodeTlsData`) are appended to `unsent` in the order they come and
 //!   marked done at once: they leave, in order, before any application record sealed after them.
 //! - On an error, rustls has queued the alert that explains it: it is encoded and written (best
-//!   effort) before the connection is reported broken.
+//!   effort) before the connection is reported broken, and the session is not driven again.
 //! - A peer's close_notify is end of stream for the reader; our close_notify is sealed by
 //!   [`Transport::shutdown_write`] after our close frame.
 //! - 0-RTT is off in the config ([`crate::tls`]), so early data never arrives; if it did, the
@@ -131,6 +135,9 @@ pub struct TlsStream {
     /// This read's last socket read took less than it asked for, and nothing read waits to
     /// be returned: asking again before the next readable event would get `WouldBlock`.
     drained: bool,
+    /// rustls refused the peer's bytes and its alert is out: reads and writes fail, and the
+    /// session is not driven again.
+    failed: bool,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -154,6 +161,7 @@ impl Transport {
             unsent: Vec::new(),
             peer_closed: false,
             drained: false,
+            failed: false,
         }))
     }
 
@@ -253,6 +261,9 @@ enum Step {
 
 impl TlsStream {
     fn read(&mut self, plain: &mut [u8], bufs: &mut TlsBuffers) -> io::Result<usize> {
+        if self.failed {
+            return Err(failed());
+        }
         if self.peer_closed {
             return Ok(0);
         }
@@ -359,6 +370,9 @@ impl TlsStream {
 
     /// Seal queued frames and write them behind the records already waiting.
     fn write(&mut self, out: &mut Outbound, bufs: &mut TlsBuffers) -> io::Result<bool> {
+        if self.failed {
+            return Err(failed());
+        }
         loop {
             let sealed = if self.unsent.len() < SEAL_LEN && !out.is_empty() { self.seal(out, bufs)? } else { 0 };
             if self.unsent.is_empty() && sealed == 0 {
@@ -482,29 +496,27 @@ impl TlsStream {
         result
     }
 
-    /// rustls queued an alert with the error: write it (best effort) before the socket goes.
-    /// (It is taken from rustls over the `unread` bytes, like every call, see the module doc.)
+    /// rustls queued an alert with the error: write it (best effort) before the socket goes,
+    /// and touch the session no more ([`TlsStream::failed`]).
+    ///
+    /// One call only: rustls hands out what it queued before it looks at input again, and every
+    /// record it queued before the error was taken already, so the first answer is the alert. A
+    /// second call would deframe the bytes that failed again and queue a second alert (which
+    /// rustls asserts never happens).
     fn send_alert(&mut self) {
-        for _ in 0..MAX_STEPS {
-            let UnbufferedStatus { discard, state } = self.tls.process_tls_records(&mut self.unread);
-            let more = match state {
-                Ok(ConnectionState::EncodeTlsData(mut record)) => encode(&mut self.unsent, &mut record).is_ok(),
-                Ok(ConnectionState::TransmitTlsData(done)) => {
-                    done.done();
-                    true
-                }
-                _ => false,
-            };
-            self.unread.drain(..discard);
-            if !more {
-                break;
-            }
+        self.failed = true;
+        let UnbufferedStatus { state, .. } = self.tls.process_tls_records(&mut self.unread);
+        if let Ok(ConnectionState::EncodeTlsData(mut record)) = state {
+            let _ = encode(&mut self.unsent, &mut record);
         }
         let _ = self.send(&[]);
     }
 
     /// Seal a close_notify behind everything written so far and send it (best effort).
     fn send_close_notify(&mut self) {
+        if self.failed {
+            return;
+        }
         let mut alert = [0u8; 64];
         if let Ok(Some(n)) =
             self.with_write_traffic(|traffic| traffic.queue_close_notify(&mut alert).map_err(io::Error::other))
@@ -513,6 +525,11 @@ impl TlsStream {
         }
         let _ = self.send(&[]);
     }
+}
+
+/// What a failed session answers from then on.
+fn failed() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "the TLS session failed")
 }
 
 /// Append a handshake record rustls made to `unsent`.

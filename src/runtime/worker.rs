@@ -512,9 +512,9 @@ impl Worker {
 
 /// Whether an accepted socket starts with its listener's `TCP_NODELAY` and
 /// `TCP_NOTSENT_LOWAT`: Linux clones the listener's TCP state into the accepted socket, so the
-/// worker sets them once on its listeners, not twice per connection (two syscalls of a wss
-/// connect's ~30; `tests/slow_consumer.rs` sees the unsent bound take effect). Elsewhere, per
-/// accepted socket.
+/// worker sets them once on its listeners, not twice per connection (two of the ~20 syscalls
+/// a wss connect took; `tests/slow_consumer.rs` sees the unsent bound take effect). Elsewhere,
+/// per accepted socket.
 const ACCEPTED_SOCKETS_INHERIT_OPTIONS: bool = cfg!(target_os = "linux");
 
 /// A viewer socket writes each frame at once (no Nagle delay: the batching window already
