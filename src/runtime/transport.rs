@@ -241,10 +241,15 @@ fn write_plain(sock: &mut TcpStream, out: &mut Outbound) -> io::Result<bool> {
 /// One buffer to the socket with `send(2)`: most writes of a fan-out are one frame (or one
 /// record), and `send` goes straight to the socket layer where `write`/`writev` pass through
 /// the VFS first (`vfs_writev` and `fdget_pos` were 9% of the server's CPU in a profile of the
-/// 19,000-viewer fan-out; BENCHMARKS.md, issue 13). Rust ignores `SIGPIPE`, so a closed peer is
-/// an `EPIPE` error here as with `writev`.
+/// 19,000-viewer fan-out; BENCHMARKS.md, issue 13). A closed peer is an `EPIPE` error, never a
+/// `SIGPIPE` (`MSG_NOSIGNAL` on Linux; mio sets `SO_NOSIGPIPE` on Apple systems; and Rust's
+/// runtime ignores the signal anyway).
 fn send(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
-    socket2::SockRef::from(sock).send(buf)
+    #[cfg(target_os = "linux")]
+    const FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+    #[cfg(not(target_os = "linux"))]
+    const FLAGS: libc::c_int = 0;
+    socket2::SockRef::from(sock).send_with_flags(buf, FLAGS)
 }
 
 /// Where processing the bytes at hand left a read.
