@@ -133,22 +133,10 @@ impl HomeRoom {
         let delta = self.presence.get_or_insert_with(Box::<PresenceDelta>::default);
         delta.overflow |= report.overflow;
         for (user, name) in &report.joined {
-            if !delta.left.remove(user) {
-                if delta.joined.len() < large {
-                    delta.joined.push(user, name);
-                } else {
-                    delta.overflow = true;
-                }
-            }
+            delta.came(user, name, large);
         }
         for (user, name) in &report.left {
-            if !delta.joined.remove(user) {
-                if delta.left.len() < large {
-                    delta.left.push(user, name);
-                } else {
-                    delta.overflow = true;
-                }
-            }
+            delta.went(user, name, large);
         }
     }
 }

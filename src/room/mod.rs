@@ -70,6 +70,36 @@ struct PresenceDelta {
     overflow: bool,
 }
 
+impl PresenceDelta {
+    /// `user` came: announced at the tick, unless it went within the same interval (then
+    /// nothing is), or past `large` names (then `online` alone is).
+    fn came(&mut self, user: &str, name: &str, large: usize) {
+        Self::note(&mut self.joined, &mut self.left, &mut self.overflow, user, name, large);
+    }
+
+    /// `user` went: the mirror of [`PresenceDelta::came`].
+    fn went(&mut self, user: &str, name: &str, large: usize) {
+        Self::note(&mut self.left, &mut self.joined, &mut self.overflow, user, name, large);
+    }
+
+    fn note(
+        list: &mut ViewerList,
+        opposite: &mut ViewerList,
+        overflow: &mut bool,
+        user: &str,
+        name: &str,
+        large: usize,
+    ) {
+        if opposite.remove(user) {
+            // Came and went (or went and came back) within the interval: nothing to announce.
+        } else if list.len() < large {
+            list.push(user, name);
+        } else {
+            *overflow = true;
+        }
+    }
+}
+
 /// What a `join` gets back from the home: everything the member's worker needs to send.
 #[derive(Debug)]
 pub struct JoinReply {
@@ -328,14 +358,7 @@ impl HomeRoom {
                 return;
             }
             let large = self.large_room;
-            let delta = self.presence.get_or_insert_with(Box::default);
-            if delta.left.remove(user) {
-                // Went and came back within the interval: nothing to announce.
-            } else if delta.joined.len() < large {
-                delta.joined.push(user, name);
-            } else {
-                delta.overflow = true;
-            }
+            self.presence.get_or_insert_with(Box::default).came(user, name, large);
         }
     }
 
@@ -357,14 +380,7 @@ impl HomeRoom {
             return;
         }
         let large = self.large_room;
-        let delta = self.presence.get_or_insert_with(Box::default);
-        if delta.joined.remove(user) {
-            // Came and went within the interval: nothing to announce.
-        } else if delta.left.len() < large {
-            delta.left.push(user, name);
-        } else {
-            delta.overflow = true;
-        }
+        self.presence.get_or_insert_with(Box::default).went(user, name, large);
     }
 
     /// Count a reaction for this interval.
