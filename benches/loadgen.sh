@@ -76,6 +76,10 @@ keys = ["joined", "connects_per_sec", "published", "expected", "delivered", "los
         "recovery_failed", "presence_per_member_per_sec", "valid"]
 print(" ".join(f"{k}={r.get(k) if not isinstance(r.get(k), float) else round(r.get(k), 2)}" for k in keys),
       "upgrade" if opens else "delivery", f"p50={l['p50_ms']:.3f} p90={l['p90_ms']:.3f} p99={l['p99_ms']:.3f} p99.9={l['p999_ms']:.3f} max={l['max_ms']:.3f}")
+s = r.get("message_spread")
+if s:
+    print(f"  per message: first_p50={s['first_p50_ms']:.2f} last_p50={s['last_p50_ms']:.2f} latest={s['last_max_ms']:.2f}"
+          f" latest_due_s={s['last_max_at_s']:.2f} late_starts={s['late_starts']} of {s['messages']}")
 a = r.get("ack_latency")
 if a:
     print(f"  comment -> ack p50={a['p50_ms']:.3f} p90={a['p90_ms']:.3f} p99={a['p99_ms']:.3f} p99.9={a['p999_ms']:.3f} max={a['max_ms']:.3f}")

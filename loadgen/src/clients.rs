@@ -187,6 +187,7 @@ fn thread_plan(
         churn,
         thread_index: me.index * threads + t,
         app_ping_every,
+        poll_every: (s.common.poll_us > 0).then(|| Duration::from_micros(s.common.poll_us)),
         tls_resume: s.tls_resume,
     }
 }

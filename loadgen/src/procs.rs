@@ -17,11 +17,12 @@
 //! IPC crate would add nothing over a pipe and serde_json here.
 
 use crate::client::{latency_histogram, Shared, ThreadReport};
+use crate::spread::{self, Spread};
 use anyhow::{bail, Context};
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -130,6 +131,9 @@ pub struct Totals {
     /// The same per endpoint (`--url`), in their order; empty with one endpoint.
     #[serde(default)]
     pub by_endpoint: Vec<EndpointTotals>,
+    /// Each message's first and last delivery, by its stamp (ns).
+    #[serde(default)]
+    pub spread: BTreeMap<u64, Spread>,
 }
 
 /// What the viewers of one endpoint measured.
@@ -184,6 +188,7 @@ impl Default for Totals {
             lost: 0,
             processes: 0,
             by_endpoint: Vec::new(),
+            spread: BTreeMap::new(),
         }
     }
 }
@@ -205,6 +210,7 @@ impl Totals {
         for (index, h) in r.latency_by_endpoint.iter().enumerate() {
             endpoint_entry(&mut self.by_endpoint, index).latency.add(h)?;
         }
+        spread::merge_into(&mut self.spread, &r.spread);
         for (room, endpoint, check) in r.streams {
             self.delivered += check.received;
             self.duplicated += check.duplicated;
@@ -240,6 +246,7 @@ impl Totals {
         for (index, e) in o.by_endpoint.iter().enumerate() {
             endpoint_entry(&mut self.by_endpoint, index).add(e)?;
         }
+        spread::merge_into(&mut self.spread, &o.spread);
         Ok(())
     }
 }
@@ -595,6 +602,7 @@ mod tests {
             close_codes: HashMap::new(),
             connect_time: Duration::ZERO,
             comments_sent: 0,
+            spread: HashMap::new(),
         };
         let mut a = Totals::default();
         a.add_thread(report, &[4]).expect("adds");
@@ -623,6 +631,7 @@ mod tests {
             close_codes: HashMap::new(),
             connect_time: Duration::ZERO,
             comments_sent: 0,
+            spread: HashMap::new(),
         };
         single.add_thread(report, &[1]).expect("adds");
         assert!(single.by_endpoint.is_empty() && single.delivered == 1);

@@ -121,11 +121,12 @@ impl Publisher {
         let mut per_room = vec![0u64; rooms];
         let mut lateness = Lateness::new(plan.lag_tolerance);
         let writer = Writer { plan: &plan, padding: "x".repeat(plan.payload), base_ns: crate::client::unix_ns() };
+        let realtime = RealTime::enter();
         let start = Instant::now();
         let mut buf = String::new();
         let mut written = 0u64;
         while let Some(next) = table.next_due_ns() {
-            if !wait_for(start, next) {
+            if !wait_for(start, next, realtime.is_some()) {
                 continue;
             }
             buf.clear();
@@ -145,15 +146,24 @@ impl Publisher {
             }
             progress.tick();
         }
+        drop(realtime);
         let (last_seq, errors) = replies.join().map_err(|_| anyhow::anyhow!("ingest reply reader panicked"))?;
         Ok(Published { per_room, last_seq, errors, lateness })
     }
 }
 
 /// Sleep or spin until `due_ns` after `start`. False when it slept and the caller should look
-/// again (the sleep may end early or late).
-fn wait_for(start: Instant, due_ns: u64) -> bool {
+/// again (the sleep may end early or late). A real-time thread ([`RealTime`]) only sleeps: its
+/// sleep ends on time, and spinning at real-time priority would starve the client threads on
+/// its core.
+fn wait_for(start: Instant, due_ns: u64, realtime: bool) -> bool {
     let now = start.elapsed().as_nanos() as u64;
+    if realtime {
+        if now < due_ns {
+            std::thread::sleep(Duration::from_nanos(due_ns - now));
+        }
+        return start.elapsed().as_nanos() >= u128::from(due_ns);
+    }
     if now + (SLEEP_IF_AHEAD.as_nanos() as u64) < due_ns {
         std::thread::sleep(Duration::from_nanos(due_ns - now - SPIN_BEFORE.as_nanos() as u64));
         return false;
@@ -211,4 +221,42 @@ fn read_replies(
         }
     }
     (last_seq, errors)
+}
+
+/// The publishing thread at real-time priority (`SCHED_FIFO` 1) while it publishes, where the
+/// kernel allows it (root, or `CAP_SYS_NICE`); its old policy comes back on drop. The client
+/// threads share its core (`taskset`): right after a join storm they are busy for tens of
+/// milliseconds, and a publisher at their priority waited that long for the core (up to 36 ms
+/// late at 19,000 viewers), which every delivery of that message then carried as latency.
+/// Without the privilege nothing changes but the lateness the report already shows.
+struct RealTime {
+    policy: libc::c_int,
+    param: libc::sched_param,
+}
+
+// The scheduler calls have no wrapper in std or in the crates this workspace uses.
+#[allow(unsafe_code)]
+impl RealTime {
+    fn enter() -> Option<Self> {
+        let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid, writable `sched_param` that
+        // outlives the call, which only writes it.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        // SAFETY: as above.
+        if policy < 0 || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+            return None;
+        }
+        let fifo = libc::sched_param { sched_priority: 1 };
+        // SAFETY: pid 0 is the calling thread; `fifo` is a valid `sched_param` the call only reads.
+        (unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) } == 0).then_some(Self { policy, param })
+    }
+}
+
+#[allow(unsafe_code)]
+impl Drop for RealTime {
+    fn drop(&mut self) {
+        // SAFETY: pid 0 is the calling thread (the one that entered: `RealTime` is neither sent
+        // nor shared, it lives on `run`'s stack); `self.param` is a valid `sched_param`.
+        unsafe { libc::sched_setscheduler(0, self.policy, &self.param) };
+    }
 }

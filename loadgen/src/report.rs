@@ -114,6 +114,8 @@ pub struct Report {
     pub errors: u64,
     /// Largest lag of the publisher (or comment sender) behind its timetable, ms.
     pub publisher_max_lag_ms: f64,
+    /// Each message's first and last delivery, summarised over messages.
+    pub message_spread: Option<crate::spread::SpreadSummary>,
     /// Messages (or comments) sent `lag_tolerance_ms` or more behind their timetable.
     pub late_messages: u64,
     /// The lateness tolerance, ms.
@@ -246,6 +248,13 @@ impl Report {
             self.delivered, self.expected, self.deliveries_per_sec
         );
         let _ = writeln!(t, "lost/dup/reord  {} / {} / {}", self.lost, self.duplicated, self.reordered);
+        if let Some(s) = &self.message_spread {
+            let _ = writeln!(
+                t,
+                "per message     {}: first delivery median {:.2} ms, last median {:.2} ms, latest {:.2} ms (due at {:.2} s); {} started {} ms or more late",
+                s.messages, s.first_p50_ms, s.last_p50_ms, s.last_max_ms, s.last_max_at_s, s.late_starts, crate::spread::LATE_START_MS
+            );
+        }
         if let (Some(cpu), Some(eff)) = (self.server_cpu_seconds, self.deliveries_per_server_cpu_sec) {
             let _ = writeln!(t, "server CPU      {cpu:.2} s: {eff:.0} deliveries per server CPU-second");
             if self.server_cpu_seconds_each.len() > 1 {

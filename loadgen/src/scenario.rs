@@ -378,6 +378,7 @@ fn record_totals(s: &Settings, report: &mut Report, totals: &Totals, shared: &Sh
     report.connects_per_server_cpu_sec =
         report.connect_server_cpu_seconds.map(|cpu| report.connected as f64 / cpu.max(0.01));
     report.latency = Percentiles::of(&totals.latency);
+    report.message_spread = crate::spread::summary(&totals.spread);
     report.connect_latency = Percentiles::of(&totals.connect_latency);
     report.upgrade_latency = Percentiles::of(&totals.upgrade_latency);
     if s.kind == Kind::Comments {
@@ -457,7 +458,7 @@ fn record_memory(report: &mut Report, baseline: &Baseline) {
     }
 }
 
-/// `--json`, `--hgrm`, `--svg`: storm and idle chart connect and upgrade latency (their
+/// `--json`, `--hgrm`, `--svg`, `--timeline`: storm and idle chart connect and upgrade latency (their
 /// `.hgrm` is the upgrade latency), the others delivery latency.
 fn write_outputs(s: &Settings, report: &Report, totals: &Totals) -> anyhow::Result<()> {
     let c = &s.common;
@@ -487,6 +488,10 @@ fn write_outputs(s: &Settings, report: &Report, totals: &Totals) -> anyhow::Resu
             None => format!("roomcast {}: {} conns", s.kind.name(), c.conns),
         };
         std::fs::write(path, report::svg(&series, &title)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &c.timeline {
+        std::fs::write(path, crate::spread::csv(&totals.spread))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

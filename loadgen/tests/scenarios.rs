@@ -197,6 +197,32 @@ fn fanout_reports_every_delivery_and_no_loss_and_its_hgrm_reads_back() {
     assert!((parsed.max - max_ms).abs() < 0.001 + max_ms * 1e-3, "footer Max {} vs report {max_ms}", parsed.max);
 }
 
+/// `--poll-us` clients still see every delivery, and `--timeline` has one line per message
+/// whose deliveries add up to the run's, each first delivery no later than its last.
+#[test]
+fn polling_clients_get_every_delivery_and_the_timeline_has_each_message() {
+    let server = start(&[]);
+    let timeline = unique_path("fanout", "csv");
+    let timeline_arg = timeline.to_string_lossy().into_owned();
+    let mut args = vec!["--conns", "40", "--rooms", "4", "--rate", "80", "--duration", "1", "--drain", "20"];
+    args.extend(LAX_LAG);
+    args.extend(["--poll-us", "200", "--timeline", &timeline_arg]);
+    let r = loadgen(&server, "fanout", &args);
+    assert_eq!(r["delivered"], 80 * 10);
+    assert_eq!(r["lost"], 0);
+    let text = std::fs::read_to_string(&timeline).expect("timeline written");
+    let _ = std::fs::remove_file(&timeline);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("due_s,deliveries,first_ms,last_ms"));
+    let rows: Vec<Vec<f64>> = lines.map(|l| l.split(',').map(|f| f.parse().expect("a number")).collect()).collect();
+    assert_eq!(rows.len(), 80, "one line per message:\n{text}");
+    assert!(rows.iter().all(|row| row[1] == 10.0 && row[2] <= row[3]), "10 deliveries each, first <= last:\n{text}");
+    assert!(rows.windows(2).all(|w| w[0][0] < w[1][0]), "in send order:\n{text}");
+    assert_eq!(r["message_spread"]["messages"], 80);
+    let latest = rows.iter().map(|row| row[3]).fold(0.0, f64::max);
+    assert!((r["message_spread"]["last_max_ms"].as_f64().expect("latest") - latest).abs() < 0.01);
+}
+
 struct HgrmRow {
     value: f64,
     percentile: f64,
@@ -336,6 +362,7 @@ fn procs_spread_connections_over_children_and_merge_their_counts() {
     assert_eq!(r["delivered"], 120 * 10, "each message goes to the 10 members of its room, whichever child holds them");
     assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64(), r["reordered"].as_u64()), (Some(0), Some(0), Some(0)));
     assert_eq!(r["latency"]["count"], r["delivered"], "the children's histograms are merged, not sampled");
+    assert_eq!(r["message_spread"]["messages"], 120, "each message's spread is merged over the children");
     let mut args =
         vec!["--conns", "20", "--rooms", "2", "--rate", "20", "--duration", "1", "--drain", "20", "--procs", "2"];
     args.extend(LAX_LAG);

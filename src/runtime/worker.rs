@@ -533,10 +533,6 @@ fn set_viewer_socket_options(sock: socket2::SockRef<'_>, unsent_bytes: u32) {
 mod tests {
     use super::*;
 
-    /// Memory per idle connection is a budget (BENCHMARKS.md): the slab entry is most of it, so
-    /// its size must not creep up unnoticed. (It holds one outbound frame inline, which makes a
-    /// delivery to an idle connection allocation-free, the frame reader, and the guard: the
-    /// identity and the rate-limit buckets, 24 bytes, which took it from 208 to 224.)
     /// What `ACCEPTED_SOCKETS_INHERIT_OPTIONS` relies on, on this kernel: an accepted socket
     /// has the options the worker gives its listeners (or sets on each socket elsewhere).
     #[test]
@@ -556,6 +552,10 @@ mod tests {
         assert_eq!(sock.tcp_notsent_lowat().expect("TCP_NOTSENT_LOWAT"), 48 * 1024);
     }
 
+    /// Memory per idle connection is a budget (BENCHMARKS.md): the slab entry is most of it, so
+    /// its size must not creep up unnoticed. (It holds one outbound frame inline, which makes a
+    /// delivery to an idle connection allocation-free, the frame reader, and the guard: the
+    /// identity and the rate-limit buckets, 24 bytes, which took it from 208 to 224.)
     #[test]
     fn a_connection_slot_stays_small() {
         assert!(size_of::<crate::shard::Conn<Transport>>() <= 224, "{}", size_of::<crate::shard::Conn<Transport>>());

@@ -170,6 +170,8 @@ pub struct ThreadReport {
     pub connect_time: Duration,
     /// Comments sent.
     pub comments_sent: u64,
+    /// Each message's first and last delivery here, by its stamp (ns).
+    pub spread: HashMap<u64, crate::spread::Spread>,
 }
 
 /// Churn: each connection stays a random time in `[min, max]`, then reconnects with `since`.
@@ -198,6 +200,9 @@ pub struct ThreadPlan {
     /// Send `{"op":"ping"}` from each ready connection this often (for a server that does not
     /// ping silent connections itself); `None`: send nothing unasked but pongs.
     pub app_ping_every: Option<Duration>,
+    /// Look for events this often without waiting in epoll (`--poll-us`); `None`: wait in
+    /// epoll for the next event.
+    pub poll_every: Option<Duration>,
     /// `storm --tls-resume`: keep the thread's TLS session tickets and open every connection a
     /// second time when the scenario says so (see [`Round`]).
     pub tls_resume: bool,
@@ -313,7 +318,17 @@ impl<'a> ClientThread<'a> {
         let timeout = next_comment.map_or(POLL_TIMEOUT, |d| d.min(POLL_TIMEOUT));
         // The events are taken out while they are handled, so handling may borrow the rest.
         let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
-        self.poll.poll(&mut events, Some(timeout))?;
+        match self.plan.poll_every {
+            // Never a waiter on the epoll queue, so a server's send on loopback finds nobody
+            // to wake; this thread's own timer wakes it (on its own core).
+            Some(every) => {
+                self.poll.poll(&mut events, Some(Duration::ZERO))?;
+                if events.is_empty() {
+                    std::thread::sleep(every.min(timeout));
+                }
+            }
+            None => self.poll.poll(&mut events, Some(timeout))?,
+        }
         for e in events.iter() {
             self.on_event(
                 e.token().0,
@@ -460,6 +475,7 @@ impl<'a> ClientThread<'a> {
             close_codes: tally.close_codes,
             connect_time: tally.connect_time,
             comments_sent: self.commenter.map_or(0, |c| c.sent),
+            spread: tally.spread,
         }
     }
 }

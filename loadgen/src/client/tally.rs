@@ -6,6 +6,7 @@
 //! anything but that one short lock.
 
 use super::{latency_histogram, unix_ns, Shared};
+use crate::spread::Spread;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -38,6 +39,8 @@ pub(super) struct Tally<'a> {
     last_progress: Instant,
     /// Close codes received from the server.
     pub(super) close_codes: HashMap<u16, u64>,
+    /// Each message's first and last delivery, by its stamp (ns).
+    pub(super) spread: HashMap<u64, Spread>,
     started: Instant,
     /// Time from the thread's start to its last connection upgraded.
     pub(super) connect_time: Duration,
@@ -57,6 +60,7 @@ impl<'a> Tally<'a> {
             progress: latency_histogram(),
             last_progress: Instant::now(),
             close_codes: HashMap::new(),
+            spread: HashMap::new(),
             started: Instant::now(),
             connect_time: Duration::ZERO,
         }
@@ -95,6 +99,7 @@ impl<'a> Tally<'a> {
             let us = (unix_ns().saturating_sub(t) / 1000).max(1);
             let _ = self.latency.record(us);
             let _ = self.progress.record(us);
+            crate::spread::record(&mut self.spread, t, us);
             if let Some(h) = self.by_endpoint.get_mut(endpoint) {
                 let _ = h.record(us);
             }
