@@ -11,7 +11,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 /// Index of a worker thread (0..workers). Also the index of its mailbox in the mesh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId(pub u16);
 
 /// A connection's key in its worker's slab. Only meaningful together with its [`WorkerId`] and

@@ -423,8 +423,9 @@ impl Counters {
     }
 }
 
-/// What only makes sense per worker: how busy its loop is and how much mail waits for it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What only makes sense per worker: how busy its loop is, how much mail waits for it, and how
+/// often it lost its core while writing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerLoad {
     /// The worker.
     pub worker: WorkerId,
@@ -433,6 +434,11 @@ pub struct WorkerLoad {
     pub busy_us: u64,
     /// Mail waiting in its mailbox when it answered.
     pub mailbox_depth: u64,
+    /// Chunks of socket writes during which it lost its core, since start
+    /// ([`crate::runtime::stall`]).
+    pub write_stalls: u64,
+    /// Their summed length, microseconds.
+    pub write_stalled_us: u64,
 }
 
 impl WorkerLoad {
@@ -440,6 +446,8 @@ impl WorkerLoad {
     pub fn merge(&mut self, other: &Self) {
         self.busy_us += other.busy_us;
         self.mailbox_depth += other.mailbox_depth;
+        self.write_stalls += other.write_stalls;
+        self.write_stalled_us += other.write_stalled_us;
     }
 }
 
@@ -575,8 +583,14 @@ mod tests {
         let mut b = a;
         *b.connections_open.slot(ListenerKind::Wss) += 1;
         b.publish_to_write.record(120);
-        let mut total = Metrics::of_worker(a, WorkerLoad { worker: WorkerId(1), busy_us: 5, mailbox_depth: 2 });
-        total.merge(&Metrics::of_worker(b, WorkerLoad { worker: WorkerId(0), busy_us: 7, mailbox_depth: 0 }));
+        let mut total = Metrics::of_worker(
+            a,
+            WorkerLoad { worker: WorkerId(1), busy_us: 5, mailbox_depth: 2, ..WorkerLoad::default() },
+        );
+        total.merge(&Metrics::of_worker(
+            b,
+            WorkerLoad { worker: WorkerId(0), busy_us: 7, mailbox_depth: 0, ..WorkerLoad::default() },
+        ));
         let t = &total.totals;
         assert_eq!((t.connections_open.ws, t.connections_open.wss, t.connections_open.sum()), (6, 1, 7));
         assert_eq!((t.deliveries, t.published.get(Source::Http), t.published.get(Source::Ingest)), (20, 4, 0));

@@ -348,8 +348,20 @@ fn exact_metrics() -> Metrics {
     let mut worker1 = worker0;
     *worker1.connections_open.slot(ListenerKind::Wss) += 5;
     worker1.published.add(Source::Http, 2);
-    let mut m = Metrics::of_worker(worker0, WorkerLoad { worker: WorkerId(0), busy_us: 2_500_000, mailbox_depth: 3 });
-    m.merge(&Metrics::of_worker(worker1, WorkerLoad { worker: WorkerId(1), busy_us: 500_000, mailbox_depth: 0 }));
+    let mut m = Metrics::of_worker(
+        worker0,
+        WorkerLoad {
+            worker: WorkerId(0),
+            busy_us: 2_500_000,
+            mailbox_depth: 3,
+            write_stalls: 4,
+            write_stalled_us: 60_000,
+        },
+    );
+    m.merge(&Metrics::of_worker(
+        worker1,
+        WorkerLoad { worker: WorkerId(1), busy_us: 500_000, mailbox_depth: 0, ..WorkerLoad::default() },
+    ));
     m
 }
 
@@ -405,6 +417,9 @@ fn metrics_parse_as_prometheus_text_with_exact_values() {
     assert_eq!(value("roomcast_worker_busy_seconds_total", &[("worker", "0")]), 2.5);
     assert_eq!(value("roomcast_worker_mailbox_depth", &[("worker", "0")]), 3.0);
     assert_eq!(value("roomcast_worker_mailbox_depth", &[("worker", "1")]), 0.0);
+    assert_eq!(value("roomcast_worker_write_stalls_total", &[("worker", "0")]), 4.0);
+    assert_eq!(value("roomcast_worker_write_stall_seconds_total", &[("worker", "0")]), 0.06);
+    assert_eq!(value("roomcast_worker_write_stalls_total", &[("worker", "1")]), 0.0);
 
     let histogram = scrape.samples.iter().find(|s| s.metric == "roomcast_publish_to_write_seconds").expect("histogram");
     let prometheus_parse::Value::Histogram(buckets) = &histogram.value else { panic!("{:?}", histogram.value) };

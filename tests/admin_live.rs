@@ -783,6 +783,8 @@ fn metrics_move_by_exactly_what_the_test_caused() {
         ("roomcast_publish_to_write_seconds", "histogram"),
         ("roomcast_worker_busy_seconds_total", "counter"),
         ("roomcast_worker_mailbox_depth", "gauge"),
+        ("roomcast_worker_write_stalls_total", "counter"),
+        ("roomcast_worker_write_stall_seconds_total", "counter"),
     ] {
         assert!(s5.declares(name, kind), "# TYPE {name} {kind} in\n{}", s5.text);
     }

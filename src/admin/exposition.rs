@@ -158,6 +158,22 @@ impl Collector for Scrape {
         )?;
         family(
             e,
+            "worker_write_stalls",
+            "Chunks of 64 socket writes that took over 5 ms: the worker lost its core mid fan-out.",
+            c,
+            workers.iter().map(|w| ([("worker", w.worker.to_string())], ConstCounter::new(w.write_stalls))),
+        )?;
+        family(
+            e,
+            "worker_write_stall_seconds",
+            "How long those chunks of writes took, in all.",
+            c,
+            workers
+                .iter()
+                .map(|w| ([("worker", w.worker.to_string())], ConstCounter::new(w.write_stalled_us as f64 / 1e6))),
+        )?;
+        family(
+            e,
             "worker_mailbox_depth",
             "Mail waiting in each worker's mailbox when it answered the scrape.",
             MetricType::Gauge,
@@ -293,7 +309,16 @@ mod tests {
         let mut t = Counters { deliveries: 7, ..Counters::default() };
         t.closes.record(4009);
         t.publish_to_write.record(75);
-        let metrics = Metrics::of_worker(t, WorkerLoad { worker: WorkerId(3), busy_us: 1_500_000, mailbox_depth: 2 });
+        let metrics = Metrics::of_worker(
+            t,
+            WorkerLoad {
+                worker: WorkerId(3),
+                busy_us: 1_500_000,
+                mailbox_depth: 2,
+                write_stalls: 2,
+                write_stalled_us: 35_000,
+            },
+        );
         let text = encode(metrics).expect("encodes");
         for line in [
             "# TYPE roomcast_deliveries_total counter",
@@ -307,6 +332,9 @@ mod tests {
             "roomcast_publish_to_write_seconds_count 1",
             "roomcast_worker_busy_seconds_total{worker=\"3\"} 1.5",
             "roomcast_worker_mailbox_depth{worker=\"3\"} 2",
+            "# TYPE roomcast_worker_write_stalls_total counter",
+            "roomcast_worker_write_stalls_total{worker=\"3\"} 2",
+            "roomcast_worker_write_stall_seconds_total{worker=\"3\"} 0.035",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -28,6 +28,7 @@
 
 use super::gate::Gate;
 use super::mesh::{IngestMail, Mesh, WorkerMail};
+use super::stall::StallMeter;
 use super::transport::{TlsBuffers, Transport};
 use super::{clock_ms, Listener};
 use crate::admission::AcceptPacer;
@@ -136,6 +137,8 @@ pub struct Worker {
     refused: HashSet<usize>,
     /// Time spent on turns (not waiting in poll) since start, in microseconds.
     busy_us: u64,
+    /// Chunks of writes during which the thread lost its core.
+    stalls: StallMeter,
     /// The closes counted at the last summary, and when the next is due.
     closes_logged: CloseCounts,
     next_close_summary_ms: u64,
@@ -184,6 +187,7 @@ impl Worker {
             peers: HashMap::new(),
             refused: HashSet::new(),
             busy_us: 0,
+            stalls: StallMeter::default(),
             closes_logged: CloseCounts::default(),
             next_close_summary_ms: clock_ms() + CLOSE_SUMMARY_MS,
         })
@@ -239,7 +243,7 @@ impl Worker {
             self.finish_sockets();
             self.busy_us += turn_started.elapsed().as_micros() as u64;
             if now >= self.next_close_summary_ms {
-                self.log_close_summary(now);
+                self.log_summaries(now);
             }
             if let Some(deadline) = self.shutdown_deadline_ms {
                 let drained = self.draining.is_none_or(|(started, _)| now >= started + self.settings.drain_ms);
@@ -251,9 +255,19 @@ impl Worker {
         }
     }
 
-    /// One info line with the last interval's closes by code, when there were any: what an
-    /// operator scanning the log wants to know without turning on debug.
-    fn log_close_summary(&mut self, now: u64) {
+    /// One info line with the last interval's closes by code, and one with its write stalls,
+    /// when there were any: what an operator scanning the log wants to know without turning on
+    /// debug.
+    fn log_summaries(&mut self, now: u64) {
+        if let Some((stalls, longest_us)) = self.stalls.take_unlogged() {
+            tracing::info!(
+                worker = %self.id,
+                stalls,
+                longest_ms = longest_us / 1_000,
+                "the worker lost its core while writing in the last minute (another process or the hypervisor ran): \
+                 deliveries waiting then were late by up to that long"
+            );
+        }
         self.next_close_summary_ms = now + CLOSE_SUMMARY_MS;
         let closes = self.shard.counters().closes;
         let line = closes.since(&self.closes_logged);
@@ -420,6 +434,8 @@ impl Worker {
                     let load = WorkerLoad {
                         worker: self.id,
                         busy_us: self.busy_us,
+                        write_stalls: self.stalls.stalls,
+                        write_stalled_us: self.stalls.stalled_us,
                         mailbox_depth: self.mesh.workers.get(usize::from(self.id.0)).map_or(0, |m| m.depth() as u64),
                     };
                     // The asker may have given up (deadline passed): nothing to do then.
@@ -473,9 +489,11 @@ impl Worker {
     /// [`WRITE_CHUNK`] until none is left or the turn has written for [`WRITE_SLICE`]; the
     /// rest wait for the next turn, which comes at once (the shard's module doc, "Call
     /// order"). Connections a write closed (a slow consumer's close frame) are listed again
-    /// behind them.
+    /// behind them. A chunk that took far longer than writes take is a stall
+    /// ([`super::stall`]), from the clock the slice reads anyway.
     fn write(&mut self, now: u64) {
         let started = Instant::now();
+        let mut chunk_started = started;
         loop {
             self.shard.take_dirty(&mut self.dirty, WRITE_CHUNK);
             if self.dirty.is_empty() {
@@ -486,7 +504,10 @@ impl Worker {
                 let ok = io.write(out, &mut self.tls_buffers).is_ok();
                 self.shard.handle_written(key, ok, now);
             }
-            if started.elapsed() >= WRITE_SLICE {
+            let chunk_done = Instant::now();
+            self.stalls.chunk(chunk_done - chunk_started);
+            chunk_started = chunk_done;
+            if chunk_done - started >= WRITE_SLICE {
                 return;
             }
         }
