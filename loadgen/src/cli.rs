@@ -83,9 +83,8 @@ pub struct Common {
     pub app_ping_every: f64,
     /// Client threads look for socket events every this many microseconds instead of sleeping
     /// in epoll until one comes (0: sleep in epoll). On loopback a sleeping client is woken by
-    /// the server's own send, on the server's core (14% of it in a profile of 19,000 viewers): polling
-    /// keeps that cost on the load generator's core, as a network would, at the price of up to
-    /// this much added to each measured latency.
+    /// the server's own send, on the server's core: polling keeps that wakeup off it, as a
+    /// network would, at the price of up to this much added to each measured latency.
     #[arg(long, default_value_t = 0)]
     pub poll_us: u64,
     /// Server process id: its CPU per delivery, its RSS per connection (idle). Several (the

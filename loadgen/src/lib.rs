@@ -7,7 +7,8 @@
 //! - the client engine: [`client`] (mio loops of viewers), [`net`] (sockets), [`jwt`] (viewer
 //!   tokens);
 //! - measuring and judging: [`timetable`] (the open-loop schedule and lateness),
-//!   [`accounting`] (stream checks), [`spread`] (each message's first and last delivery), [`server`] (the server process in /proc), [`verdict`]
+//!   [`accounting`] (stream checks), [`spread`] (each message's first and last delivery),
+//!   [`server`] (the server process in /proc), [`verdict`]
 //!   (why a run is invalid);
 //! - outputs: [`report`] (table, JSON, SVG), [`hgrm`] (HdrHistogram's percentile text).
 

@@ -239,10 +239,10 @@ struct RealTime {
 impl RealTime {
     fn enter() -> Option<Self> {
         let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; the call takes no pointer.
+        let policy = unsafe { libc::sched_getscheduler(0) };
         // SAFETY: pid 0 is the calling thread; `param` is a valid, writable `sched_param` that
         // outlives the call, which only writes it.
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        // SAFETY: as above.
         if policy < 0 || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
             return None;
         }
