@@ -630,6 +630,9 @@ pub struct Snapshot {
     pub comments_rejected: u64,
     /// Connections closed as slow consumers (4009), since start.
     pub slow_consumer_closes: u64,
+    /// Chunks of socket writes during which a worker lost its core, summed over workers, since
+    /// start ([`crate::runtime::stall`]).
+    pub write_stalls: u64,
     /// Errors since start ([`crate::metrics::Counters::errors`]).
     pub errors: u64,
 }

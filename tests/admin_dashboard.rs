@@ -243,7 +243,7 @@ fn the_dashboard_shows_an_outage_and_exact_rates_from_a_fake_backend() {
         let mut w = fake.world();
         *w.metrics.totals.connections_open.slot(ListenerKind::Wss) += 60;
         w.rooms.get_mut("live-2").expect("live-2").online = 300;
-        w.step = Step { ms: 1000, deliveries: 2_400, comments: 12, errors_closes: 2, slow: 1, wave: false };
+        w.step = Step { ms: 1000, deliveries: 2_400, comments: 12, errors_closes: 2, slow: 1, stalls: 3, wave: false };
     }
     browser.step(
         "update",
@@ -256,6 +256,7 @@ fn the_dashboard_shows_an_outage_and_exact_rates_from_a_fake_backend() {
             "rate-comments": "12.0",
             "count-errors": "2",
             "count-slow": "1",
+            "count-stalls": "3",
         }),
     );
 
@@ -329,7 +330,8 @@ fn the_dashboard_shows_an_outage_and_exact_rates_from_a_fake_backend() {
     browser.outage_step("back", json!({"conn-status": "live", "room-rate": "5.1", "heat-rate:live-1": "5.1"}));
 
     // A livelier minute for the picture: comments, a gift, leaves, a refusal.
-    fake.world().step = Step { ms: 1000, deliveries: 2_600, comments: 9, errors_closes: 0, slow: 0, wave: true };
+    fake.world().step =
+        Step { ms: 1000, deliveries: 2_600, comments: 9, errors_closes: 0, slow: 0, stalls: 0, wave: true };
     let lines = [
         "this is the best round so far",
         "Mira is on fire tonight",

@@ -446,7 +446,7 @@ fn the_stream_sends_snapshots_and_a_rooms_live_feed() {
         w.rooms.insert("live".into(), live);
         w.rooms.insert("quiet".into(), FakeRoom::new(2));
         *w.metrics.totals.connections_open.slot(ListenerKind::Ws) += 33;
-        w.step = Step { ms: 1000, deliveries: 300, comments: 12, errors_closes: 1, slow: 2, wave: false };
+        w.step = Step { ms: 1000, deliveries: 300, comments: 12, errors_closes: 1, slow: 2, stalls: 0, wave: false };
     }
     assert_eq!(stream(addr, "room=nope").err(), Some(404), "an unknown room is refused before the upgrade");
     assert_eq!(request(addr, "GET", "/admin/stream", &[], b"").error(400), "bad_request", "not a WebSocket");

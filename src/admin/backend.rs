@@ -176,6 +176,7 @@ pub trait Backend: Send + Sync + 'static {
             comments: t.comments.accepted,
             comments_rejected: t.comments.rejected.sum(),
             slow_consumer_closes: t.slow_consumer_closes,
+            write_stalls: metrics.workers.iter().map(|w| w.write_stalls).sum(),
             errors: t.errors(),
         })
     }

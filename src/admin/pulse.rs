@@ -39,6 +39,7 @@ pub(crate) struct Interval {
     ms: u64,
     errors: u64,
     slow_consumer_closes: u64,
+    write_stalls: u64,
     comments: u64,
     comments_rejected: u64,
     deliveries: u64,
@@ -51,6 +52,7 @@ pub(crate) struct Totals {
     comments: u64,
     comments_rejected: u64,
     slow_consumer_closes: u64,
+    write_stalls: u64,
     errors: u64,
 }
 
@@ -109,6 +111,7 @@ impl Pulse {
                 ms: s.at_ms - p.at_ms,
                 errors: s.errors.saturating_sub(p.errors),
                 slow_consumer_closes: s.slow_consumer_closes.saturating_sub(p.slow_consumer_closes),
+                write_stalls: s.write_stalls.saturating_sub(p.write_stalls),
                 comments: s.comments.saturating_sub(p.comments),
                 comments_rejected: s.comments_rejected.saturating_sub(p.comments_rejected),
                 deliveries: s.deliveries.saturating_sub(p.deliveries),
@@ -149,6 +152,7 @@ impl Pulse {
                 comments: s.comments,
                 comments_rejected: s.comments_rejected,
                 slow_consumer_closes: s.slow_consumer_closes,
+                write_stalls: s.write_stalls,
                 errors: s.errors,
             },
             top_rooms,

@@ -7,7 +7,7 @@
 
 use roomcast::admin::{self, AdminHandle, AdminSettings, Backend, BackendError, Caller, Health, Tap, TapSender};
 use roomcast::admin::{tap_channel, Offer, UpstreamOp};
-use roomcast::metrics::Metrics;
+use roomcast::metrics::{Metrics, WorkerLoad};
 use roomcast::query::{
     CommentCounts, FeedItem, LeaveCounts, PageQuery, PresenceMember, PresencePage, RoomDetail, RoomSummary, RoomsPage,
     RoomsQuery, Since, Snapshot, SNAPSHOT_TOP_ROOMS,
@@ -79,6 +79,8 @@ pub struct Step {
     pub comments: u64,
     pub errors_closes: u64,
     pub slow: u64,
+    /// Write stalls of worker 0.
+    pub stalls: u64,
     /// Vary deliveries and comments from snapshot to snapshot (a livelier picture; rates are
     /// then not exact).
     pub wave: bool,
@@ -324,6 +326,10 @@ impl Backend for Fake {
         for _ in 0..step.errors_closes {
             t.closes.record(1008);
         }
+        if w.metrics.workers.is_empty() {
+            w.metrics.workers.push(WorkerLoad::default());
+        }
+        w.metrics.workers[0].write_stalls += step.stalls;
         let t = w.metrics.totals;
         let top = RoomsQuery::top(SNAPSHOT_TOP_ROOMS).select(Self::summaries(&w));
         self.snapshot_taken.notify_all();
@@ -337,6 +343,7 @@ impl Backend for Fake {
             comments: t.comments.accepted,
             comments_rejected: t.comments.rejected.sum(),
             slow_consumer_closes: t.slow_consumer_closes,
+            write_stalls: w.metrics.workers.iter().map(|l| l.write_stalls).sum(),
             errors: t.errors(),
         })
     }
