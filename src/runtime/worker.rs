@@ -52,8 +52,8 @@ const SCRATCH_LEN: usize = 64 * 1024;
 const SHUTDOWN_GRACE_MS: u64 = 2_000;
 /// How often a draining worker closes its next share of connections.
 const DRAIN_STEP_MS: u64 = 50;
-/// How often a worker logs the closes of the last interval (when there were any).
-const CLOSE_SUMMARY_MS: u64 = 60_000;
+/// How often a worker logs the closes and write stalls of the last interval (when there were any).
+const SUMMARY_MS: u64 = 60_000;
 /// How long one turn may spend writing sockets before it reads its inputs again: one large
 /// fan-out (a batch to thousands of local members, ~5 us a write) is spread over turns, so a
 /// worker never leaves its other rooms and its mailbox for more than about this long.
@@ -141,7 +141,7 @@ pub struct Worker {
     stalls: StallMeter,
     /// The closes counted at the last summary, and when the next is due.
     closes_logged: CloseCounts,
-    next_close_summary_ms: u64,
+    next_summary_ms: u64,
 }
 
 impl Worker {
@@ -189,7 +189,7 @@ impl Worker {
             busy_us: 0,
             stalls: StallMeter::default(),
             closes_logged: CloseCounts::default(),
-            next_close_summary_ms: clock_ms() + CLOSE_SUMMARY_MS,
+            next_summary_ms: clock_ms() + SUMMARY_MS,
         })
     }
 
@@ -242,7 +242,7 @@ impl Worker {
             self.send_mail();
             self.finish_sockets();
             self.busy_us += turn_started.elapsed().as_micros() as u64;
-            if now >= self.next_close_summary_ms {
+            if now >= self.next_summary_ms {
                 self.log_summaries(now);
             }
             if let Some(deadline) = self.shutdown_deadline_ms {
@@ -264,11 +264,11 @@ impl Worker {
                 worker = %self.id,
                 stalls,
                 longest_ms = longest_us / 1_000,
-                "the worker lost its core while writing in the last minute (another process or the hypervisor ran): \
-                 deliveries waiting then were late by up to that long"
+                "the worker lost its core while writing since the last summary (another process or the hypervisor \
+                 ran): deliveries waiting then were late by up to that long"
             );
         }
-        self.next_close_summary_ms = now + CLOSE_SUMMARY_MS;
+        self.next_summary_ms = now + SUMMARY_MS;
         let closes = self.shard.counters().closes;
         let line = closes.since(&self.closes_logged);
         if !line.is_empty() {
