@@ -87,6 +87,22 @@ fn client(identity: &Identity, kx: &'static dyn SupportedKxGroup, resume: bool) 
     Arc::new(config)
 }
 
+/// Everything `from` has to send, into `buf` (emptied first).
+fn take_output<D>(from: &mut rustls::ConnectionCommon<D>, buf: &mut Vec<u8>) {
+    buf.clear();
+    while from.wants_write() {
+        from.write_tls(buf).expect("TLS output");
+    }
+}
+
+/// `bytes` read and processed by `into`.
+fn feed<D: rustls::SideData>(into: &mut rustls::ConnectionCommon<D>, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        into.read_tls(&mut bytes).expect("TLS input");
+        into.process_new_packets().expect("TLS records");
+    }
+}
+
 /// One handshake in memory; returns the server's time in it and whether it resumed.
 fn handshake(client_cfg: &Arc<rustls::ClientConfig>, server_cfg: &Arc<rustls::ServerConfig>) -> (Duration, bool) {
     let name = ServerName::try_from("localhost").expect("a valid name");
@@ -99,26 +115,12 @@ fn handshake(client_cfg: &Arc<rustls::ClientConfig>, server_cfg: &Arc<rustls::Se
     let mut to_client = Vec::new();
     // Until the client has read the server's tickets: they are part of the server's cost.
     for _ in 0..6 {
-        to_server.clear();
-        while client.wants_write() {
-            client.write_tls(&mut to_server).expect("client out");
-        }
+        take_output(&mut client, &mut to_server);
         let started = thread_cpu();
-        let mut input = &to_server[..];
-        while !input.is_empty() {
-            server.read_tls(&mut input).expect("server in");
-            server.process_new_packets().expect("server handshake");
-        }
-        to_client.clear();
-        while server.wants_write() {
-            server.write_tls(&mut to_client).expect("server out");
-        }
+        feed(&mut server, &to_server);
+        take_output(&mut server, &mut to_client);
         server_time += thread_cpu() - started;
-        let mut input = &to_client[..];
-        while !input.is_empty() {
-            client.read_tls(&mut input).expect("client in");
-            client.process_new_packets().expect("client handshake");
-        }
+        feed(&mut client, &to_client);
         if !client.is_handshaking() && !server.is_handshaking() && to_client.is_empty() && !client.wants_write() {
             break;
         }
@@ -220,27 +222,13 @@ fn established(
     let mut got = [0u8; 200];
     let mut buf = Vec::new();
     for _ in 0..8 {
-        buf.clear();
-        while client.wants_write() {
-            client.write_tls(&mut buf).expect("client out");
-        }
-        let mut input = &buf[..];
-        while !input.is_empty() {
-            server.read_tls(&mut input).expect("server in");
-            server.process_new_packets().expect("server ok");
-        }
+        take_output(&mut client, &mut buf);
+        feed(&mut server, &buf);
         if server.reader().read_exact(&mut got).is_ok() {
             server.writer().write_all(&[b'H'; 150]).expect("reply");
         }
-        buf.clear();
-        while server.wants_write() {
-            server.write_tls(&mut buf).expect("server out");
-        }
-        let mut input = &buf[..];
-        while !input.is_empty() {
-            client.read_tls(&mut input).expect("client in");
-            client.process_new_packets().expect("client ok");
-        }
+        take_output(&mut server, &mut buf);
+        feed(&mut client, &buf);
         let mut reply = [0u8; 150];
         if client.reader().read_exact(&mut reply).is_ok() {
             break;
