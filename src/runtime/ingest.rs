@@ -14,6 +14,7 @@
 //! HTTP API follows exactly the socket's rules, and its reply line is the response.
 
 use super::mesh::{IngestMail, Mesh};
+use super::nonblocking;
 use crate::metrics::IngestCounts;
 use crate::shard::mail::{IngestReply, Mail};
 use crate::upstream::{MailPressure, Upstream, UpstreamSettings};
@@ -137,8 +138,8 @@ impl IngestLoop {
 
     fn accept(&mut self) {
         loop {
-            match self.listener.accept() {
-                Ok((mut sock, peer)) => {
+            match nonblocking::call(|| self.listener.accept()) {
+                Ok(Some((mut sock, peer))) => {
                     let _ = sock.set_nodelay(true);
                     self.next_generation += 1;
                     let entry = self.conns.vacant_entry();
@@ -155,8 +156,7 @@ impl IngestLoop {
                     let up = Upstream::new(key, self.next_generation, &self.settings);
                     entry.insert(Client { peer: Peer::Socket(sock), up });
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "ingest accept failed");
                     return;
@@ -192,15 +192,14 @@ impl IngestLoop {
             if !client.up.wants_read() {
                 return;
             }
-            match sock.read(&mut self.scratch) {
-                Ok(0) => client.up.handle_eof(),
-                Ok(n) => {
+            match nonblocking::call(|| sock.read(&mut self.scratch)) {
+                Ok(Some(0)) => client.up.handle_eof(),
+                Ok(Some(n)) => {
                     client.up.handle_bytes(&self.scratch[..n], &self.settings, &mut self.outgoing);
                     self.counts.merge(&client.up.take_counts());
                     self.send_mail();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(None) => return,
                 Err(_) => client.up.handle_eof(),
             }
         }
@@ -223,11 +222,9 @@ impl IngestLoop {
         };
         let mut broken = false;
         while !client.up.output().is_empty() {
-            match sock.write(client.up.output()) {
-                Ok(0) => break,
-                Ok(n) => client.up.advance_output(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            match nonblocking::call(|| sock.write(client.up.output())) {
+                Ok(Some(0)) | Ok(None) => break,
+                Ok(Some(n)) => client.up.advance_output(n),
                 Err(_) => {
                     broken = true;
                     break;

@@ -11,6 +11,7 @@ pub mod gate;
 pub mod ingest;
 pub mod listen;
 pub mod mesh;
+pub mod nonblocking;
 pub mod stall;
 pub mod transport;
 pub mod worker;

@@ -54,6 +54,7 @@
 //! Resumption (tickets, the session cache) is configured in [`crate::tls`]; it adds nothing
 //! here: a resumed connection is the same rustls state with the same idle cost.
 
+use super::nonblocking;
 use crate::session::outbound::Outbound;
 use mio::net::TcpStream;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
@@ -223,16 +224,14 @@ fn write_plain(sock: &mut TcpStream, out: &mut Outbound) -> io::Result<bool> {
     while !out.is_empty() {
         let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
         let n = out.slices(&mut slices);
-        let sent = match &slices[..n] {
+        let sent = nonblocking::call(|| match &slices[..n] {
             [one] => send(sock, one),
             many => sock.write_vectored(many),
-        };
-        match sent {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => out.advance(written),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        });
+        match sent? {
+            Some(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Some(written) => out.advance(written),
+            None => return Ok(false),
         }
     }
     Ok(true)
@@ -475,20 +474,19 @@ impl TlsStream {
             if a.is_empty() && b.is_empty() {
                 break Ok(true);
             }
-            let sent = match (a.is_empty(), b.is_empty()) {
+            let sent = nonblocking::call(|| match (a.is_empty(), b.is_empty()) {
                 (true, _) => send(&self.sock, b),
                 (_, true) => send(&self.sock, a),
                 _ => self.sock.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]),
-            };
+            });
             match sent {
-                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
+                Ok(Some(0)) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(Some(n)) => {
                     let taken = n.min(a.len());
                     from_unsent += taken;
                     from_sealed += n - taken;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(None) => break Ok(false),
                 Err(e) => break Err(e),
             }
         };

@@ -28,6 +28,7 @@
 
 use super::gate::Gate;
 use super::mesh::{IngestMail, Mesh, WorkerMail};
+use super::nonblocking;
 use super::stall::StallMeter;
 use super::transport::{TlsBuffers, Transport};
 use super::{clock_ms, Listener};
@@ -310,10 +311,9 @@ impl Worker {
                 }
             }
             let Some(listener) = self.listeners.get(index) else { return };
-            let (sock, peer) = match listener.socket.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            let (sock, peer) = match nonblocking::call(|| listener.socket.accept()) {
+                Ok(Some(pair)) => pair,
+                Ok(None) => return,
                 Err(e) => {
                     // EMFILE and friends: the backlog keeps the rest; retry shortly rather
                     // than spin (edge-triggered: no new event would come for them).
@@ -396,20 +396,19 @@ impl Worker {
     fn read(&mut self, key: ConnKey, until_empty: bool, now: u64) {
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(io) = self.shard.io_mut(key) {
-            match io.read(&mut scratch, &mut self.tls_buffers) {
-                Ok(0) => {
+            match nonblocking::call(|| io.read(&mut scratch, &mut self.tls_buffers)) {
+                Ok(Some(0)) => {
                     self.shard.handle_eof(key, now);
                     break;
                 }
-                Ok(n) => {
+                Ok(Some(n)) => {
                     let drained = !until_empty && io.drained(n, scratch.len());
                     self.shard.handle_bytes(key, &mut scratch[..n], now);
                     if drained {
                         break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(None) => break,
                 Err(_) => {
                     self.shard.handle_io_error(key, now);
                     break;

@@ -10,6 +10,7 @@ use super::tally::Tally;
 use super::viewer::{Phase, Viewer};
 use super::{ConnPlan, Endpoint};
 use mio::net::TcpStream;
+use roomcast::runtime::nonblocking;
 use roomcast::wire::frame::{FrameReader, Role};
 use roomcast::wire::upgrade;
 use std::io;
@@ -90,12 +91,10 @@ impl Conn {
     /// closed by the server.
     pub(super) fn read(&mut self, scratch: &mut [u8], room: Option<&str>, tally: &mut Tally<'_>) -> bool {
         loop {
-            let n = match self.stream.read(scratch) {
-                Ok(0) => return true,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return true,
+            let n = match nonblocking::call(|| self.stream.read(scratch)) {
+                Ok(Some(0)) | Err(_) => return true,
+                Ok(Some(n)) => n,
+                Ok(None) => return false,
             };
             let over = if self.viewer.phase == Phase::Upgrading {
                 match self.take_response(&scratch[..n]) {

@@ -4,6 +4,7 @@
 //! block: every call returns at `WouldBlock`.
 
 use mio::net::TcpStream;
+use roomcast::runtime::nonblocking;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
@@ -48,22 +49,14 @@ impl Stream {
             Self::Tls(t) => {
                 let (sock, tls) = &mut **t;
                 loop {
-                    match tls.reader().read(buf) {
-                        Ok(n) => return Ok(n),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
+                    if let Some(n) = nonblocking::call(|| tls.reader().read(buf))? {
+                        return Ok(n);
                     }
                     if tls.read_tls(sock)? == 0 {
                         return Ok(0);
                     }
                     tls.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    while tls.wants_write() {
-                        match tls.write_tls(sock) {
-                            Ok(_) => {}
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e),
-                        }
-                    }
+                    while tls.wants_write() && nonblocking::call(|| tls.write_tls(sock))?.is_some() {}
                 }
             }
         }
@@ -74,13 +67,8 @@ impl Stream {
         match self {
             Self::Plain(s) => {
                 while !out.is_empty() {
-                    match s.write(out) {
-                        Ok(n) => {
-                            out.drain(..n);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                        Err(e) => return Err(e),
-                    }
+                    let Some(n) = nonblocking::call(|| s.write(out))? else { return Ok(false) };
+                    out.drain(..n);
                 }
                 Ok(true)
             }
@@ -91,10 +79,8 @@ impl Stream {
                     out.clear();
                 }
                 while tls.wants_write() {
-                    match tls.write_tls(sock) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                        Err(e) => return Err(e),
+                    if nonblocking::call(|| tls.write_tls(sock))?.is_none() {
+                        return Ok(false);
                     }
                 }
                 Ok(true)
