@@ -323,18 +323,32 @@ impl Upstream {
             self.closing = true;
             return self.refuse(op, ErrorCode::Unauthorized, "auth with a valid token first; closing");
         }
-        match parsed.cmd {
+        match self.route(parsed.cmd, wants_reply, settings, outgoing) {
+            Ok(()) => (op, IngestOutcome::Ok),
+            Err(BadRooms(why)) => self.refuse(op, ErrorCode::BadRequest, &why),
+        }
+    }
+
+    /// Send an authorised command on to the homes (or workers) that carry it out; refused
+    /// before anything is sent when a room name is not valid.
+    fn route(
+        &mut self,
+        cmd: IngestCmd,
+        wants_reply: bool,
+        settings: &UpstreamSettings,
+        outgoing: &mut Outgoing,
+    ) -> Result<(), BadRooms> {
+        match cmd {
             IngestCmd::Auth { .. } => self.ready_ok(wants_reply),
             IngestCmd::Hello { acks } => {
                 self.acks = acks;
                 self.ready_ok(true);
             }
             IngestCmd::Publish { rooms, many, kind, data } => {
-                let rooms = match rooms.iter().map(|r| RoomName::new(r)).collect::<Result<Vec<_>, _>>() {
-                    Ok(rooms) if !rooms.is_empty() => rooms,
-                    Ok(_) => return self.refuse(op, ErrorCode::BadRequest, "rooms is empty"),
-                    Err(why) => return self.refuse(op, ErrorCode::BadRequest, &format!("bad room name: {why}")),
-                };
+                let rooms = rooms.iter().map(|r| room_name(r)).collect::<Result<Vec<_>, _>>()?;
+                if rooms.is_empty() {
+                    return Err(BadRooms("rooms is empty".into()));
+                }
                 let slot = Slot::Publish { seqs: vec![0; rooms.len()], left: rooms.len() as u32, many };
                 let base = self.reply_to(wants_reply, slot);
                 let data: Box<str> = data.get().into();
@@ -347,20 +361,14 @@ impl Upstream {
                 }
             }
             IngestCmd::State { room, state } => {
-                let room = match RoomName::new(&room) {
-                    Ok(room) => room,
-                    Err(why) => return self.refuse(op, ErrorCode::BadRequest, &format!("bad room name: {why}")),
-                };
+                let room = room_name(&room)?;
                 let reply = self.reply_to(wants_reply, Slot::State);
                 let home = home_of(&room, settings.workers);
                 let source = self.source;
                 post(outgoing, home, Mail::SetState { room, state: state.get().into(), source, reply });
             }
             IngestCmd::Kick { user, room } => {
-                let room = match room.as_deref().map(RoomName::new).transpose() {
-                    Ok(room) => room,
-                    Err(why) => return self.refuse(op, ErrorCode::BadRequest, &format!("bad room name: {why}")),
-                };
+                let room = room.as_deref().map(room_name).transpose()?;
                 let slot = Slot::Kick { left: settings.workers as u32, closed: 0 };
                 let reply = self.reply_to(wants_reply, slot);
                 let user: std::sync::Arc<str> = std::sync::Arc::from(&*user);
@@ -370,25 +378,19 @@ impl Upstream {
                 }
             }
             IngestCmd::DeleteComment { room, id } => {
-                let room = match RoomName::new(&room) {
-                    Ok(room) => room,
-                    Err(why) => return self.refuse(op, ErrorCode::BadRequest, &format!("bad room name: {why}")),
-                };
+                let room = room_name(&room)?;
                 let reply = self.reply_to(wants_reply, Slot::Publish { seqs: vec![0], left: 1, many: false });
                 let home = home_of(&room, settings.workers);
                 post(outgoing, home, Mail::DeleteComment { room, id: (*id).into(), reply });
             }
             IngestCmd::CloseRoom { room, .. } => {
-                let room = match RoomName::new(&room) {
-                    Ok(room) => room,
-                    Err(why) => return self.refuse(op, ErrorCode::BadRequest, &format!("bad room name: {why}")),
-                };
+                let room = room_name(&room)?;
                 let reply = self.reply_to(wants_reply, Slot::Done);
                 let home = home_of(&room, settings.workers);
                 post(outgoing, home, Mail::CloseRoom { room, reply });
             }
         }
-        (op, IngestOutcome::Ok)
+        Ok(())
     }
 }
 
@@ -450,6 +452,14 @@ impl MailPressure {
     pub fn is_paused(&self) -> bool {
         self.paused
     }
+}
+
+/// Why a command's rooms were refused: the text of its `bad_request` reply.
+struct BadRooms(String);
+
+/// A command's room name, or the refusal that names what is wrong with it.
+fn room_name(raw: &str) -> Result<RoomName, BadRooms> {
+    RoomName::new(raw).map_err(|why| BadRooms(format!("bad room name: {why}")))
 }
 
 fn post(outgoing: &mut Outgoing, to: WorkerId, mail: Mail) {
