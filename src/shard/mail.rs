@@ -315,6 +315,14 @@ impl IngestReply {
     }
 }
 
+/// Queue `mail` in the outbox of worker `to` (one list per worker; the mesh sends them at the
+/// end of the turn). Shared by a worker's [`Router`] and the ingest loop's outbox.
+pub(crate) fn post_to(outbox: &mut [Vec<Mail>], to: WorkerId, mail: Mail) {
+    if let Some(out) = outbox.get_mut(usize::from(to.0)) {
+        out.push(mail);
+    }
+}
+
 /// Where a shard's outgoing mail waits until the shell takes it: one outbox per other worker,
 /// a loopback queue for mail to itself (handled before the entry point that posted it
 /// returns, in order, exactly as if it had travelled), and the replies for the ingest loop.
@@ -336,8 +344,8 @@ impl Router {
     pub(crate) fn post(&mut self, to: WorkerId, mail: Mail) {
         if to == self.me {
             self.loopback.push_back(mail);
-        } else if let Some(out) = self.outbox.get_mut(usize::from(to.0)) {
-            out.push(mail);
+        } else {
+            post_to(&mut self.outbox, to, mail);
         }
     }
 

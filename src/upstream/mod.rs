@@ -25,7 +25,7 @@ pub use replies::Replies;
 use crate::ids::{RoomName, WorkerId};
 use crate::metrics::{IngestCounts, IngestOp, IngestOutcome, Source};
 use crate::shard::home_of;
-use crate::shard::mail::{IngestReply, Mail, ReplyTo};
+use crate::shard::mail::{post_to, IngestReply, Mail, ReplyTo};
 use crate::wire::ingest::{self, IngestCmd};
 use crate::wire::ErrorCode;
 use replies::Slot;
@@ -357,7 +357,7 @@ impl Upstream {
                     let home = home_of(&room, settings.workers);
                     let source = self.source;
                     let mail = Mail::Publish { room, kind: (*kind).into(), data: data.clone(), source, reply };
-                    post(outgoing, home, mail);
+                    post_to(outgoing, home, mail);
                 }
             }
             IngestCmd::State { room, state } => {
@@ -365,7 +365,7 @@ impl Upstream {
                 let reply = self.reply_to(wants_reply, Slot::State);
                 let home = home_of(&room, settings.workers);
                 let source = self.source;
-                post(outgoing, home, Mail::SetState { room, state: state.get().into(), source, reply });
+                post_to(outgoing, home, Mail::SetState { room, state: state.get().into(), source, reply });
             }
             IngestCmd::Kick { user, room } => {
                 let room = room.as_deref().map(room_name).transpose()?;
@@ -374,20 +374,20 @@ impl Upstream {
                 let user: std::sync::Arc<str> = std::sync::Arc::from(&*user);
                 for w in 0..settings.workers {
                     let mail = Mail::Kick { user: std::sync::Arc::clone(&user), room: room.clone(), reply };
-                    post(outgoing, WorkerId(w as u16), mail);
+                    post_to(outgoing, WorkerId(w as u16), mail);
                 }
             }
             IngestCmd::DeleteComment { room, id } => {
                 let room = room_name(&room)?;
                 let reply = self.reply_to(wants_reply, Slot::Publish { seqs: vec![0], left: 1, many: false });
                 let home = home_of(&room, settings.workers);
-                post(outgoing, home, Mail::DeleteComment { room, id: (*id).into(), reply });
+                post_to(outgoing, home, Mail::DeleteComment { room, id: (*id).into(), reply });
             }
             IngestCmd::CloseRoom { room, .. } => {
                 let room = room_name(&room)?;
                 let reply = self.reply_to(wants_reply, Slot::Done);
                 let home = home_of(&room, settings.workers);
-                post(outgoing, home, Mail::CloseRoom { room, reply });
+                post_to(outgoing, home, Mail::CloseRoom { room, reply });
             }
         }
         Ok(())
@@ -460,12 +460,6 @@ struct BadRooms(String);
 /// A command's room name, or the refusal that names what is wrong with it.
 fn room_name(raw: &str) -> Result<RoomName, BadRooms> {
     RoomName::new(raw).map_err(|why| BadRooms(format!("bad room name: {why}")))
-}
-
-fn post(outgoing: &mut Outgoing, to: WorkerId, mail: Mail) {
-    if let Some(out) = outgoing.get_mut(usize::from(to.0)) {
-        out.push(mail);
-    }
 }
 
 #[cfg(test)]
