@@ -141,19 +141,7 @@ impl Batcher {
         let first_ms = (sequenced > 0).then_some(slot.first_ms);
         slot.bytes = 0;
         slot.riders_due_ms = u64::MAX;
-        let frames = match (slot.frames.len(), slot.riders.len()) {
-            (0, 0) => return None,
-            (1, 0) => slot.frames.pop()?,
-            (0, 1) => slot.riders.pop()?,
-            _ => {
-                let len = slot.frames.iter().chain(&slot.riders).map(Bytes::len).sum();
-                let mut buf = BytesMut::with_capacity(len);
-                for frame in slot.frames.drain(..).chain(slot.riders.drain(..)) {
-                    buf.extend_from_slice(&frame);
-                }
-                buf.freeze()
-            }
-        };
+        let frames = join(&mut slot.frames, &mut slot.riders)?;
         if sequenced > 0 {
             slot.last_sent_ms = Some(now_ms);
         }
@@ -233,15 +221,7 @@ impl Batcher {
     fn take_riders(slot: &mut Slot) -> Batch {
         slot.riders_due_ms = u64::MAX;
         let messages = slot.riders.len() as u32;
-        let frames = if slot.riders.len() == 1 {
-            slot.riders.pop().unwrap_or_default()
-        } else {
-            let mut buf = BytesMut::with_capacity(slot.riders.iter().map(Bytes::len).sum());
-            for frame in slot.riders.drain(..) {
-                buf.extend_from_slice(&frame);
-            }
-            buf.freeze()
-        };
+        let frames = join(&mut slot.riders, &mut Vec::new()).unwrap_or_default();
         Batch { frames, first_ms: None, messages }
     }
 
@@ -298,6 +278,23 @@ impl Batcher {
             self.fresh.retain(|r| *r != room);
             self.held.retain(|r| *r != room);
             self.riding.retain(|r| *r != room);
+        }
+    }
+}
+
+/// The frames of `a` and then `b` as one buffer, both emptied: a lone frame as it is (no
+/// copy), several copied together into one write's worth; `None` when both are empty.
+fn join(a: &mut Vec<Bytes>, b: &mut Vec<Bytes>) -> Option<Bytes> {
+    match (a.len(), b.len()) {
+        (0, 0) => None,
+        (1, 0) => a.pop(),
+        (0, 1) => b.pop(),
+        _ => {
+            let mut buf = BytesMut::with_capacity(a.iter().chain(b.iter()).map(Bytes::len).sum());
+            for frame in a.drain(..).chain(b.drain(..)) {
+                buf.extend_from_slice(&frame);
+            }
+            Some(buf.freeze())
         }
     }
 }
