@@ -573,10 +573,15 @@ fn a_ping_frame_between_fragments_is_answered_and_the_message_still_assembles() 
 
 /// Send a raw HTTP request to the ws listener and return the response head.
 fn raw_upgrade(server: &Server, request: &str) -> String {
-    use std::io::{BufRead, BufReader};
     let mut stream = std::net::TcpStream::connect(&server.ws).expect("connect");
     stream.set_read_timeout(Some(support::WAIT)).expect("timeout");
     std::io::Write::write_all(&mut stream, request.as_bytes()).expect("write request");
+    response_head(stream)
+}
+
+/// Read an HTTP response head (up to the blank line) from `stream`.
+fn response_head(stream: std::net::TcpStream) -> String {
+    use std::io::{BufRead, BufReader};
     let mut reader = BufReader::new(stream);
     let mut head = String::new();
     loop {
@@ -634,29 +639,43 @@ fn keepalive(v: &mut support::Viewer, frame: bool) {
     }
 }
 
+/// The heartbeat flags of the tests where a silent connection is closed while a live one
+/// must stay: pinged after 100 ms of silence, closed after 5 s. What binds the live client is
+/// the window between the two: it has about 5 s to answer the server's ping (or to send its
+/// next one), which a loaded machine does not miss, while the silent one needs no answer to be
+/// closed. The tests wait for the silent one's close frame, not for a time.
+const HEARTBEAT_FLAGS: [&str; 4] = ["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "5000"];
+
+/// How often the pinger pings while it waits for the silent connection's close: far inside
+/// the 5 s timeout, and without spinning the shared machine's cores.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
 fn pinging_outlives_a_silent_connection(frame: bool) {
-    // The pinger pings as fast as it can until the silent one is closed: no message rate limit.
-    let server = Server::start(&[
-        "--heartbeat-ms",
-        "100",
-        "--heartbeat-timeout-ms",
-        "300",
-        "--message-rate",
-        "1000000",
-        "--message-burst",
-        "1000000",
-    ]);
+    // The pinger pings steadily until the silent one is closed: no message rate limit.
+    let mut flags = HEARTBEAT_FLAGS.to_vec();
+    flags.extend(["--message-rate", "1000000", "--message-burst", "1000000"]);
+    let server = Server::start(&flags);
     // The pinger connects first, so it has been connected longer than the silent one when
-    // that one is closed; only its pings can have kept it open. The silent one answers not
-    // even the server's pings.
+    // that one is closed: its pings kept it open. The silent one answers not even the
+    // server's pings.
     let mut pinger = server.viewer("pinger");
     let mut silent = server.deaf_viewer("silent");
-    let watcher = std::thread::spawn(move || silent.close_code().0);
-    while !watcher.is_finished() {
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        let closed = silent.close_code();
+        let _ = closed_tx.send(());
+        closed
+    });
+    loop {
         keepalive(&mut pinger, frame);
+        match closed_rx.recv_timeout(PING_EVERY) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
     }
-    let code = watcher.join().expect("watcher thread");
-    assert!(code.is_some(), "the silent connection got a close frame, not just a dropped socket");
+    let (code, pings) = watcher.join().expect("watcher thread");
+    // docs/protocol.md "Heartbeats": closed with 1001 (reconnect), after one unanswered ping.
+    assert_eq!((code, pings), (Some(1001), 1), "the silent connection is pinged once, then closed with 1001");
     keepalive(&mut pinger, frame);
 }
 
@@ -666,7 +685,7 @@ fn a_viewer_that_only_listens_stays_connected_because_it_answers_the_servers_pin
     // client's automatic pong keeps it alive without application code. The listener connects
     // first and sends nothing; once a deaf viewer that connected after it is closed, the
     // listener has been silent for longer than the timeout too, and must still be served.
-    let server = Server::start(&["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "300"]);
+    let server = Server::start(&HEARTBEAT_FLAGS);
     let mut listener = server.viewer("listener");
     let reader = std::thread::spawn(move || listener.next());
     let mut deaf = server.deaf_viewer("deaf");
@@ -777,20 +796,26 @@ fn now_ms() -> u64 {
     u64::try_from(since.as_millis()).expect("fits u64")
 }
 
-#[test]
-fn a_stalled_handshake_is_dropped_after_the_handshake_timeout_and_blocks_no_one() {
-    use std::io::Read;
-    let server = Server::start_tls(&["--handshake-timeout-ms", "200"]);
-    // Half an HTTP request on ws, and a TCP connection that never starts TLS on wss.
+/// Half an HTTP upgrade request on ws (no blank line yet), and a TCP connection that never
+/// starts TLS on wss.
+fn stalled_handshakes(server: &Server) -> (std::net::TcpStream, std::net::TcpStream) {
     let mut half = std::net::TcpStream::connect(&server.ws).expect("connect ws");
-    std::io::Write::write_all(&mut half, b"GET /ws?user=slowloris HTTP/1.1\r\nHost: x\r\n").expect("write");
-    let mut mute = std::net::TcpStream::connect(server.wss.as_deref().expect("wss")).expect("connect wss");
-    let mut plain = server.viewer("fine");
-    let mut tls = server.tls_viewer("fine-tls");
-    plain.join("r");
-    tls.join("r");
-    for (what, s) in [("half request", &mut half), ("no ClientHello", &mut mute)] {
+    std::io::Write::write_all(&mut half, b"GET /ws?user=slowloris HTTP/1.1\r\nHost: localhost\r\n").expect("write");
+    let mute = std::net::TcpStream::connect(server.wss.as_deref().expect("wss")).expect("connect wss");
+    for s in [&half, &mute] {
         s.set_read_timeout(Some(support::WAIT)).expect("timeout");
+    }
+    (half, mute)
+}
+
+#[test]
+fn a_stalled_handshake_is_dropped_after_the_handshake_timeout() {
+    use std::io::Read;
+    // Only the stalled connections meet this short timeout; no client here has to finish a
+    // handshake within it.
+    let server = Server::start_tls(&["--handshake-timeout-ms", "200"]);
+    let (mut half, mut mute) = stalled_handshakes(&server);
+    for (what, s) in [("half request", &mut half), ("no ClientHello", &mut mute)] {
         let mut rest = Vec::new();
         // Whatever the server says (perhaps an HTTP error), it then closes: end of stream.
         match s.read_to_end(&mut rest) {
@@ -800,8 +825,46 @@ fn a_stalled_handshake_is_dropped_after_the_handshake_timeout_and_blocks_no_one(
         }
         assert!(!String::from_utf8_lossy(&rest).contains(" 101 "), "{what}: never upgraded");
     }
-    plain.send_json(json!({"op": "ping"}));
-    assert_eq!(plain.next_msg()["op"], "pong");
+}
+
+#[test]
+fn a_stalled_handshake_blocks_no_one_and_may_still_finish_within_the_timeout() {
+    // A timeout no step of this test comes near (each wait is bounded by support::WAIT):
+    // while both handshakes stall, plain and TLS viewers connect and get the whole protocol;
+    // then the stalled ones finish theirs and are upgraded.
+    let server = Server::start_tls(&["--handshake-timeout-ms", "600000"]);
+    let (mut half, mute) = stalled_handshakes(&server);
+    let mut plain = server.viewer("fine");
+    let mut tls = server.tls_viewer("fine-tls");
+    plain.join("r");
+    tls.join("r");
+    let mut up = server.upstream();
+    assert_eq!(up.call(json!({"op": "publish", "room": "r", "type": "t", "data": "while stalled"}))["seq"], 1);
+    for v in [&mut plain, &mut tls] {
+        assert_eq!(v.until_op("event")["data"], "while stalled");
+        v.send_json(json!({"op": "ping"}));
+        assert_eq!(v.until_op("pong")["op"], "pong");
+    }
+    // The rest of the half request: it was waiting, not dropped.
+    let rest = format!("{UPGRADE_HEADERS}Sec-WebSocket-Version: 13\r\n\r\n");
+    let rest = rest.strip_prefix("Host: localhost\r\n").expect("UPGRADE_HEADERS starts with Host");
+    std::io::Write::write_all(&mut half, rest.as_bytes()).expect("finish the request");
+    let head = response_head(half);
+    assert!(head.starts_with("HTTP/1.1 101"), "the late half request is upgraded: {head}");
+    // The mute one starts TLS at last.
+    let config = support::client_tls_config(server.cert_pem.as_deref().expect("cert"), &[]);
+    let port = server.wss.as_deref().and_then(|a| a.rsplit(':').next()).expect("wss port");
+    let (mut late, response) = tungstenite::client_tls_with_config(
+        format!("wss://localhost:{port}/ws?user=late"),
+        mute,
+        None,
+        Some(tungstenite::Connector::Rustls(config)),
+    )
+    .expect("the late TLS handshake and upgrade");
+    assert_eq!(response.status(), 101);
+    let Message::Text(hello) = late.read().expect("hello") else { panic!("hello is a text message") };
+    let hello: serde_json::Value = serde_json::from_str(&hello).expect("json");
+    assert_eq!((hello["op"].as_str(), hello["user"].as_str()), (Some("hello"), Some("late")), "{hello}");
 }
 
 #[test]
