@@ -41,7 +41,7 @@ fn a_comment_reaches_every_member_and_is_acked() {
     let server = Server::start(&[]);
     let mut a = server.viewer("alice");
     let mut b = server.viewer("bob");
-    a.join("chat");
+    let epoch = a.join("chat")["epoch"].as_str().expect("joined carries the epoch").to_owned();
     b.join("chat");
     for reference in [json!("c-1"), json!(42)] {
         a.send_json(json!({"op": "comment", "room": "chat", "text": "hello \"all\"", "ref": reference}));
@@ -49,7 +49,9 @@ fn a_comment_reaches_every_member_and_is_acked() {
         assert_eq!(ev["type"], "comment");
         assert_eq!(ev["data"]["user"], "alice");
         assert_eq!(ev["data"]["text"], "hello \"all\"");
-        assert!(ev["data"]["id"].is_string());
+        // docs/protocol.md: comment ids are `<epoch>-<seq>`.
+        let seq = ev["seq"].as_u64().expect("seq");
+        assert_eq!(ev["data"]["id"], format!("{epoch}-{seq}"), "comment id is <epoch>-<seq>: {ev}");
         let ack = a.until_op("ack");
         assert_eq!(ack["ref"], reference, "ref echoed exactly");
         assert_eq!(ack["seq"], ev["seq"]);
@@ -58,7 +60,12 @@ fn a_comment_reaches_every_member_and_is_acked() {
         assert_eq!(seen["data"], ev["data"]);
     }
     a.send_json(json!({"op": "comment", "room": "chat", "text": "x".repeat(501), "ref": 1}));
-    assert_eq!(a.next_msg()["code"], "too_large");
+    let e = a.next_msg();
+    assert_eq!(
+        (&e["op"], &e["code"], &e["ref"], &e["room"]),
+        (&json!("error"), &json!("too_large"), &json!(1), &json!("chat")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -234,7 +241,18 @@ fn a_viewer_without_user_gets_a_made_up_id() {
     let Message::Text(hello) = ws.read().expect("hello") else { panic!("hello is a text message") };
     let hello: serde_json::Value = serde_json::from_str(&hello).expect("json");
     assert_eq!(hello["op"], "hello");
-    assert!(hello["user"].as_str().is_some_and(|u| !u.is_empty()), "anonymous user id: {hello}");
+    // docs/protocol.md "Identity and auth": without `?user=` the id is `anon-<conn>`.
+    let conn = hello["conn"].as_u64().unwrap_or_else(|| panic!("hello.conn is an integer: {hello}"));
+    assert_eq!(hello["user"], format!("anon-{conn}"), "anonymous user id is anon-<conn>: {hello}");
+    // It is this connection's own: another anonymous connection gets another id.
+    let stream = std::net::TcpStream::connect(&server.ws).expect("connect");
+    stream.set_read_timeout(Some(support::WAIT)).expect("timeout");
+    let (mut other, _) = tungstenite::client(format!("ws://{}/ws", server.ws), stream).expect("upgrade");
+    let Message::Text(second) = other.read().expect("hello") else { panic!("hello is a text message") };
+    let second: serde_json::Value = serde_json::from_str(&second).expect("json");
+    let other_conn = second["conn"].as_u64().unwrap_or_else(|| panic!("hello.conn is an integer: {second}"));
+    assert_ne!(other_conn, conn, "each connection has its own id");
+    assert_eq!(second["user"], format!("anon-{other_conn}"), "{second}");
 }
 
 #[test]
@@ -294,7 +312,7 @@ fn comment_events_carry_id_user_name_text_and_every_scalar_ref_is_echoed() {
     let server = Server::start(&[]);
     let mut a = server.viewer("alice");
     let mut b = server.viewer("bob");
-    a.join("chat");
+    let epoch = a.join("chat")["epoch"].as_str().expect("joined carries the epoch").to_owned();
     b.join("chat");
     let mut ids = Vec::new();
     for reference in [json!("s"), json!(7), json!(-1.5), json!("\"quoted\" ✓")] {
@@ -304,7 +322,8 @@ fn comment_events_carry_id_user_name_text_and_every_scalar_ref_is_echoed() {
         let data = &ev["data"];
         assert_eq!((&data["user"], &data["text"]), (&json!("alice"), &json!("héllo 👋")), "data: {data}");
         assert!(data["name"].is_string(), "comment data carries a display name: {data}");
-        assert!(!data["id"].is_null(), "comment data carries an id: {data}");
+        let seq = ev["seq"].as_u64().unwrap_or_else(|| panic!("event seq: {ev}"));
+        assert_eq!(data["id"], format!("{epoch}-{seq}"), "comment id is <epoch>-<seq>: {data}");
         ids.push(data["id"].clone());
         let ack = a.until_op("ack");
         assert_eq!(ack["ref"], reference, "ref echoed exactly");
@@ -327,12 +346,21 @@ fn comment_length_is_counted_in_characters_and_errors_echo_the_ref() {
     v.send_json(json!({"op": "comment", "room": "c", "text": "é".repeat(500), "ref": "max"}));
     assert_eq!(v.until_op("event")["data"]["text"], "é".repeat(500));
     assert_eq!(v.until_op("ack")["ref"], "max");
+    // docs/protocol.md "comment": empty -> `bad_request`; over max_comment_chars -> `too_large`.
     v.send_json(json!({"op": "comment", "room": "c", "text": "é".repeat(501), "ref": "over"}));
     let e = v.next_msg();
-    assert_eq!((&e["op"], &e["ref"]), (&json!("error"), &json!("over")), "501 characters is refused: {e}");
+    assert_eq!(
+        (&e["op"], &e["code"], &e["ref"], &e["room"]),
+        (&json!("error"), &json!("too_large"), &json!("over"), &json!("c")),
+        "501 characters is refused: {e}"
+    );
     v.send_json(json!({"op": "comment", "room": "c", "text": "", "ref": "empty"}));
     let e = v.next_msg();
-    assert_eq!((&e["op"], &e["ref"]), (&json!("error"), &json!("empty")), "an empty comment is refused: {e}");
+    assert_eq!(
+        (&e["op"], &e["code"], &e["ref"], &e["room"]),
+        (&json!("error"), &json!("bad_request"), &json!("empty"), &json!("c")),
+        "an empty comment is refused: {e}"
+    );
     v.send_json(json!({"op": "ping"}));
     assert_eq!(v.next_msg()["op"], "pong");
 }
