@@ -962,3 +962,135 @@ fn a_connections_open_and_close_are_logged_at_debug_with_code_and_reason() {
         "{closing}"
     );
 }
+
+// ---- Promises of PROTOCOL.md and docs/protocol.md that had no socket-level test. ----
+
+/// `(op, code, ref, room)` of a reply, for one comparison per error.
+fn error_parts(
+    e: &serde_json::Value,
+) -> (&serde_json::Value, &serde_json::Value, &serde_json::Value, &serde_json::Value) {
+    (&e["op"], &e["code"], &e["ref"], &e["room"])
+}
+
+#[test]
+fn joining_ones_own_private_room_is_bad_request_and_another_users_is_forbidden() {
+    // PROTOCOL.md: every connection is in `user:<sub>` from the start; docs/protocol.md
+    // "join": another user's private room is `forbidden`, one's own `bad_request` (it is
+    // joined automatically).
+    let server = Server::start(&[]);
+    let mut ada = server.viewer("ada");
+    ada.send_json(json!({"op": "join", "room": "user:ada", "ref": "own"}));
+    let e = ada.next_msg();
+    assert_eq!(error_parts(&e), (&json!("error"), &json!("bad_request"), &json!("own"), &json!("user:ada")), "{e}");
+    ada.send_json(json!({"op": "join", "room": "user:bob", "ref": "other"}));
+    let e = ada.next_msg();
+    assert_eq!(error_parts(&e), (&json!("error"), &json!("forbidden"), &json!("other"), &json!("user:bob")), "{e}");
+    // Neither error took her out of her own private room.
+    let mut up = server.upstream();
+    assert_eq!(up.call(json!({"op": "publish", "room": "user:ada", "type": "dm", "data": "still yours"}))["ok"], true);
+    let ev = ada.next_msg();
+    assert_eq!((&ev["op"], &ev["room"], &ev["data"]), (&json!("event"), &json!("user:ada"), &json!("still yours")));
+}
+
+#[test]
+fn joining_past_max_rooms_per_conn_is_forbidden_until_a_room_is_left() {
+    // docs/protocol.md "join": more than limits.max_rooms_per_conn rooms on one connection is
+    // `forbidden`. The private room does not count: three rooms fit a limit of three.
+    let server = Server::start(&["--max-rooms-per-conn", "3"]);
+    let mut v = server.viewer("collector");
+    for room in ["r0", "r1", "r2"] {
+        assert_eq!(v.join(room)["room"], room);
+    }
+    v.send_json(json!({"op": "join", "room": "r3", "ref": "fourth"}));
+    let e = v.next_msg();
+    assert_eq!(error_parts(&e), (&json!("error"), &json!("forbidden"), &json!("fourth"), &json!("r3")), "{e}");
+    assert!(e["message"].as_str().is_some_and(|m| m.contains('3')), "the message names the limit: {e}");
+    // The refused join left no trace: r3 is not joined, the three others still are.
+    v.send_json(json!({"op": "leave", "room": "r3", "ref": "not-in"}));
+    assert_eq!(v.next_msg()["code"], "not_joined");
+    v.send_json(json!({"op": "leave", "room": "r0"}));
+    assert_eq!(v.next_msg(), json!({"op": "left", "room": "r0"}));
+    assert_eq!(v.join("r3")["room"], "r3", "a room left makes room for another");
+    let mut up = server.upstream();
+    assert_eq!(
+        up.call(json!({"op": "publish", "rooms": ["r0", "r1", "r2", "r3"], "type": "t", "data": 1}))["ok"],
+        true
+    );
+    let rooms: std::collections::BTreeSet<String> =
+        (0..3).map(|_| v.until_op("event")["room"].as_str().expect("room").to_owned()).collect();
+    assert_eq!(rooms, ["r1", "r2", "r3"].map(String::from).into(), "delivered to the joined rooms only");
+}
+
+#[test]
+fn an_object_or_array_ref_comes_back_as_null() {
+    // docs/protocol.md: a `ref` is a string, number or boolean; an object or array `ref` is
+    // dropped, and an `ack` then says "ref":null.
+    let server = Server::start(&[]);
+    let mut v = server.viewer("struct");
+    v.join("r");
+    for reference in [json!({"id": 1, "tag": "x"}), json!([1, "two"]), json!([]), json!({})] {
+        v.send_json(json!({"op": "comment", "room": "r", "text": "hi", "ref": reference}));
+        let ev = v.until_op("event");
+        let ack = v.until_op("ack");
+        let fields = ack.as_object().unwrap_or_else(|| panic!("ack is an object: {ack}"));
+        assert_eq!(fields.get("ref"), Some(&serde_json::Value::Null), "ref {reference}: {ack}");
+        assert_eq!(ack["seq"], ev["seq"], "ref {reference}: the comment was still taken: {ack}");
+        v.send_json(json!({"op": "ping", "ref": reference}));
+        let pong = v.next_msg();
+        assert_eq!(pong["op"], "pong");
+        assert!(pong.get("ref").is_none_or(serde_json::Value::is_null), "ref {reference} is not echoed: {pong}");
+    }
+}
+
+#[test]
+fn a_custom_ws_path_serves_the_upgrade_there_and_refuses_slash_ws_with_404() {
+    // README: `ws.path` is the upgrade path of ws and wss; docs/protocol.md: another path is 404.
+    let server = Server::start_tls(&["--ws-path", "/live/socket"]);
+    let stream = std::net::TcpStream::connect(&server.ws).expect("connect");
+    stream.set_read_timeout(Some(support::WAIT)).expect("timeout");
+    let (ws, response) = tungstenite::client(
+        format!("ws://{}/live/socket?user=pathy", server.ws),
+        tungstenite::stream::MaybeTlsStream::Plain(stream),
+    )
+    .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    let mut plain = support::Viewer { ws };
+    assert_eq!(plain.expect_hello()["user"], "pathy");
+    assert_eq!(plain.join("p")["room"], "p");
+
+    let tls_url = |path: &str| {
+        let port = server.wss.as_deref().and_then(|a| a.rsplit(':').next()).expect("wss port");
+        format!("wss://localhost:{port}{path}?user=tls-pathy")
+    };
+    // The upgraded viewer, or the HTTP status the upgrade was refused with.
+    let tls_connect = |path: &str| -> Result<support::Viewer, u16> {
+        let stream = std::net::TcpStream::connect(server.wss.as_deref().expect("wss")).expect("connect wss");
+        stream.set_read_timeout(Some(support::WAIT)).expect("timeout");
+        let config = support::client_tls_config(server.cert_pem.as_deref().expect("cert"), &[]);
+        let connector = Some(tungstenite::Connector::Rustls(config));
+        match tungstenite::client_tls_with_config(tls_url(path), stream, None, connector) {
+            Ok((ws, response)) => {
+                assert_eq!(response.status(), 101, "wss {path}");
+                Ok(support::Viewer { ws })
+            }
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("wss {path}: neither upgraded nor refused with an HTTP status: {e}"),
+        }
+    };
+    let mut tls = tls_connect("/live/socket").expect("wss upgrade on the custom path");
+    assert_eq!(tls.expect_hello()["user"], "tls-pathy");
+    assert_eq!(tls.join("p")["room"], "p");
+
+    let head =
+        raw_upgrade(&server, &format!("GET /ws?user=h HTTP/1.1\r\n{UPGRADE_HEADERS}Sec-WebSocket-Version: 13\r\n\r\n"));
+    assert!(head.starts_with("HTTP/1.1 404"), "/ws is not the upgrade path here: {head}");
+    assert_eq!(tls_connect("/ws").err(), Some(404), "wss /ws is refused with 404 too");
+    // Both viewers on the custom path are served as usual.
+    let mut up = server.upstream();
+    assert_eq!(up.call(json!({"op": "publish", "room": "p", "type": "t", "data": "here"}))["seq"], 1);
+    for v in [&mut plain, &mut tls] {
+        assert_eq!(v.until_op("event")["data"], "here");
+    }
+}
