@@ -1,4 +1,5 @@
-//! A member that does not read is closed with 4009 once its queue passes the outbound budget;
+//! A member that does not read is closed with 4009 once its queue passes the outbound budget
+//! (and the server logs a warning naming it and the budget);
 //! what it did receive is gap-free and in seq order, and every other member of the room
 //! receives everything, plain or TLS, and presence drops the closed one. A viewer that reads
 //! in small steps but keeps up is never cut. The kernel's share of a slow consumer's backlog is
@@ -93,7 +94,16 @@ fn drain_slow(slow: &mut Viewer, total: u64) -> (u64, Option<u16>) {
     }
 }
 
-fn slow_consumer_case(server: &Server, mut slow: Viewer) {
+/// The server's warning for a slow-consumer close of `user`, once it is in the log.
+fn slow_consumer_warning(server: &Server, user: &str) -> String {
+    const WARNING: &str = "slow consumer: outbound queue over budget";
+    let is_it = |line: &str| line.contains(WARNING) && line.contains(&format!(" user={user} "));
+    let log = server.wait_for_log(|log| log.lines().any(is_it));
+    log.lines().find(|l| is_it(l)).expect("the line wait_for_log found").to_owned()
+}
+
+/// `user`'s connection `slow` never reads while the room is flooded.
+fn slow_consumer_case(server: &Server, user: &str, mut slow: Viewer) {
     const ROOM: &str = "busy";
     let budget: usize = 65536;
     // Twice the kernel's send buffer on the server side (the slow client's receive buffer is
@@ -111,6 +121,9 @@ fn slow_consumer_case(server: &Server, mut slow: Viewer) {
     let (last, code) = drain_slow(&mut slow, total);
     assert_eq!(code, Some(4009), "the slow consumer is closed as one (it got {last} of {total} events)");
     assert!(last < total, "it was cut off before the end ({last} of {total})");
+    // docs/protocol.md "Close codes": the server logs each such close (warn), with the budget.
+    let warning = slow_consumer_warning(server, user);
+    assert!(warning.contains(" WARN ") && warning.contains("budget=65536"), "{warning}");
     // It is gone from the room: presence (which only reports changes) comes down to the readers.
     while online != Some(readers.len() as u64) {
         online = readers[0].until_op("presence")["online"].as_u64();
@@ -121,14 +134,14 @@ fn slow_consumer_case(server: &Server, mut slow: Viewer) {
 fn a_plain_viewer_that_never_reads_is_closed_with_4009_and_the_rest_get_everything() {
     let server = Server::start(&SLOW_FLAGS);
     let slow = server.viewer_small_window("sloth");
-    slow_consumer_case(&server, slow);
+    slow_consumer_case(&server, "sloth", slow);
 }
 
 #[test]
 fn a_tls_viewer_that_never_reads_is_closed_with_4009_and_the_rest_get_everything() {
     let server = Server::start_tls(&SLOW_FLAGS);
     let slow = server.tls_viewer_small_window("tls-sloth");
-    slow_consumer_case(&server, slow);
+    slow_consumer_case(&server, "tls-sloth", slow);
 }
 
 #[test]
@@ -136,7 +149,7 @@ fn a_viewer_with_default_socket_buffers_that_never_reads_is_closed_with_4009() {
     // No small window: the kernel's own buffering (with autotuning) sits in front of the budget.
     let server = Server::start(&SLOW_FLAGS);
     let slow = server.viewer("default-sloth");
-    slow_consumer_case(&server, slow);
+    slow_consumer_case(&server, "default-sloth", slow);
 }
 
 #[test]

@@ -41,7 +41,7 @@ fn a_comment_reaches_every_member_and_is_acked() {
     let server = Server::start(&[]);
     let mut a = server.viewer("alice");
     let mut b = server.viewer("bob");
-    a.join("chat");
+    let epoch = a.join("chat")["epoch"].as_str().expect("joined carries the epoch").to_owned();
     b.join("chat");
     for reference in [json!("c-1"), json!(42)] {
         a.send_json(json!({"op": "comment", "room": "chat", "text": "hello \"all\"", "ref": reference}));
@@ -49,7 +49,9 @@ fn a_comment_reaches_every_member_and_is_acked() {
         assert_eq!(ev["type"], "comment");
         assert_eq!(ev["data"]["user"], "alice");
         assert_eq!(ev["data"]["text"], "hello \"all\"");
-        assert!(ev["data"]["id"].is_string());
+        // docs/protocol.md: comment ids are `<epoch>-<seq>`.
+        let seq = ev["seq"].as_u64().expect("seq");
+        assert_eq!(ev["data"]["id"], format!("{epoch}-{seq}"), "comment id is <epoch>-<seq>: {ev}");
         let ack = a.until_op("ack");
         assert_eq!(ack["ref"], reference, "ref echoed exactly");
         assert_eq!(ack["seq"], ev["seq"]);
@@ -58,7 +60,12 @@ fn a_comment_reaches_every_member_and_is_acked() {
         assert_eq!(seen["data"], ev["data"]);
     }
     a.send_json(json!({"op": "comment", "room": "chat", "text": "x".repeat(501), "ref": 1}));
-    assert_eq!(a.next_msg()["code"], "too_large");
+    let e = a.next_msg();
+    assert_eq!(
+        (&e["op"], &e["code"], &e["ref"], &e["room"]),
+        (&json!("error"), &json!("too_large"), &json!(1), &json!("chat")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -234,7 +241,18 @@ fn a_viewer_without_user_gets_a_made_up_id() {
     let Message::Text(hello) = ws.read().expect("hello") else { panic!("hello is a text message") };
     let hello: serde_json::Value = serde_json::from_str(&hello).expect("json");
     assert_eq!(hello["op"], "hello");
-    assert!(hello["user"].as_str().is_some_and(|u| !u.is_empty()), "anonymous user id: {hello}");
+    // docs/protocol.md "Identity and auth": without `?user=` the id is `anon-<conn>`.
+    let conn = hello["conn"].as_u64().unwrap_or_else(|| panic!("hello.conn is an integer: {hello}"));
+    assert_eq!(hello["user"], format!("anon-{conn}"), "anonymous user id is anon-<conn>: {hello}");
+    // It is this connection's own: another anonymous connection gets another id.
+    let stream = std::net::TcpStream::connect(&server.ws).expect("connect");
+    stream.set_read_timeout(Some(support::WAIT)).expect("timeout");
+    let (mut other, _) = tungstenite::client(format!("ws://{}/ws", server.ws), stream).expect("upgrade");
+    let Message::Text(second) = other.read().expect("hello") else { panic!("hello is a text message") };
+    let second: serde_json::Value = serde_json::from_str(&second).expect("json");
+    let other_conn = second["conn"].as_u64().unwrap_or_else(|| panic!("hello.conn is an integer: {second}"));
+    assert_ne!(other_conn, conn, "each connection has its own id");
+    assert_eq!(second["user"], format!("anon-{other_conn}"), "{second}");
 }
 
 #[test]
@@ -294,7 +312,7 @@ fn comment_events_carry_id_user_name_text_and_every_scalar_ref_is_echoed() {
     let server = Server::start(&[]);
     let mut a = server.viewer("alice");
     let mut b = server.viewer("bob");
-    a.join("chat");
+    let epoch = a.join("chat")["epoch"].as_str().expect("joined carries the epoch").to_owned();
     b.join("chat");
     let mut ids = Vec::new();
     for reference in [json!("s"), json!(7), json!(-1.5), json!("\"quoted\" ✓")] {
@@ -304,7 +322,8 @@ fn comment_events_carry_id_user_name_text_and_every_scalar_ref_is_echoed() {
         let data = &ev["data"];
         assert_eq!((&data["user"], &data["text"]), (&json!("alice"), &json!("héllo 👋")), "data: {data}");
         assert!(data["name"].is_string(), "comment data carries a display name: {data}");
-        assert!(!data["id"].is_null(), "comment data carries an id: {data}");
+        let seq = ev["seq"].as_u64().unwrap_or_else(|| panic!("event seq: {ev}"));
+        assert_eq!(data["id"], format!("{epoch}-{seq}"), "comment id is <epoch>-<seq>: {data}");
         ids.push(data["id"].clone());
         let ack = a.until_op("ack");
         assert_eq!(ack["ref"], reference, "ref echoed exactly");
@@ -327,12 +346,21 @@ fn comment_length_is_counted_in_characters_and_errors_echo_the_ref() {
     v.send_json(json!({"op": "comment", "room": "c", "text": "é".repeat(500), "ref": "max"}));
     assert_eq!(v.until_op("event")["data"]["text"], "é".repeat(500));
     assert_eq!(v.until_op("ack")["ref"], "max");
+    // docs/protocol.md "comment": empty -> `bad_request`; over max_comment_chars -> `too_large`.
     v.send_json(json!({"op": "comment", "room": "c", "text": "é".repeat(501), "ref": "over"}));
     let e = v.next_msg();
-    assert_eq!((&e["op"], &e["ref"]), (&json!("error"), &json!("over")), "501 characters is refused: {e}");
+    assert_eq!(
+        (&e["op"], &e["code"], &e["ref"], &e["room"]),
+        (&json!("error"), &json!("too_large"), &json!("over"), &json!("c")),
+        "501 characters is refused: {e}"
+    );
     v.send_json(json!({"op": "comment", "room": "c", "text": "", "ref": "empty"}));
     let e = v.next_msg();
-    assert_eq!((&e["op"], &e["ref"]), (&json!("error"), &json!("empty")), "an empty comment is refused: {e}");
+    assert_eq!(
+        (&e["op"], &e["code"], &e["ref"], &e["room"]),
+        (&json!("error"), &json!("bad_request"), &json!("empty"), &json!("c")),
+        "an empty comment is refused: {e}"
+    );
     v.send_json(json!({"op": "ping"}));
     assert_eq!(v.next_msg()["op"], "pong");
 }
@@ -573,10 +601,15 @@ fn a_ping_frame_between_fragments_is_answered_and_the_message_still_assembles() 
 
 /// Send a raw HTTP request to the ws listener and return the response head.
 fn raw_upgrade(server: &Server, request: &str) -> String {
-    use std::io::{BufRead, BufReader};
     let mut stream = std::net::TcpStream::connect(&server.ws).expect("connect");
     stream.set_read_timeout(Some(support::WAIT)).expect("timeout");
     std::io::Write::write_all(&mut stream, request.as_bytes()).expect("write request");
+    response_head(stream)
+}
+
+/// Read an HTTP response head (up to the blank line) from `stream`.
+fn response_head(stream: std::net::TcpStream) -> String {
+    use std::io::{BufRead, BufReader};
     let mut reader = BufReader::new(stream);
     let mut head = String::new();
     loop {
@@ -634,29 +667,43 @@ fn keepalive(v: &mut support::Viewer, frame: bool) {
     }
 }
 
+/// The heartbeat flags of the tests where a silent connection is closed while a live one
+/// must stay: pinged after 100 ms of silence, closed after 5 s. What binds the live client is
+/// the window between the two: it has about 5 s to answer the server's ping (or to send its
+/// next one), which a loaded machine does not miss, while the silent one needs no answer to be
+/// closed. The tests wait for the silent one's close frame, not for a time.
+const HEARTBEAT_FLAGS: [&str; 4] = ["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "5000"];
+
+/// How often the pinger pings while it waits for the silent connection's close: far inside
+/// the 5 s timeout, and without spinning the shared machine's cores.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
 fn pinging_outlives_a_silent_connection(frame: bool) {
-    // The pinger pings as fast as it can until the silent one is closed: no message rate limit.
-    let server = Server::start(&[
-        "--heartbeat-ms",
-        "100",
-        "--heartbeat-timeout-ms",
-        "300",
-        "--message-rate",
-        "1000000",
-        "--message-burst",
-        "1000000",
-    ]);
+    // The pinger pings steadily until the silent one is closed: no message rate limit.
+    let mut flags = HEARTBEAT_FLAGS.to_vec();
+    flags.extend(["--message-rate", "1000000", "--message-burst", "1000000"]);
+    let server = Server::start(&flags);
     // The pinger connects first, so it has been connected longer than the silent one when
-    // that one is closed; only its pings can have kept it open. The silent one answers not
-    // even the server's pings.
+    // that one is closed: its pings kept it open. The silent one answers not even the
+    // server's pings.
     let mut pinger = server.viewer("pinger");
     let mut silent = server.deaf_viewer("silent");
-    let watcher = std::thread::spawn(move || silent.close_code().0);
-    while !watcher.is_finished() {
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        let closed = silent.close_code();
+        let _ = closed_tx.send(());
+        closed
+    });
+    loop {
         keepalive(&mut pinger, frame);
+        match closed_rx.recv_timeout(PING_EVERY) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
     }
-    let code = watcher.join().expect("watcher thread");
-    assert!(code.is_some(), "the silent connection got a close frame, not just a dropped socket");
+    let (code, pings) = watcher.join().expect("watcher thread");
+    // docs/protocol.md "Heartbeats": closed with 1001 (reconnect), after one unanswered ping.
+    assert_eq!((code, pings), (Some(1001), 1), "the silent connection is pinged once, then closed with 1001");
     keepalive(&mut pinger, frame);
 }
 
@@ -666,7 +713,7 @@ fn a_viewer_that_only_listens_stays_connected_because_it_answers_the_servers_pin
     // client's automatic pong keeps it alive without application code. The listener connects
     // first and sends nothing; once a deaf viewer that connected after it is closed, the
     // listener has been silent for longer than the timeout too, and must still be served.
-    let server = Server::start(&["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "300"]);
+    let server = Server::start(&HEARTBEAT_FLAGS);
     let mut listener = server.viewer("listener");
     let reader = std::thread::spawn(move || listener.next());
     let mut deaf = server.deaf_viewer("deaf");
@@ -777,20 +824,26 @@ fn now_ms() -> u64 {
     u64::try_from(since.as_millis()).expect("fits u64")
 }
 
-#[test]
-fn a_stalled_handshake_is_dropped_after_the_handshake_timeout_and_blocks_no_one() {
-    use std::io::Read;
-    let server = Server::start_tls(&["--handshake-timeout-ms", "200"]);
-    // Half an HTTP request on ws, and a TCP connection that never starts TLS on wss.
+/// Half an HTTP upgrade request on ws (no blank line yet), and a TCP connection that never
+/// starts TLS on wss.
+fn stalled_handshakes(server: &Server) -> (std::net::TcpStream, std::net::TcpStream) {
     let mut half = std::net::TcpStream::connect(&server.ws).expect("connect ws");
-    std::io::Write::write_all(&mut half, b"GET /ws?user=slowloris HTTP/1.1\r\nHost: x\r\n").expect("write");
-    let mut mute = std::net::TcpStream::connect(server.wss.as_deref().expect("wss")).expect("connect wss");
-    let mut plain = server.viewer("fine");
-    let mut tls = server.tls_viewer("fine-tls");
-    plain.join("r");
-    tls.join("r");
-    for (what, s) in [("half request", &mut half), ("no ClientHello", &mut mute)] {
+    std::io::Write::write_all(&mut half, b"GET /ws?user=slowloris HTTP/1.1\r\nHost: localhost\r\n").expect("write");
+    let mute = std::net::TcpStream::connect(server.wss.as_deref().expect("wss")).expect("connect wss");
+    for s in [&half, &mute] {
         s.set_read_timeout(Some(support::WAIT)).expect("timeout");
+    }
+    (half, mute)
+}
+
+#[test]
+fn a_stalled_handshake_is_dropped_after_the_handshake_timeout() {
+    use std::io::Read;
+    // Only the stalled connections meet this short timeout; no client here has to finish a
+    // handshake within it.
+    let server = Server::start_tls(&["--handshake-timeout-ms", "200"]);
+    let (mut half, mut mute) = stalled_handshakes(&server);
+    for (what, s) in [("half request", &mut half), ("no ClientHello", &mut mute)] {
         let mut rest = Vec::new();
         // Whatever the server says (perhaps an HTTP error), it then closes: end of stream.
         match s.read_to_end(&mut rest) {
@@ -800,8 +853,46 @@ fn a_stalled_handshake_is_dropped_after_the_handshake_timeout_and_blocks_no_one(
         }
         assert!(!String::from_utf8_lossy(&rest).contains(" 101 "), "{what}: never upgraded");
     }
-    plain.send_json(json!({"op": "ping"}));
-    assert_eq!(plain.next_msg()["op"], "pong");
+}
+
+#[test]
+fn a_stalled_handshake_blocks_no_one_and_may_still_finish_within_the_timeout() {
+    // A timeout no step of this test comes near (each wait is bounded by support::WAIT):
+    // while both handshakes stall, plain and TLS viewers connect and get the whole protocol;
+    // then the stalled ones finish theirs and are upgraded.
+    let server = Server::start_tls(&["--handshake-timeout-ms", "600000"]);
+    let (mut half, mute) = stalled_handshakes(&server);
+    let mut plain = server.viewer("fine");
+    let mut tls = server.tls_viewer("fine-tls");
+    plain.join("r");
+    tls.join("r");
+    let mut up = server.upstream();
+    assert_eq!(up.call(json!({"op": "publish", "room": "r", "type": "t", "data": "while stalled"}))["seq"], 1);
+    for v in [&mut plain, &mut tls] {
+        assert_eq!(v.until_op("event")["data"], "while stalled");
+        v.send_json(json!({"op": "ping"}));
+        assert_eq!(v.until_op("pong")["op"], "pong");
+    }
+    // The rest of the half request: it was waiting, not dropped.
+    let rest = format!("{UPGRADE_HEADERS}Sec-WebSocket-Version: 13\r\n\r\n");
+    let rest = rest.strip_prefix("Host: localhost\r\n").expect("UPGRADE_HEADERS starts with Host");
+    std::io::Write::write_all(&mut half, rest.as_bytes()).expect("finish the request");
+    let head = response_head(half);
+    assert!(head.starts_with("HTTP/1.1 101"), "the late half request is upgraded: {head}");
+    // The mute one starts TLS at last.
+    let config = support::client_tls_config(server.cert_pem.as_deref().expect("cert"), &[]);
+    let port = server.wss.as_deref().and_then(|a| a.rsplit(':').next()).expect("wss port");
+    let (mut late, response) = tungstenite::client_tls_with_config(
+        format!("wss://localhost:{port}/ws?user=late"),
+        mute,
+        None,
+        Some(tungstenite::Connector::Rustls(config)),
+    )
+    .expect("the late TLS handshake and upgrade");
+    assert_eq!(response.status(), 101);
+    let Message::Text(hello) = late.read().expect("hello") else { panic!("hello is a text message") };
+    let hello: serde_json::Value = serde_json::from_str(&hello).expect("json");
+    assert_eq!((hello["op"].as_str(), hello["user"].as_str()), (Some("hello"), Some("late")), "{hello}");
 }
 
 #[test]
@@ -870,4 +961,136 @@ fn a_connections_open_and_close_are_logged_at_debug_with_code_and_reason() {
             || closing.contains("reason=closed"),
         "{closing}"
     );
+}
+
+// ---- Promises of PROTOCOL.md and docs/protocol.md that had no socket-level test. ----
+
+/// `(op, code, ref, room)` of a reply, for one comparison per error.
+fn error_parts(
+    e: &serde_json::Value,
+) -> (&serde_json::Value, &serde_json::Value, &serde_json::Value, &serde_json::Value) {
+    (&e["op"], &e["code"], &e["ref"], &e["room"])
+}
+
+#[test]
+fn joining_ones_own_private_room_is_bad_request_and_another_users_is_forbidden() {
+    // PROTOCOL.md: every connection is in `user:<sub>` from the start; docs/protocol.md
+    // "join": another user's private room is `forbidden`, one's own `bad_request` (it is
+    // joined automatically).
+    let server = Server::start(&[]);
+    let mut ada = server.viewer("ada");
+    ada.send_json(json!({"op": "join", "room": "user:ada", "ref": "own"}));
+    let e = ada.next_msg();
+    assert_eq!(error_parts(&e), (&json!("error"), &json!("bad_request"), &json!("own"), &json!("user:ada")), "{e}");
+    ada.send_json(json!({"op": "join", "room": "user:bob", "ref": "other"}));
+    let e = ada.next_msg();
+    assert_eq!(error_parts(&e), (&json!("error"), &json!("forbidden"), &json!("other"), &json!("user:bob")), "{e}");
+    // Neither error took her out of her own private room.
+    let mut up = server.upstream();
+    assert_eq!(up.call(json!({"op": "publish", "room": "user:ada", "type": "dm", "data": "still yours"}))["ok"], true);
+    let ev = ada.next_msg();
+    assert_eq!((&ev["op"], &ev["room"], &ev["data"]), (&json!("event"), &json!("user:ada"), &json!("still yours")));
+}
+
+#[test]
+fn joining_past_max_rooms_per_conn_is_forbidden_until_a_room_is_left() {
+    // docs/protocol.md "join": more than limits.max_rooms_per_conn rooms on one connection is
+    // `forbidden`. The private room does not count: three rooms fit a limit of three.
+    let server = Server::start(&["--max-rooms-per-conn", "3"]);
+    let mut v = server.viewer("collector");
+    for room in ["r0", "r1", "r2"] {
+        assert_eq!(v.join(room)["room"], room);
+    }
+    v.send_json(json!({"op": "join", "room": "r3", "ref": "fourth"}));
+    let e = v.next_msg();
+    assert_eq!(error_parts(&e), (&json!("error"), &json!("forbidden"), &json!("fourth"), &json!("r3")), "{e}");
+    assert!(e["message"].as_str().is_some_and(|m| m.contains('3')), "the message names the limit: {e}");
+    // The refused join left no trace: r3 is not joined, the three others still are.
+    v.send_json(json!({"op": "leave", "room": "r3", "ref": "not-in"}));
+    assert_eq!(v.next_msg()["code"], "not_joined");
+    v.send_json(json!({"op": "leave", "room": "r0"}));
+    assert_eq!(v.next_msg(), json!({"op": "left", "room": "r0"}));
+    assert_eq!(v.join("r3")["room"], "r3", "a room left makes room for another");
+    let mut up = server.upstream();
+    assert_eq!(
+        up.call(json!({"op": "publish", "rooms": ["r0", "r1", "r2", "r3"], "type": "t", "data": 1}))["ok"],
+        true
+    );
+    let rooms: std::collections::BTreeSet<String> =
+        (0..3).map(|_| v.until_op("event")["room"].as_str().expect("room").to_owned()).collect();
+    assert_eq!(rooms, ["r1", "r2", "r3"].map(String::from).into(), "delivered to the joined rooms only");
+}
+
+#[test]
+fn an_object_or_array_ref_comes_back_as_null() {
+    // docs/protocol.md: a `ref` is a string, number or boolean; an object or array `ref` is
+    // dropped, and an `ack` then says "ref":null.
+    let server = Server::start(&[]);
+    let mut v = server.viewer("struct");
+    v.join("r");
+    for reference in [json!({"id": 1, "tag": "x"}), json!([1, "two"]), json!([]), json!({})] {
+        v.send_json(json!({"op": "comment", "room": "r", "text": "hi", "ref": reference}));
+        let ev = v.until_op("event");
+        let ack = v.until_op("ack");
+        let fields = ack.as_object().unwrap_or_else(|| panic!("ack is an object: {ack}"));
+        assert_eq!(fields.get("ref"), Some(&serde_json::Value::Null), "ref {reference}: {ack}");
+        assert_eq!(ack["seq"], ev["seq"], "ref {reference}: the comment was still taken: {ack}");
+        v.send_json(json!({"op": "ping", "ref": reference}));
+        let pong = v.next_msg();
+        assert_eq!(pong["op"], "pong");
+        assert!(pong.get("ref").is_none_or(serde_json::Value::is_null), "ref {reference} is not echoed: {pong}");
+    }
+}
+
+#[test]
+fn a_custom_ws_path_serves_the_upgrade_there_and_refuses_slash_ws_with_404() {
+    // README: `ws.path` is the upgrade path of ws and wss; docs/protocol.md: another path is 404.
+    let server = Server::start_tls(&["--ws-path", "/live/socket"]);
+    let stream = std::net::TcpStream::connect(&server.ws).expect("connect");
+    stream.set_read_timeout(Some(support::WAIT)).expect("timeout");
+    let (ws, response) = tungstenite::client(
+        format!("ws://{}/live/socket?user=pathy", server.ws),
+        tungstenite::stream::MaybeTlsStream::Plain(stream),
+    )
+    .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    let mut plain = support::Viewer { ws };
+    assert_eq!(plain.expect_hello()["user"], "pathy");
+    assert_eq!(plain.join("p")["room"], "p");
+
+    let tls_url = |path: &str| {
+        let port = server.wss.as_deref().and_then(|a| a.rsplit(':').next()).expect("wss port");
+        format!("wss://localhost:{port}{path}?user=tls-pathy")
+    };
+    // The upgraded viewer, or the HTTP status the upgrade was refused with.
+    let tls_connect = |path: &str| -> Result<support::Viewer, u16> {
+        let stream = std::net::TcpStream::connect(server.wss.as_deref().expect("wss")).expect("connect wss");
+        stream.set_read_timeout(Some(support::WAIT)).expect("timeout");
+        let config = support::client_tls_config(server.cert_pem.as_deref().expect("cert"), &[]);
+        let connector = Some(tungstenite::Connector::Rustls(config));
+        match tungstenite::client_tls_with_config(tls_url(path), stream, None, connector) {
+            Ok((ws, response)) => {
+                assert_eq!(response.status(), 101, "wss {path}");
+                Ok(support::Viewer { ws })
+            }
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("wss {path}: neither upgraded nor refused with an HTTP status: {e}"),
+        }
+    };
+    let mut tls = tls_connect("/live/socket").expect("wss upgrade on the custom path");
+    assert_eq!(tls.expect_hello()["user"], "tls-pathy");
+    assert_eq!(tls.join("p")["room"], "p");
+
+    let head =
+        raw_upgrade(&server, &format!("GET /ws?user=h HTTP/1.1\r\n{UPGRADE_HEADERS}Sec-WebSocket-Version: 13\r\n\r\n"));
+    assert!(head.starts_with("HTTP/1.1 404"), "/ws is not the upgrade path here: {head}");
+    assert_eq!(tls_connect("/ws").err(), Some(404), "wss /ws is refused with 404 too");
+    // Both viewers on the custom path are served as usual.
+    let mut up = server.upstream();
+    assert_eq!(up.call(json!({"op": "publish", "room": "p", "type": "t", "data": "here"}))["seq"], 1);
+    for v in [&mut plain, &mut tls] {
+        assert_eq!(v.until_op("event")["data"], "here");
+    }
 }
