@@ -151,7 +151,11 @@ pub fn run(config: Config) -> Result<(), RunError> {
 
     let sinks = crate::sink::start(&config.sink, Arc::new(mesh::MeshNotify(Arc::clone(&mesh))))?;
     let broker = Arc::new(crate::broker::Broker::start(&config, workers, &mesh)?);
-    let epoch_seed = clock_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // Room epochs must differ between runs and between servers: the clock makes them new on
+    // every restart, and the hasher's random per-process keys keep two servers started in the
+    // same millisecond apart (a viewer moving from one to the other must not "recover" from
+    // the other's history of a room with the same name).
+    let epoch_seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), clock_ms());
     let l = &config.limits;
     // max_connections = 0 is "as many as the open-files limit lets the process hold".
     let max_connections =
