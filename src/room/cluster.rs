@@ -7,11 +7,73 @@
 //! split the same way: the room records which local viewers came or went on this node
 //! ([`HomeRoom::take_report`], sent to the cluster at the tick) and announces what the cluster
 //! reports back ([`HomeRoom::cluster_presence`]), coalesced per interval as on one node.
+//!
+//! The messages a shared room takes in ([`Broadcast`], [`Snapshot`], [`ClusterPresence`]) and
+//! reports ([`PresenceChange`]) are defined here, beside the room that applies them, so the
+//! room depends on nothing above it; `crate::shard::cluster` re-exports them for the homes and
+//! the broker.
 
 use super::{HomeRoom, PresenceDelta, MAX_REACTION_KINDS};
 use crate::ids::Seq;
-use crate::shard::cluster::{Broadcast, ClusterPresence, PresenceChange, Snapshot};
+use bytes::Bytes;
 use std::sync::Arc;
+
+/// A local viewer of a room came online or went offline on this node (reported at the tick).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// The user id.
+    pub user: Arc<str>,
+    /// The display name.
+    pub name: Arc<str>,
+    /// Online here now (else offline here).
+    pub online: bool,
+}
+
+/// A sequenced message as the cluster delivers it to a node.
+#[derive(Debug, Clone)]
+pub struct Broadcast {
+    /// Its seq in the room.
+    pub seq: u64,
+    /// The room's epoch it was sequenced in.
+    pub epoch: Box<str>,
+    /// For a `state` message: the version and the new state.
+    pub state: Option<(u64, Box<str>)>,
+    /// When it was published.
+    pub ts_ms: u64,
+    /// The encoded frame.
+    pub frame: Bytes,
+}
+
+/// A room's snapshot: what a newly followed (or resynced) room starts from.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The room's epoch.
+    pub epoch: Box<str>,
+    /// The latest seq.
+    pub seq: u64,
+    /// The state version.
+    pub version: u64,
+    /// The state, if any.
+    pub state: Option<Box<str>>,
+    /// The history stream, oldest first (at most `history.size` messages, consecutive seqs).
+    pub history: Vec<Broadcast>,
+}
+
+/// Cluster presence as the room's channel carries it: the room's users over all nodes, and
+/// who came and went cluster-wide in one node's report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterPresence {
+    /// Distinct users over all nodes.
+    pub online: u64,
+    /// Users now online somewhere who were online nowhere.
+    pub joined: Vec<(Arc<str>, Arc<str>)>,
+    /// Users now online nowhere.
+    pub left: Vec<(Arc<str>, Arc<str>)>,
+    /// The lists were too long to carry (a large room): `online` only.
+    pub overflow: bool,
+    /// Reaction counts of one node's interval.
+    pub reactions: Vec<(Box<str>, u64)>,
+}
 
 /// What a shared room keeps about the cluster.
 #[derive(Debug, Default)]

@@ -15,7 +15,7 @@
 //! In a cluster the numbering moves to the cluster's sequencer: the room then follows the
 //! cluster's order and presence instead of making its own (`cluster.rs`).
 
-mod cluster;
+pub mod cluster;
 pub mod history;
 pub mod presence;
 

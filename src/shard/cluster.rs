@@ -18,8 +18,8 @@
 
 use super::mail::{Origin, ReplyTo};
 use crate::ids::RoomName;
+pub use crate::room::cluster::{Broadcast, ClusterPresence, PresenceChange, Snapshot};
 use crate::wire::{server_msg, Ref};
-use bytes::Bytes;
 use std::sync::Arc;
 
 /// The seq placeholder the templates are encoded with (never a real seq).
@@ -180,17 +180,6 @@ pub struct SequenceRequest {
     pub then: Then,
 }
 
-/// A local viewer of a room came online or went offline on this node (reported at the tick).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceChange {
-    /// The user id.
-    pub user: Arc<str>,
-    /// The display name.
-    pub name: Arc<str>,
-    /// Online here now (else offline here).
-    pub online: bool,
-}
-
 /// A moderation command every node carries out on its own connections and rooms (the node
 /// that received it from its upstream tells the others through the cluster).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,36 +223,6 @@ pub trait BrokerPort: Send + std::fmt::Debug {
     fn control(&mut self, op: ClusterOp);
 }
 
-/// A sequenced message as the cluster delivers it to a node.
-#[derive(Debug, Clone)]
-pub struct Broadcast {
-    /// Its seq in the room.
-    pub seq: u64,
-    /// The room's epoch it was sequenced in.
-    pub epoch: Box<str>,
-    /// For a `state` message: the version and the new state.
-    pub state: Option<(u64, Box<str>)>,
-    /// When it was published.
-    pub ts_ms: u64,
-    /// The encoded frame.
-    pub frame: Bytes,
-}
-
-/// A room's snapshot: what a newly followed (or resynced) room starts from.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// The room's epoch.
-    pub epoch: Box<str>,
-    /// The latest seq.
-    pub seq: u64,
-    /// The state version.
-    pub version: u64,
-    /// The state, if any.
-    pub state: Option<Box<str>>,
-    /// The history stream, oldest first (at most `history.size` messages, consecutive seqs).
-    pub history: Vec<Broadcast>,
-}
-
 /// A followed room's catch-up state. See the module doc.
 #[derive(Debug, Default)]
 pub(crate) enum Follow {
@@ -274,22 +233,6 @@ pub(crate) enum Follow {
     Syncing(Vec<Broadcast>),
     /// In step with the cluster: the next broadcast should be `last + 1`.
     Live,
-}
-
-/// Cluster presence as the room's channel carries it: the room's users over all nodes, and
-/// who came and went cluster-wide in one node's report.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClusterPresence {
-    /// Distinct users over all nodes.
-    pub online: u64,
-    /// Users now online somewhere who were online nowhere.
-    pub joined: Vec<(Arc<str>, Arc<str>)>,
-    /// Users now online nowhere.
-    pub left: Vec<(Arc<str>, Arc<str>)>,
-    /// The lists were too long to carry (a large room): `online` only.
-    pub overflow: bool,
-    /// Reaction counts of one node's interval.
-    pub reactions: Vec<(Box<str>, u64)>,
 }
 
 #[cfg(test)]
