@@ -12,8 +12,9 @@
 //!   hold that room (joined, not left, not closed, not disconnected), as the viewers saw it;
 //! - raw bytes the server's frame reader must refuse (replayed through a reader of our own)
 //!   close the connection in that same step with the code docs/protocol.md gives for the
-//!   error (1002, 1007, 1009); every close code the server sends is a documented one, and
-//!   nothing follows a close frame.
+//!   error (1002, 1007, 1009); every close code the server sends is a documented one (or the
+//!   echo of the client's own close code, docs/protocol.md "Close codes"), nothing follows a
+//!   close frame, and a connection goes only after its close frame.
 
 use roomcast::config::Config;
 use roomcast::ids::{ConnKey, RoomName, WorkerId};
@@ -49,6 +50,8 @@ struct Viewer {
     /// The raw bytes held something the server acts on (a message, a close): an error after
     /// it may meet a connection already closing for another reason.
     spoke_raw: bool,
+    /// The code of the client's own close frame, if its raw bytes held one: the server echoes it.
+    client_close: Option<u16>,
 }
 
 /// Distinct users of the viewers that hold `room`.
@@ -76,7 +79,11 @@ fn receive(shards: &mut [Shard<()>], viewers: &mut [Viewer], i: usize, now: u64)
             Incoming::Text(t) => on_message(viewers, i, serde_json::from_slice(t).expect("the server sends JSON")),
             Incoming::Close(code, _) => {
                 let code = code.expect("the server's close frame carries a code");
-                assert!(DOCUMENTED_CLOSES.contains(&code), "close code {code} is not documented");
+                let echo = viewers[i].client_close == Some(code);
+                assert!(
+                    DOCUMENTED_CLOSES.contains(&code) || echo,
+                    "close code {code} is neither documented nor an echo"
+                );
                 if let Some(owed) = viewers[i].owed_close {
                     assert_eq!(code, owed, "a refused frame closes with the code of its error");
                 }
@@ -153,6 +160,7 @@ pub(crate) fn run(data: &[u8]) {
                     closed_with: None,
                     owed_close: None,
                     spoke_raw: false,
+                    client_close: None,
                 });
             }
             (1 | 2 | 6, Some(i)) => {
@@ -183,9 +191,11 @@ pub(crate) fn run(data: &[u8]) {
                 let v = &mut viewers[i];
                 let mut copy = raw.to_vec();
                 let mut spoke = false;
+                let client_close = &mut v.client_close;
                 let result = v.mirror.feed(&mut copy, max_message, |msg| {
                     spoke = true;
-                    if matches!(msg, Incoming::Close(..)) {
+                    if let Incoming::Close(code, _) = msg {
+                        *client_close = client_close.or(code);
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())
