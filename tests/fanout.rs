@@ -7,6 +7,8 @@
 //! one `end` event. A viewer must see seqs 1..=N in order and then `end` at N+1, so a
 //! duplicate, a gap or a reordering before the marker fails the check.
 
+mod admin_support;
+mod live_support;
 mod support;
 
 use serde_json::{json, Value};
@@ -395,34 +397,64 @@ fn viewers_joining_during_a_flood_continue_exactly_after_the_seq_in_joined() {
     });
 }
 
-/// With a batching window, a busy room's messages are held and then sent together; the worker
-/// must wake by itself when the window ends (no other traffic here pushes them out), and the
-/// viewers still see every seq once, in order.
+/// With a batching window, a busy room's messages are held and then sent together (one write
+/// per member per window, README `fanout.batch_window_ms`), while a quiet room's first message
+/// goes out at once; the worker must wake by itself when the window ends (no other traffic
+/// here pushes them out), and the viewers still see every seq once, in order. The holding is
+/// read from the server's own counters: `roomcast_deliveries_total` (one per member per
+/// message) against `roomcast_socket_writes_total` (write calls on viewer sockets).
 #[test]
-fn a_batching_window_delays_but_never_loses_or_reorders() {
-    let server = Server::start(&["--batch-window-ms", "200"]);
+fn a_batching_window_holds_a_busy_rooms_messages_into_shared_writes_and_never_loses_or_reorders() {
+    // No presence tick during the test: its writes would be counted with the events'.
+    let server = Server::start(&["--batch-window-ms", "200", "--presence-interval-ms", "3600000"]);
     let mut viewers: Vec<_> = (0..4).map(|i| server.viewer(&format!("w{i}"))).collect();
     for v in &mut viewers {
         assert_eq!(v.join("busy")["seq"], 0);
     }
+    let counts = |scrape: &live_support::Scrape| {
+        (scrape.value("roomcast_deliveries_total", &[]), scrape.value("roomcast_socket_writes_total", &[]))
+    };
     let mut up = server.upstream();
     let publish = |i: u64| json!({"op": "publish", "room": "busy", "type": "tick", "data": {"i": i}});
-    // The first message of a quiet room goes out at once and starts a window...
+    // The first message of a quiet room goes out at once, alone, and starts a window...
+    let quiet = counts(&live_support::scrape(&server, None));
     assert_eq!(up.call(publish(1))["seq"], 1);
     for v in &mut viewers {
         assert_eq!(v.next_msg()["seq"], 1);
     }
-    // ...in which the next ones are held, then sent when it ends.
-    let commands: Vec<Value> = (2..=30).map(publish).collect();
+    let busy = counts(&live_support::scrape(&server, None));
+    assert_eq!((busy.0 - quiet.0, busy.1 - quiet.1), (4.0, 4.0), "one delivery in one write per member");
+    // ...in which the next ones are held. Each is published only after the last one's reply,
+    // so each is sequenced in a loop turn of its own: without the window each would be a write
+    // of its own to every member; held, they share writes (as long as two of them fall in one
+    // 200 ms window).
+    for i in 2..=10u64 {
+        assert_eq!(up.call(publish(i))["seq"], i, "ingest replies with each seq");
+    }
+    let read = |viewers: &mut Vec<support::Viewer>, seqs: std::ops::RangeInclusive<u64>| {
+        for (n, v) in viewers.iter_mut().enumerate() {
+            for seq in seqs.clone() {
+                let m = v.next_msg();
+                assert_eq!((m["op"].as_str(), m["seq"].as_u64()), (Some("event"), Some(seq)), "viewer w{n}: {m}");
+                assert_eq!(m["data"]["i"], seq);
+            }
+        }
+    };
+    read(&mut viewers, 2..=10);
+    let held = counts(&live_support::scrape(&server, None));
+    let (deliveries, writes) = (held.0 - busy.0, held.1 - busy.1);
+    assert_eq!(deliveries, 4.0 * 9.0, "every held message was delivered to every member");
+    assert!(
+        (4.0..deliveries).contains(&writes),
+        "held messages share writes: {writes} writes for {deliveries} deliveries (one each without the window)"
+    );
+    // A pipelined burst into the busy room: every message once, in order, after the window.
+    let commands: Vec<Value> = (11..=30).map(publish).collect();
     up.send_line(ndjson(&commands).trim_end());
-    for i in 2..=30u64 {
+    for i in 11..=30u64 {
         assert_eq!(up.reply()["seq"], i, "ingest replies in order with each seq");
     }
-    for (n, v) in viewers.iter_mut().enumerate() {
-        for seq in 2..=30u64 {
-            let m = v.next_msg();
-            assert_eq!((m["op"].as_str(), m["seq"].as_u64()), (Some("event"), Some(seq)), "viewer w{n}: {m}");
-            assert_eq!(m["data"]["i"], seq);
-        }
-    }
+    read(&mut viewers, 11..=30);
+    let after = counts(&live_support::scrape(&server, None));
+    assert_eq!(after.0 - held.0, 4.0 * 20.0, "one delivery per member per message");
 }

@@ -112,25 +112,33 @@ fn pipelined_bad_lines_get_errors_in_order_and_consume_no_seq() {
     let mut v = server.viewer("watch");
     v.join("r");
     let mut up = server.upstream();
-    let lines = [
-        json!({"op": "publish", "room": "r", "type": "t", "data": 1}).to_string(),
-        "not json".to_string(),
-        "[]".to_string(),
-        json!({"op": "publish", "type": "t", "data": 0}).to_string(),
-        json!({"op": "publish", "room": "r", "type": 5, "data": 0}).to_string(),
-        json!({"op": "state", "room": "r", "state": "not an object"}).to_string(),
-        json!({"op": "warp", "room": "r"}).to_string(),
-        json!({"op": "publish", "rooms": [], "type": "t"}).to_string(),
-        json!({"op": "publish", "room": "r", "rooms": ["r"], "type": "t"}).to_string(),
-        json!({"op": "publish", "room": "", "type": "t"}).to_string(),
-        json!({"op": "publish", "room": "r", "type": "t", "data": 2}).to_string(),
+    // Each bad line with its error code and a word its message must name (PROTOCOL.md: messages
+    // say what was wrong, never a parser's internal state).
+    let bad: [(String, &str, &str); 9] = [
+        ("not json".into(), "bad_request", "JSON"),
+        ("[]".into(), "bad_request", "one JSON object"),
+        (json!({"op": "publish", "type": "t", "data": 0}).to_string(), "bad_request", "`room`"),
+        (json!({"op": "publish", "room": "r", "type": 5, "data": 0}).to_string(), "bad_request", "`type`"),
+        (json!({"op": "state", "room": "r", "state": "not an object"}).to_string(), "bad_request", "`state`"),
+        (json!({"op": "warp", "room": "r"}).to_string(), "unknown_op", "warp"),
+        (json!({"op": "publish", "rooms": [], "type": "t"}).to_string(), "bad_request", "rooms"),
+        (json!({"op": "publish", "room": "r", "rooms": ["r"], "type": "t"}).to_string(), "bad_request", "not both"),
+        (json!({"op": "publish", "room": "", "type": "t"}).to_string(), "bad_request", "room name"),
     ];
+    let first = json!({"op": "publish", "room": "r", "type": "t", "data": 1}).to_string();
+    let last = json!({"op": "publish", "room": "r", "type": "t", "data": 2}).to_string();
+    let lines: Vec<&str> =
+        std::iter::once(first.as_str()).chain(bad.iter().map(|(l, ..)| l.as_str())).chain([last.as_str()]).collect();
     up.send_raw(format!("{}\n", lines.join("\n")).as_bytes());
-    assert_eq!(up.reply(), json!({"ok": true, "seq": 1}), "reply to {}", lines[0]);
-    for line in &lines[1..lines.len() - 1] {
+    assert_eq!(up.reply(), json!({"ok": true, "seq": 1}), "reply to {first}");
+    for (line, code, names) in &bad {
         let e = up.reply();
-        assert_eq!(e["ok"], false, "reply to {line}: {e}");
-        assert!(e["error"].is_string() && e["message"].is_string(), "reply to {line}: {e}");
+        let fields: Vec<&String> = e.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+        assert_eq!(fields, ["error", "message", "ok"], "reply to {line} is {{ok, error, message}}: {e}");
+        assert_eq!((&e["ok"], e["error"].as_str()), (&json!(false), Some(*code)), "reply to {line}: {e}");
+        let message = e["message"].as_str().unwrap_or_default();
+        assert!(message.contains(names), "reply to {line} names {names:?}: {e}");
+        assert!(!message.contains("RawLine") && !message.contains("struct"), "a parser's internals: {e}");
     }
     assert_eq!(up.reply(), json!({"ok": true, "seq": 2}), "failed commands consumed no seq");
     let got: Vec<Value> = (0..2).map(|_| v.until_op("event")["data"].clone()).collect();
@@ -273,11 +281,15 @@ fn two_upstreams_publishing_into_one_room_get_distinct_seqs_matching_what_member
 #[test]
 fn with_a_token_configured_commands_need_auth_first_and_a_failed_auth_closes() {
     let server = Server::start(&["--ingest-token", "s3cret"]);
-    // PROTOCOL.md: auth is "required first"; whether a command before it also closes the
-    // connection is not said, so only the refusal is checked here.
+    // PROTOCOL.md: auth is "required first" and a failed auth closes; docs/protocol.md: "any
+    // first command other than a valid auth is answered unauthorized and the connection is
+    // closed". The line after it must not be applied (nothing is published below).
     let mut early = server.upstream();
-    let e = early.call(json!({"op": "publish", "room": "r", "type": "t"}));
+    early.send_line(&json!({"op": "publish", "room": "r", "type": "t"}).to_string());
+    early.send_line(&json!({"op": "auth", "token": "s3cret"}).to_string());
+    let e = early.reply();
     assert_eq!((&e["ok"], &e["error"]), (&json!(false), &json!("unauthorized")), "{e}");
+    assert!(early.is_closed(), "a command before auth closes the connection after its refusal");
 
     let mut intruder = server.upstream();
     let e = intruder.call(json!({"op": "auth", "token": "guess"}));
@@ -307,16 +319,17 @@ fn after_close_room_a_seq_never_repeats_within_an_epoch() {
     assert_eq!((&left["room"], &left["reason"]), (&json!("c"), &json!("closed")));
     let again = v.join("c");
     let reply = up.call(json!({"op": "publish", "room": "c", "type": "t"}));
-    let seq = reply["seq"].as_u64().expect("seq");
-    assert!(
-        again["epoch"] != first["epoch"] || seq > 3,
-        "seq {seq} reused in epoch {}: a client recovering with since=3 would miss it",
-        first["epoch"]
-    );
+    // docs/protocol.md: after close_room "the room's history and state are gone (a new epoch
+    // next time)", so the seqs start over in a new epoch and never repeat within one.
+    assert_ne!(again["epoch"], first["epoch"], "a closed room comes back in a new epoch");
+    assert_eq!((&again["seq"], &again["state"]), (&json!(0), &Value::Null), "nothing survives the close: {again}");
+    assert_eq!(reply, json!({"ok": true, "seq": 1}), "the new epoch counts from 1");
     let mut back = server.viewer("back");
     back.send_json(json!({"op": "join", "room": "c", "since": 3, "epoch": first["epoch"]}));
     let joined = back.until_op("joined");
-    if again["epoch"] != first["epoch"] {
-        assert_eq!(joined["recovered"], false, "the old epoch is gone: {joined}");
-    }
+    assert_eq!(
+        (&joined["recovered"], &joined["epoch"], &joined["seq"]),
+        (&json!(false), &again["epoch"], &json!(1)),
+        "the old epoch is gone: a client that saw it reloads: {joined}"
+    );
 }

@@ -1,32 +1,8 @@
-//! Arbitrary bytes, split at an arbitrary point, through the frame decoder in both roles.
-//! Invariants: it never panics, never buffers more than one message plus a header, and every
-//! text message it hands out is valid UTF-8.
+//! cargo-fuzz entry point of `frame_reader`; the body and its invariants are in `fuzz/bodies/frame_reader.rs`,
+//! which the workspace's `tests/fuzz_corpus.rs` also compiles and replays the corpus through.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use roomcast::wire::frame::{FrameReader, Incoming, Role};
-use std::ops::ControlFlow;
+#[path = "../bodies/frame_reader.rs"]
+mod body;
 
-const MAX: usize = 4096;
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&split, rest)) = data.split_first() else { return };
-    let split = usize::from(split).min(rest.len());
-    for role in [Role::Server, Role::Client] {
-        let mut reader = FrameReader::new(role);
-        for part in [&rest[..split], &rest[split..]] {
-            let mut buf = part.to_vec();
-            let result = reader.feed(&mut buf, MAX, |msg| {
-                if let Incoming::Text(t) = msg {
-                    assert!(std::str::from_utf8(t).is_ok());
-                    assert!(t.len() <= MAX);
-                }
-                ControlFlow::Continue(())
-            });
-            if result.is_err() {
-                break;
-            }
-            assert!(reader.buffered() <= MAX + 14, "buffered {}", reader.buffered());
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::run(data));

@@ -159,12 +159,35 @@ fn check_depth(value: &RawValue, field: &str) -> Result<(), IngestError> {
 /// Decode one line (without its `\n`; a trailing `\r` is tolerated).
 pub fn decode_ingest_line(line: &[u8]) -> Result<IngestLine<'_>, IngestError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut raw: RawLine<'_> = serde_json::from_slice(line).map_err(|e| bad(format!("invalid command: {e}")))?;
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let mut raw: RawLine<'_> = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| bad(json_error(e.inner(), &e.path().to_string(), line)))?;
+    de.end().map_err(|e| bad(json_error(&e, "", line)))?;
     let ack = raw.ack.unwrap_or(true);
     let op = required(raw.op.take(), "op")?;
     let named = OPS.iter().find(|o| **o == &*op).copied();
     let cmd = decode_cmd(&op, raw).map_err(|e| IngestError { op: named, ..e })?;
     Ok(IngestLine { cmd, ack })
+}
+
+/// What a person should read for a line serde_json refused (PROTOCOL.md: what was wrong, never
+/// a parser's internal state such as this module's `RawLine`).
+fn json_error(e: &serde_json::Error, path: &str, line: &[u8]) -> String {
+    use serde_json::error::Category;
+    const ONE_OBJECT: &str = r#"a command must be one JSON object, like {"op":"publish","room":"r","type":"t"}"#;
+    let at = e.column();
+    match e.classify() {
+        Category::Eof if line.iter().all(u8::is_ascii_whitespace) => format!("empty line: {ONE_OBJECT}"),
+        Category::Eof => format!("not valid JSON: the line ends early (at column {at})"),
+        Category::Syntax | Category::Io => format!("not valid JSON (at column {at})"),
+        Category::Data if !line.trim_ascii_start().starts_with(b"{") => ONE_OBJECT.to_owned(),
+        Category::Data => {
+            // serde_json's text ends with its own " at line L column C"; the field's name says more.
+            let text = e.to_string();
+            let what = text.rsplit_once(" at line ").map_or(text.as_str(), |(what, _)| what);
+            format!("`{path}`: {what}")
+        }
+    }
 }
 
 fn decode_cmd<'a>(op: &str, raw: RawLine<'a>) -> Result<IngestCmd<'a>, IngestError> {
@@ -322,6 +345,21 @@ mod tests {
         let err = |s: &str| decode_ingest_line(s.as_bytes()).expect_err("bad");
         assert_eq!(err(r#"{"op":"fly"}"#).code, ErrorCode::UnknownOp);
         assert!(err(r#"{"op":"publish","room":"r"}"#).message.contains("type"));
+        // Messages for people: what was wrong, never the decoder's own struct.
+        assert_eq!(err("not json").message, "not valid JSON (at column 2)");
+        assert_eq!(err(r#"{"op":"publish""#).message, "not valid JSON: the line ends early (at column 15)");
+        assert_eq!(err(r#"{"op":"hello"} {}"#).message, "not valid JSON (at column 16)");
+        for not_an_object in ["[]", "\"publish\"", "5", "null"] {
+            assert_eq!(
+                err(not_an_object).message,
+                r#"a command must be one JSON object, like {"op":"publish","room":"r","type":"t"}"#
+            );
+        }
+        assert_eq!(
+            err(r#"{"op":"publish","room":"r","type":5}"#).message,
+            "`type`: invalid type: integer `5`, expected a string"
+        );
+        assert_eq!(err(r#"{"op":"publish","rooms":[1],"type":"t"}"#).message.split(':').next(), Some("`rooms[0]`"));
         assert!(err(r#"{"op":"state","room":"r","state":[1]}"#).message.contains("object"));
         assert_eq!(err("not json").code, ErrorCode::BadRequest);
         assert_eq!(err(r#"{"op":"publish","room":"r","rooms":["x"],"type":"t"}"#).code, ErrorCode::BadRequest);
