@@ -159,15 +159,24 @@ fn check_depth(value: &RawValue, field: &str) -> Result<(), IngestError> {
 /// Decode one line (without its `\n`; a trailing `\r` is tolerated).
 pub fn decode_ingest_line(line: &[u8]) -> Result<IngestLine<'_>, IngestError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut de = serde_json::Deserializer::from_slice(line);
-    let mut raw: RawLine<'_> = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| bad(json_error(e.inner(), &e.path().to_string(), line)))?;
-    de.end().map_err(|e| bad(json_error(&e, "", line)))?;
+    let mut raw: RawLine<'_> = serde_json::from_slice(line).map_err(|e| bad(explain(&e, line)))?;
     let ack = raw.ack.unwrap_or(true);
     let op = required(raw.op.take(), "op")?;
     let named = OPS.iter().find(|o| **o == &*op).copied();
     let cmd = decode_cmd(&op, raw).map_err(|e| IngestError { op: named, ..e })?;
     Ok(IngestLine { cmd, ack })
+}
+
+/// The refusal of a line serde_json would not decode, naming the field at fault: the line is
+/// decoded again with the path tracked, on this error path only, so that a good line's decode
+/// pays nothing for it.
+fn explain(e: &serde_json::Error, line: &[u8]) -> String {
+    let mut de = serde_json::Deserializer::from_slice(line);
+    match serde_path_to_error::deserialize::<_, RawLine<'_>>(&mut de) {
+        Err(at) => json_error(at.inner(), &at.path().to_string(), line),
+        // The value decoded; what followed it did not (trailing characters).
+        Ok(_) => json_error(e, "", line),
+    }
 }
 
 /// What a person should read for a line serde_json refused (PROTOCOL.md: what was wrong, never
