@@ -406,7 +406,7 @@ fn viewers_joining_during_a_flood_continue_exactly_after_the_seq_in_joined() {
 #[test]
 fn a_batching_window_holds_a_busy_rooms_messages_into_shared_writes_and_never_loses_or_reorders() {
     // No presence tick during the test: its writes would be counted with the events'.
-    let server = Server::start(&["--batch-window-ms", "200", "--presence-interval-ms", "3600000"]);
+    let server = Server::start(&["--batch-window-ms", "1000", "--presence-interval-ms", "3600000"]);
     let mut viewers: Vec<_> = (0..4).map(|i| server.viewer(&format!("w{i}"))).collect();
     for v in &mut viewers {
         assert_eq!(v.join("busy")["seq"], 0);
@@ -426,8 +426,8 @@ fn a_batching_window_holds_a_busy_rooms_messages_into_shared_writes_and_never_lo
     assert_eq!((busy.0 - quiet.0, busy.1 - quiet.1), (4.0, 4.0), "one delivery in one write per member");
     // ...in which the next ones are held. Each is published only after the last one's reply,
     // so each is sequenced in a loop turn of its own: without the window each would be a write
-    // of its own to every member; held, they share writes (as long as two of them fall in one
-    // 200 ms window).
+    // of its own to every member; held, they share writes (as long as two of its ten loopback
+    // round trips fall in one 1 s window, which no slow machine misses).
     for i in 2..=10u64 {
         assert_eq!(up.call(publish(i))["seq"], i, "ingest replies with each seq");
     }
