@@ -234,6 +234,7 @@ impl IngestLoop {
         if broken || client.up.is_done() {
             if let Peer::Socket(mut sock) = self.conns.remove(key).peer {
                 let _ = self.poll.registry().deregister(&mut sock);
+                discard_unread(&mut sock, &mut self.scratch);
             }
             return false;
         }
@@ -279,6 +280,19 @@ impl IngestLoop {
                     mailbox.send_mail(std::mem::take(mail));
                 }
             }
+        }
+    }
+}
+
+/// Read and drop what a peer sent after the command that ended its connection (lines after a
+/// refused auth, say). Closing a socket with unread input makes the kernel send RST instead of
+/// FIN, and a reset can destroy the reply the peer is about to read. Bounded: a peer that
+/// keeps sending gets its reset.
+fn discard_unread(sock: &mut TcpStream, scratch: &mut [u8]) {
+    for _ in 0..16 {
+        match nonblocking::call(|| sock.read(scratch)) {
+            Ok(Some(n)) if n > 0 => {}
+            _ => return,
         }
     }
 }

@@ -621,10 +621,14 @@ impl Upstream {
         (self.reader, self.writer)
     }
 
-    /// True when the server closed the connection (reads end of stream).
+    /// True when the server closed the connection: the read ends the stream, or is reset
+    /// (a socket closed while lines it had not read were still arriving ends in RST, not FIN).
     pub fn is_closed(&mut self) -> bool {
         let mut line = String::new();
-        matches!(self.reader.read_line(&mut line), Ok(0))
+        match self.reader.read_line(&mut line) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        }
     }
 }
 
