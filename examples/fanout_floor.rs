@@ -17,6 +17,7 @@
 
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Poll, Token};
+use roomcast::runtime::nonblocking;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
@@ -125,12 +126,10 @@ fn read_all(addr: SocketAddr, conns: usize) -> io::Result<()> {
         for event in &events {
             let Some(socket) = sockets.get_mut(event.token().0) else { continue };
             loop {
-                match socket.read(&mut buf) {
-                    Ok(0) => return Ok(()),
-                    Ok(n) if n < buf.len() => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
+                match nonblocking::call(|| socket.read(&mut buf)) {
+                    Ok(Some(0)) => return Ok(()),
+                    Ok(Some(n)) if n == buf.len() => {}
+                    _ => break,
                 }
             }
         }

@@ -285,8 +285,10 @@ fn with_a_token_configured_commands_need_auth_first_and_a_failed_auth_closes() {
     // first command other than a valid auth is answered unauthorized and the connection is
     // closed". The line after it must not be applied (nothing is published below).
     let mut early = server.upstream();
-    early.send_line(&json!({"op": "publish", "room": "r", "type": "t"}).to_string());
-    early.send_line(&json!({"op": "auth", "token": "s3cret"}).to_string());
+    // Both lines in one write: the server may close as soon as it has read the first.
+    let publish = json!({"op": "publish", "room": "r", "type": "t"});
+    let auth = json!({"op": "auth", "token": "s3cret"});
+    early.send_raw(format!("{publish}\n{auth}\n").as_bytes());
     let e = early.reply();
     assert_eq!((&e["ok"], &e["error"]), (&json!(false), &json!("unauthorized")), "{e}");
     assert!(early.is_closed(), "a command before auth closes the connection after its refusal");
