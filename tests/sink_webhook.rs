@@ -290,6 +290,11 @@ fn a_restart_replays_the_spool_before_new_records() {
     durable.wait_for(0, 300);
     let m = rt.shutdown();
     assert_eq!(m.spool_records, 300, "everything waits in the spool at shutdown: {m:?}");
+    // A start while the receiver still fails: the spooled records count as the sink's lag.
+    let rt = sink::start(&config, Durable::new()).expect("restart, receiver down");
+    let lane = rt.metrics().sinks[0].clone();
+    assert_eq!((lane.lag_records, lane.spool_records), (300, 300), "spooled records are lag: {lane:?}");
+    rt.shutdown();
     // Next start: the receiver answers, old records go out before any new one.
     receiver.set_status(200);
     let durable = Durable::new();

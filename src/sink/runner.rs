@@ -11,7 +11,7 @@
 use crate::sink::config::{SinkConfig, SinkConfigError};
 use crate::sink::dispatch::{Building, Control, Dispatcher, Link, LANE_QUEUE_CHUNKS};
 use crate::sink::file::{FileSink, FileSinkError};
-use crate::sink::handle::{DurableNotify, Shared, SinkHandle};
+use crate::sink::handle::{now_ms, DurableNotify, Shared, SinkHandle};
 use crate::sink::lane::{Lane, LaneState};
 use crate::sink::metrics::{LaneStats, SinkMetrics};
 use crate::sink::presence::PresenceDebouncer;
@@ -141,6 +141,14 @@ pub fn start(config: &SinkConfig, notify: Arc<dyn DurableNotify>) -> Result<Sink
         if !healthy {
             stats.update(|s| s.last_error = Some("start check failed".to_owned()));
         }
+        // What the spool kept from before was handed to this sink too: lag counts it until
+        // it is replayed (each replayed line counts as done).
+        let (records, bytes) = (spool.records(), spool.bytes());
+        stats.handed(records, spool.head_ts().unwrap_or_else(now_ms));
+        stats.update(|s| {
+            s.spool_records = records;
+            s.spool_bytes = bytes;
+        });
         let (tx, rx) = crossbeam_channel::bounded(LANE_QUEUE_CHUNKS);
         lanes.push(Lane {
             index,
