@@ -597,7 +597,7 @@ fn leaves_and_comments_are_counted_per_room_by_reason() {
 
 #[test]
 fn a_heartbeat_expiry_is_counted_as_one() {
-    let server = Server::start(&["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "300"]);
+    let server = Server::start(&["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "2000"]);
     // Joins, then answers nothing, not even pings: a frozen client.
     let mut frozen = server.deaf_viewer("frozen");
     let joined = frozen.join("vigil");

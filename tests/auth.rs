@@ -21,6 +21,11 @@ fn now_s() -> u64 {
 }
 
 fn token(sub: &str, rooms: &[&str], comment: bool, ttl_s: u64) -> String {
+    token_issued_at(sub, rooms, comment, now_s(), ttl_s)
+}
+
+/// A token issued at `iat_s` (so that several can share one `exp`).
+fn token_issued_at(sub: &str, rooms: &[&str], comment: bool, iat_s: u64, ttl_s: u64) -> String {
     let spec = TokenSpec {
         sub: sub.into(),
         name: Some(format!("{sub} the viewer")),
@@ -29,7 +34,7 @@ fn token(sub: &str, rooms: &[&str], comment: bool, ttl_s: u64) -> String {
         ttl_s,
         ..TokenSpec::default()
     };
-    mint(&spec, &SigningKey::hmac(SECRET.as_bytes()), now_s()).expect("mint a token")
+    mint(&spec, &SigningKey::hmac(SECRET.as_bytes()), iat_s).expect("mint a token")
 }
 
 fn authed(extra: &[&str]) -> Server {
@@ -154,12 +159,19 @@ fn the_claims_decide_every_join_comment_and_reaction_and_a_refresh_narrows_them(
 #[test]
 fn an_expired_token_closes_the_connection_with_4001_unless_refreshed() {
     let server = authed(&[]);
-    // Two viewers whose tokens live 2 s; one refreshes in time.
-    let (mut lapses, _) = connect(&server, &token("dora", &["*"], true, 2));
-    let (mut renews, _) = connect(&server, &token("ed", &["*"], true, 2));
+    // Two viewers whose tokens expire in the same second, 5 s from now (room for a slow
+    // machine to connect both and refresh one); one refreshes in time.
+    let (iat, ttl) = (now_s(), 5);
+    let (mut lapses, _) = connect(&server, &token_issued_at("dora", &["*"], true, iat, ttl));
+    let (mut renews, _) = connect(&server, &token_issued_at("ed", &["*"], true, iat, ttl));
     renews.send_json(json!({"op": "refresh", "token": token("ed", &["*"], true, 600), "ref": 1}));
     assert_eq!(renews.until_op("ack")["ref"], 1);
     assert_eq!(lapses.close_code(), Some(4001), "closed when its token expired");
+    // What is awaited is the clock itself: a second past the first token's expiry, the
+    // refreshed viewer must still be served.
+    while now_s() <= iat + ttl + 1 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     renews.send_json(json!({"op": "ping", "ref": 2}));
     assert_eq!(renews.until_op("pong")["ref"], 2, "the refreshed one is still served");
 }

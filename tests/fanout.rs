@@ -302,8 +302,10 @@ fn viewers_joining_during_a_flood_continue_exactly_after_the_seq_in_joined() {
     const JOINERS: usize = 24;
     /// A bound on the flood, far above what the joins need.
     const MAX_EVENTS: u64 = 200_000;
-    // History holds the whole flood, so a `since` the test picked is always recoverable.
-    let server = Server::start(&["--history-size", "1000000"]);
+    // History holds the whole flood, so a `since` the test picked is always recoverable; the
+    // publisher is paced by acks, not by the readers, so a reader starved of CPU on a busy
+    // machine may fall far behind: a large budget keeps that from being a 4009.
+    let server = Server::start(&["--history-size", "1000000", "--outbound-budget", "268435456"]);
     let mut anchor = server.viewer("anchor");
     let epoch = anchor.join("race")["epoch"].clone();
     // The anchor reads throughout, so it never falls behind however long the flood lasts.

@@ -86,7 +86,7 @@ fn online_drops_after_a_viewer_disconnects() {
 
 #[test]
 fn a_silent_connection_is_closed_after_the_heartbeat_timeout() {
-    let server = Server::start(&["--heartbeat-ms", "200", "--heartbeat-timeout-ms", "500"]);
+    let server = Server::start(&["--heartbeat-ms", "200", "--heartbeat-timeout-ms", "3000"]);
     // Silent means it answers nothing, not even the server's pings (which every conforming
     // client answers by itself).
     let mut quiet = server.deaf_viewer("quiet");

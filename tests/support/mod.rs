@@ -54,18 +54,19 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Copy everything `from` produces into `log`, prefixed, until end of stream.
-fn drain_into(mut from: impl Read + Send + 'static, log: Arc<Mutex<String>>, prefix: &'static str) {
+/// Copy everything `from` produces into `log`, line by line, each line prefixed, until end of
+/// stream.
+fn drain_into(from: impl Read + Send + 'static, log: Arc<Mutex<String>>, prefix: &'static str) {
     std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
+        // Whole lines only, so a reader of the log never sees half of one.
+        let mut from = BufReader::new(from);
+        let mut line = Vec::new();
+        while from.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
             if let Ok(mut s) = log.lock() {
                 s.push_str(prefix);
-                s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                s.push_str(&String::from_utf8_lossy(&line));
             }
+            line.clear();
         }
     });
 }
